@@ -1,0 +1,204 @@
+// Command webknock opens a firewall port to a client that requested a secret
+// sequence of URLs from an ordinary web server, as its access log shows.
+// This file holds the command line; replay.go wires log → knock.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/spf13/pflag"
+
+	"github.com/webknock/webknock/config"
+	"github.com/webknock/webknock/weblog"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitFail  = 1 // bad configuration, unreadable log
+	exitUsage = 2 // bad command line
+)
+
+// errUsage marks command line mistakes; the message has been printed.
+var errUsage = errors.New("usage")
+
+type command struct {
+	name    string
+	summary string
+	usage   string
+	example string
+	run     func(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error
+	flags   func(fs *pflag.FlagSet)
+}
+
+// environment is what a command may touch besides its arguments.
+type environment struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	environ        []string
+}
+
+var commands = []*command{
+	{
+		name:    "replay",
+		summary: "print the knock events of access logs, touching no firewall",
+		usage:   "webknock replay -c FILE [--json] [--parse-all] LOG... (- for standard input)",
+		example: "webknock replay -c /etc/webknock/webknock.yaml /var/log/nginx/access.log.1 /var/log/nginx/access.log",
+		flags:   replayFlags,
+		run:     runReplay,
+	},
+	{
+		name:    "check",
+		summary: "validate the configuration; exit 1 listing every problem",
+		usage:   "webknock check -c FILE",
+		example: "webknock check -c /etc/webknock/webknock.yaml",
+		flags:   func(*pflag.FlagSet) {},
+		run:     runCheck,
+	},
+	{
+		name:    "version",
+		summary: "print the version",
+		usage:   "webknock version",
+		example: "webknock version",
+		run: func(_ context.Context, env *environment, _ *pflag.FlagSet, _ []string) error {
+			_, err := fmt.Fprintf(env.stdout, "webknock %s\n", buildVersion())
+			return err
+		},
+	},
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	env := &environment{stdin: stdin, stdout: stdout, stderr: stderr, environ: os.Environ()}
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		printCommands(stdout)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	var cmd *command
+	for _, c := range commands {
+		if c.name == args[0] {
+			cmd = c
+		}
+	}
+	if cmd == nil {
+		fmt.Fprintf(stderr, "webknock: unknown command %q\n\n", args[0])
+		printCommands(stderr)
+		return exitUsage
+	}
+	fs := pflag.NewFlagSet("webknock "+cmd.name, pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.SortFlags = false
+	if cmd.flags != nil {
+		fs.StringP("config", "c", "", "configuration `FILE` (YAML)")
+		cmd.flags(fs)
+		config.RegisterFlags(fs)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "%s\n\nUsage:\n  %s\n\nExample:\n  %s\n", cmd.summary, cmd.usage, cmd.example)
+		if fs.HasFlags() {
+			fmt.Fprintf(fs.Output(), "\nFlags:\n%s", fs.FlagUsages())
+		}
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "webknock %s: %v\nRun 'webknock %s --help' for usage.\n", cmd.name, err, cmd.name)
+		return exitUsage
+	}
+	err := cmd.run(ctx, env, fs, fs.Args())
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, errUsage):
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "%v\n", err)
+		return exitFail
+	}
+}
+
+func printCommands(w io.Writer) {
+	fmt.Fprintln(w, "webknock opens a firewall port to a client that requested a secret sequence of URLs.")
+	fmt.Fprintln(w, "\nUsage:\n  webknock COMMAND [flags]\n\nCommands:")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\nRun 'webknock COMMAND --help' for a command's flags and an example.")
+}
+
+// usagef reports a command line mistake.
+func usagef(env *environment, fs *pflag.FlagSet, format string, args ...any) error {
+	fmt.Fprintf(env.stderr, "%s: %s\nRun '%s --help' for usage.\n", fs.Name(), fmt.Sprintf(format, args...), fs.Name())
+	return errUsage
+}
+
+// loadConfig loads -c FILE with the environment and flags, validating the
+// log format with the parser that will read it.
+func loadConfig(env *environment, fs *pflag.FlagSet) (*config.Config, error) {
+	path, _ := fs.GetString("config")
+	if path == "" {
+		return nil, usagef(env, fs, "-c FILE is required")
+	}
+	cfg, err := config.Load(config.Options{
+		Path:        path,
+		Environ:     env.environ,
+		Flags:       fs,
+		CheckFormat: weblog.CheckFormat,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := weblog.NewParser(cfg.Log.Format, cfg.Log.TrustedProxies); err != nil {
+		return nil, &config.FieldError{Source: cfg.File, Field: "log.trusted_proxies", Message: err.Error()}
+	}
+	return cfg, nil
+}
+
+func runCheck(_ context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
+	if len(args) > 0 {
+		return usagef(env, fs, "unexpected argument %q", args[0])
+	}
+	cfg, err := loadConfig(env, fs)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(env.stdout, "%s: ok: %d sequence(s), log format %q\n", cfg.File, len(cfg.Sequences), cfg.Log.Format)
+	return err
+}
+
+func buildVersion() string {
+	v := version
+	info, ok := debug.ReadBuildInfo()
+	if v == "" && ok && info.Main.Version != "" {
+		v = info.Main.Version
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	if ok {
+		v += " " + info.GoVersion
+	}
+	return v
+}

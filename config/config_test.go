@@ -1,0 +1,592 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/bad")
+
+func prefixes(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
+
+// goodConfig is testdata/good.yaml.
+func goodConfig() Config {
+	return Config{
+		File: "testdata/good.yaml",
+		Log: Log{
+			Paths:          []string{"/var/log/nginx/a.log", "/var/log/apache2/*.log"},
+			Format:         "vhost_combined",
+			Start:          "end",
+			TrustedProxies: prefixes("10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "172.16.0.0/12"),
+		},
+		StateDir: "/srv/webknock",
+		Firewall: Firewall{
+			Backend:     "dry-run",
+			Chain:       "WK-CHAIN",
+			Hook:        "DOCKER-USER",
+			Protect:     false,
+			AlwaysAllow: prefixes("198.51.100.0/24", "::1/128", "192.0.2.9/32"),
+		},
+		Sequences: []Sequence{
+			{
+				Name:            "ssh",
+				Steps:           []string{"/k/7f3a9c", "/k/91c2e0", "/k/00aa5d"},
+				StepStatus:      []int{404, 410},
+				Methods:         []string{"GET", "HEAD", "POST"},
+				KnockPage:       "/k/open",
+				KnockPageStatus: []int{200, 302},
+				Timeout:         45 * time.Second,
+				Window:          90 * time.Minute,
+				Ports:           []Port{{22, "tcp"}, {2222, "tcp"}, {53, "udp"}, {8080, "tcp"}},
+			},
+			{
+				Name:       "backup_2",
+				Steps:      []string{"/b/one.txt", "/b/~two"},
+				StepStatus: []int{404},
+				Methods:    []string{"GET", "HEAD"},
+				KnockPage:  "/b/open",
+				Timeout:    30 * time.Second,
+				Window:     10 * time.Minute,
+				Ports:      []Port{{22, "tcp"}},
+			},
+		},
+		Lockout: Lockout{Failures: 3, Period: 5 * time.Minute, Duration: time.Hour},
+		Web:     Web{Listen: "[::1]:9090", TokenFile: "/etc/webknock/other-token"},
+	}
+}
+
+// minimalConfig is testdata/minimal.yaml: the defaults of DESIGN.md, written
+// out rather than taken from defaults() so the test checks them.
+func minimalConfig() Config {
+	return Config{
+		File: "testdata/minimal.yaml",
+		Log: Log{
+			Paths:  []string{"/var/log/nginx/access.log"},
+			Format: "combined",
+			Start:  "saved",
+		},
+		StateDir: "/var/lib/webknock",
+		Firewall: Firewall{Backend: "iptables", Chain: "WEBKNOCK", Hook: "INPUT", Protect: true},
+		Sequences: []Sequence{{
+			Name:       "ssh",
+			Steps:      []string{"/k/a"},
+			StepStatus: []int{404},
+			Methods:    []string{"GET", "HEAD"},
+			KnockPage:  "/k/open",
+			Timeout:    30 * time.Second,
+			Window:     10 * time.Minute,
+			Ports:      []Port{{22, "tcp"}},
+		}},
+		Lockout: Lockout{Failures: 5, Period: 10 * time.Minute, Duration: 15 * time.Minute},
+		Web:     Web{Listen: "127.0.0.1:7080", TokenFile: "/etc/webknock/token"},
+	}
+}
+
+// flagSet returns the flags of RegisterFlags, plus one of main's own,
+// parsed from args.
+func flagSet(t *testing.T, args []string) *pflag.FlagSet {
+	t.Helper()
+	fs := pflag.NewFlagSet("webknock", pflag.ContinueOnError)
+	fs.StringP("config", "c", "", "config file")
+	RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("Parse(%q) = %v", args, err)
+	}
+	return fs
+}
+
+func TestLoad(t *testing.T) {
+	tests := []struct {
+		name  string
+		path  string
+		env   []string
+		args  []string // nil: no FlagSet at all
+		check func(string) error
+		want  func(c *Config)
+	}{
+		{name: "good file, every key set", path: "testdata/good.yaml", want: func(c *Config) { *c = goodConfig() }},
+		{name: "defaults fill everything unset", path: "testdata/minimal.yaml", want: func(c *Config) { *c = minimalConfig() }},
+		{
+			name: "env overrides file",
+			path: "testdata/good.yaml",
+			env: []string{
+				"HOME=/root",
+				"WEBKNOCK_LOG__FORMAT=common",
+				"WEBKNOCK_LOG__PATHS=/a.log /b.log,/c.log",
+				"WEBKNOCK_LOG__START=beginning",
+				"WEBKNOCK_LOG__TRUSTED_PROXIES=",
+				"WEBKNOCK_STATE_DIR=/tmp/state",
+				"WEBKNOCK_FIREWALL__BACKEND=iptables",
+				"WEBKNOCK_FIREWALL__CHAIN=KNOCK",
+				"WEBKNOCK_FIREWALL__HOOK=FORWARD",
+				"WEBKNOCK_FIREWALL__PROTECT=true",
+				"WEBKNOCK_FIREWALL__ALWAYS_ALLOW=10.9.0.0/16, 10.8.0.1",
+				"WEBKNOCK_LOCKOUT__FAILURES=7",
+				"WEBKNOCK_LOCKOUT__PERIOD=1m",
+				"WEBKNOCK_LOCKOUT__DURATION=2h",
+				"WEBKNOCK_WEB__LISTEN=",
+				"WEBKNOCK_WEB__TOKEN_FILE=/run/token",
+			},
+			want: func(c *Config) {
+				*c = goodConfig()
+				c.Log = Log{Paths: []string{"/a.log", "/b.log", "/c.log"}, Format: "common", Start: "beginning"}
+				c.StateDir = "/tmp/state"
+				c.Firewall = Firewall{Backend: "iptables", Chain: "KNOCK", Hook: "FORWARD", Protect: true,
+					AlwaysAllow: prefixes("10.9.0.0/16", "10.8.0.1/32")}
+				c.Lockout = Lockout{Failures: 7, Period: time.Minute, Duration: 2 * time.Hour}
+				c.Web = Web{TokenFile: "/run/token"}
+			},
+		},
+		{
+			name: "env overrides defaults; other variables ignored",
+			path: "testdata/minimal.yaml",
+			env:  []string{"WEBKNOCK=1", "webknock_log__format=x", "XWEBKNOCK_LOG__FORMAT=x", "WEBKNOCK_FIREWALL__PROTECT=false"},
+			want: func(c *Config) {
+				*c = minimalConfig()
+				c.Firewall.Protect = false
+			},
+		},
+		{
+			name: "env fixes a bad file value it overrides",
+			path: "testdata/empty_format.yaml",
+			env:  []string{"WEBKNOCK_LOG__FORMAT=common"},
+			want: func(c *Config) {
+				*c = minimalConfig()
+				c.File = "testdata/empty_format.yaml"
+				c.Log.Format = "common"
+			},
+		},
+		{
+			name: "changed flags override env and file",
+			path: "testdata/good.yaml",
+			env:  []string{"WEBKNOCK_LOG__FORMAT=common", "WEBKNOCK_STATE_DIR=/env", "WEBKNOCK_WEB__LISTEN=:1"},
+			args: []string{"-c", "x.yaml", "--log-format", "$remote_addr [$time_local] \"$request\" $status",
+				"--log-start=beginning", "--log-paths=/x.log,/y.log", "--state-dir=/flag",
+				"--firewall-backend=iptables", "--web-listen="},
+			want: func(c *Config) {
+				*c = goodConfig()
+				c.Log.Format = "$remote_addr [$time_local] \"$request\" $status"
+				c.Log.Start = "beginning"
+				c.Log.Paths = []string{"/x.log", "/y.log"}
+				c.StateDir = "/flag"
+				c.Firewall.Backend = "iptables"
+				c.Web.Listen = ""
+			},
+		},
+		{
+			name: "unchanged flags do not override file or env",
+			path: "testdata/good.yaml",
+			env:  []string{"WEBKNOCK_STATE_DIR=/env"},
+			args: []string{"-c", "x.yaml"},
+			want: func(c *Config) {
+				*c = goodConfig()
+				c.StateDir = "/env"
+			},
+		},
+		{
+			name: "unchanged flags do not override defaults",
+			path: "testdata/minimal.yaml",
+			args: []string{},
+			want: func(c *Config) { *c = minimalConfig() },
+		},
+		{
+			name: "CheckFormat sees the format and accepts it",
+			path: "testdata/minimal.yaml",
+			check: func(f string) error {
+				return map[bool]error{true: nil, false: errors.New("not combined")}[f == "combined"]
+			},
+			want: func(c *Config) { *c = minimalConfig() },
+		},
+		{
+			name: "200-byte path is allowed",
+			path: "testdata/long_path.yaml",
+			want: func(c *Config) {
+				*c = minimalConfig()
+				c.File = "testdata/long_path.yaml"
+				c.Sequences[0].Steps = []string{"/" + strings.Repeat("a", 199)}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := Options{Path: tt.path, Environ: tt.env, CheckFormat: tt.check}
+			if tt.args != nil {
+				o.Flags = flagSet(t, tt.args)
+			}
+			var want Config
+			tt.want(&want)
+			got, err := Load(o)
+			if err != nil {
+				t.Fatalf("Load(%q) error:\n%v", tt.path, err)
+			}
+			if !reflect.DeepEqual(*got, want) {
+				t.Errorf("Load(%q) =\n%+v\nwant\n%+v", tt.path, *got, want)
+			}
+		})
+	}
+}
+
+// seq is a valid sequence to append to a case that tests something else.
+const seq = "sequences:\n  - name: ssh\n    steps: [/k/a]\n    knock_page: /k/open\n"
+
+func TestValidation(t *testing.T) {
+	long := "/" + strings.Repeat("a", 200)
+	tests := []struct {
+		name  string
+		yaml  string
+		env   []string
+		args  []string
+		check func(string) error
+		want  string // every problem, the file named config.yaml
+	}{
+		// the file as a whole
+		{name: "syntax error", yaml: "log:\n  format: [combined\n" + seq,
+			want: `config.yaml:2: bad YAML: did not find expected ',' or ']'`},
+		{name: "syntax error on line 1", yaml: "\tlog: x\n",
+			want: `config.yaml:1: bad YAML: found character that cannot start any token`},
+		{name: "duplicate key", yaml: "state_dir: /a\nstate_dir: /b\n" + seq,
+			want: `config.yaml:2: bad YAML: mapping key "state_dir" already defined at line 1`},
+		{name: "top level not a mapping", yaml: "- log\n",
+			want: `config.yaml:1: want a mapping of sections (log, state_dir, firewall, sequences, lockout, web), got a list`},
+		{name: "empty file", yaml: "",
+			want: `config.yaml: sequences: at least one sequence required`},
+
+		// unknown keys and types
+		{name: "unknown top-level key", yaml: "stat_dir: /x\n" + seq,
+			want: `config.yaml:1: stat_dir: unknown key`},
+		{name: "unknown key in a section", yaml: "log:\n  fromat: common\n" + seq,
+			want: `config.yaml:2: log.fromat: unknown key`},
+		{name: "unknown key in a sequence", yaml: seq + "    tiemout: 5s\n",
+			want: `config.yaml:5: sequences[0].tiemout: unknown key`},
+		{name: "section of the wrong type", yaml: "log: [a]\n" + seq,
+			want: `config.yaml:1: log: want a mapping of log settings, got a list`},
+		{name: "sequences of the wrong type", yaml: "sequences: ssh\n",
+			want: `config.yaml:1: sequences: want a list of sequences, got "ssh"`},
+		{name: "sequence of the wrong type", yaml: "sequences:\n  - ssh\n  -\n",
+			want: "config.yaml:2: sequences[0]: want a mapping of sequence settings, got \"ssh\"\n" +
+				"config.yaml:3: sequences[1]: want a mapping of sequence settings, got null"},
+		{name: "list item of the wrong type", yaml: seq + "    methods: [GET, [POST]]\n",
+			want: `config.yaml:5: sequences[0].methods[1]: want a string, got a list`},
+		{name: "string of the wrong type", yaml: "log:\n  format: 12\n" + seq,
+			want: `config.yaml:2: log.format: want a string, got 12`},
+		{name: "list of the wrong type", yaml: "log:\n  paths: /a.log\n" + seq,
+			want: `config.yaml:2: log.paths: want a list of strings, got "/a.log"`},
+		{name: "bool of the wrong type", yaml: "firewall:\n  protect: maybe\n" + seq,
+			want: `config.yaml:2: firewall.protect: want true or false, got "maybe"`},
+		{name: "integer of the wrong type", yaml: "lockout:\n  failures: 1.5\n" + seq,
+			want: `config.yaml:2: lockout.failures: want an integer, got 1.5`},
+
+		// sequences
+		{name: "no sequences", yaml: "sequences: []\n",
+			want: `config.yaml:1: sequences: at least one sequence required`},
+		{name: "name missing", yaml: "sequences:\n  - steps: [/k/a]\n    knock_page: /k/open\n",
+			want: `config.yaml:2: sequences[0].name: required: 1 to 32 characters of A-Z a-z 0-9 _ -`},
+		{name: "name with a space", yaml: "sequences:\n  - name: ssh server\n    steps: [/k/a]\n    knock_page: /k/open\n",
+			want: `config.yaml:2: sequences[0].name: bad name "ssh server": want 1 to 32 characters of A-Z a-z 0-9 _ -`},
+		{name: "name too long", yaml: "sequences:\n  - name: " + strings.Repeat("n", 33) + "\n    steps: [/k/a]\n    knock_page: /k/open\n",
+			want: `config.yaml:2: sequences[0].name: bad name "` + strings.Repeat("n", 33) + `": want 1 to 32 characters of A-Z a-z 0-9 _ -`},
+		{name: "name used twice", yaml: seq + "  - name: ssh\n    steps: [/k/b]\n    knock_page: /k/open2\n",
+			want: `config.yaml:5: sequences[1].name: name "ssh" already used by sequences[0]`},
+		{name: "no steps", yaml: "sequences:\n  - name: ssh\n    steps: []\n    knock_page: /k/open\n",
+			want: `config.yaml:3: sequences[0].steps: at least one step required`},
+		{name: "steps missing", yaml: "sequences:\n  - name: ssh\n    knock_page: /k/open\n",
+			want: `config.yaml:2: sequences[0].steps: at least one step required`},
+		{name: "step not absolute", yaml: "sequences:\n  - name: ssh\n    steps:\n      - /k/a\n      - k/b\n    knock_page: /k/open\n",
+			want: `config.yaml:5: sequences[0].steps[1]: bad path "k/b": must start with "/"`},
+		{name: "step with a reserved character", yaml: "sequences:\n  - name: ssh\n    steps: [\"/k/a?b\"]\n    knock_page: /k/open\n",
+			want: `config.yaml:3: sequences[0].steps[0]: bad path "/k/a?b": character "?" not allowed; want A-Z a-z 0-9 - . _ ~ /`},
+		{name: "step with a percent escape", yaml: "sequences:\n  - name: ssh\n    steps: [/k/%41]\n    knock_page: /k/open\n",
+			want: `config.yaml:3: sequences[0].steps[0]: bad path "/k/%41": character "%" not allowed; want A-Z a-z 0-9 - . _ ~ /`},
+		{name: "step too long", yaml: "sequences:\n  - name: ssh\n    steps: [" + long + "]\n    knock_page: /k/open\n",
+			want: `config.yaml:3: sequences[0].steps[0]: bad path "` + long + `": 201 bytes; at most 200 allowed`},
+		{name: "knock page missing", yaml: "sequences:\n  - name: ssh\n    steps: [/k/a]\n",
+			want: `config.yaml:2: sequences[0].knock_page: required: an absolute path like "/k/open"`},
+		{name: "knock page not a path", yaml: "sequences:\n  - name: ssh\n    steps: [/k/a]\n    knock_page: open\n",
+			want: `config.yaml:4: sequences[0].knock_page: bad path "open": must start with "/"`},
+		{name: "step used twice", yaml: "sequences:\n  - name: ssh\n    steps: [/k/a, /k/b, /k/a]\n    knock_page: /k/open\n",
+			want: `config.yaml:3: sequences[0].steps[2]: path "/k/a" already used by sequences[0].steps[0]`},
+		{name: "knock page is a step", yaml: "sequences:\n  - name: ssh\n    steps: [/k/a]\n    knock_page: /k/a\n",
+			want: `config.yaml:4: sequences[0].knock_page: path "/k/a" already used by sequences[0].steps[0]`},
+		{name: "path used across sequences", yaml: seq + "  - name: web\n    steps: [/k/b]\n    knock_page: /k/a\n",
+			want: `config.yaml:7: sequences[1].knock_page: path "/k/a" already used by sequences[0].steps[0]`},
+		{name: "no step status", yaml: seq + "    step_status: []\n",
+			want: `config.yaml:5: sequences[0].step_status: at least one status required, like 404`},
+		{name: "step status out of range", yaml: seq + "    step_status: [404, 99, 600]\n",
+			want: "config.yaml:5: sequences[0].step_status[1]: bad status 99: want 100 to 599\n" +
+				"config.yaml:5: sequences[0].step_status[2]: bad status 600: want 100 to 599"},
+		{name: "step status not a number", yaml: seq + "    step_status: [not-found]\n",
+			want: `config.yaml:5: sequences[0].step_status[0]: want an HTTP status code like 404, got "not-found"`},
+		{name: "knock page status out of range", yaml: seq + "    knock_page_status: [1000]\n",
+			want: `config.yaml:5: sequences[0].knock_page_status[0]: bad status 1000: want 100 to 599`},
+		{name: "no methods", yaml: seq + "    methods: []\n",
+			want: `config.yaml:5: sequences[0].methods: at least one method required, like GET`},
+		{name: "bad method", yaml: seq + "    methods: [GET, \"GE T\", M-SEARCH]\n",
+			want: "config.yaml:5: sequences[0].methods[1]: bad method \"GE T\": want letters A-Z, like \"GET\"\n" +
+				"config.yaml:5: sequences[0].methods[2]: bad method \"M-SEARCH\": want letters A-Z, like \"GET\""},
+		{name: "zero timeout", yaml: seq + "    timeout: 0s\n",
+			want: `config.yaml:5: sequences[0].timeout: want a positive duration like "30s", got "0s"`},
+		{name: "negative window", yaml: seq + "    window: -1m\n",
+			want: `config.yaml:5: sequences[0].window: want a positive duration like "30s", got "-1m0s"`},
+		{name: "duration without unit", yaml: seq + "    timeout: 30\n    window: \"0\"\n",
+			want: "config.yaml:5: sequences[0].timeout: bad duration \"30\": missing unit; want e.g. \"30s\", \"10m\", \"1h30m\"\n" +
+				"config.yaml:6: sequences[0].window: bad duration \"0\": missing unit; want e.g. \"30s\", \"10m\", \"1h30m\""},
+		{name: "bad duration", yaml: seq + "    timeout: soon\n",
+			want: `config.yaml:5: sequences[0].timeout: bad duration "soon": want e.g. "30s", "10m", "1h30m"`},
+		{name: "duration of the wrong type", yaml: seq + "    timeout: [1]\n",
+			want: `config.yaml:5: sequences[0].timeout: want a duration like "30s", got a list`},
+		{name: "no ports", yaml: seq + "    ports: []\n",
+			want: `config.yaml:5: sequences[0].ports: at least one port required, like "22/tcp"`},
+		{name: "bad ports", yaml: seq + "    ports:\n      - 70000/tcp\n      - 22/sctp\n      - 0\n      - ssh\n      - true\n",
+			want: "config.yaml:6: sequences[0].ports[0]: bad port \"70000/tcp\": want PORT, PORT/tcp or PORT/udp with PORT 1 to 65535\n" +
+				"config.yaml:7: sequences[0].ports[1]: bad port \"22/sctp\": want PORT, PORT/tcp or PORT/udp with PORT 1 to 65535\n" +
+				"config.yaml:8: sequences[0].ports[2]: bad port \"0\": want PORT, PORT/tcp or PORT/udp with PORT 1 to 65535\n" +
+				"config.yaml:9: sequences[0].ports[3]: bad port \"ssh\": want PORT, PORT/tcp or PORT/udp with PORT 1 to 65535\n" +
+				"config.yaml:10: sequences[0].ports[4]: want a port like \"22/tcp\", got true"},
+		{name: "port listed twice", yaml: seq + "    ports: [22, 22/tcp]\n",
+			want: `config.yaml:5: sequences[0].ports[1]: port "22/tcp" listed twice`},
+
+		// log
+		{name: "no log paths", yaml: "log:\n  paths: []\n" + seq,
+			want: `config.yaml:2: log.paths: at least one path required`},
+		{name: "empty log path and bad glob", yaml: "log:\n  paths:\n    - \"\"\n    - /var/log/[\n" + seq,
+			want: "config.yaml:3: log.paths[0]: empty path\n" +
+				"config.yaml:4: log.paths[1]: bad glob \"/var/log/[\": syntax error in pattern"},
+		{name: "empty log format", yaml: "log:\n  format: \"\"\n" + seq,
+			want: `config.yaml:2: log.format: must not be empty; want combined, common, vhost_combined or an nginx log_format string`},
+		{name: "log format refused by CheckFormat", yaml: "log:\n  format: $foo\n" + seq,
+			check: func(f string) error { return fmt.Errorf("unknown variable %q", f) },
+			want:  `config.yaml:2: log.format: unknown variable "$foo"`},
+		{name: "bad log start", yaml: "log:\n  start: middle\n" + seq,
+			want: `config.yaml:2: log.start: bad start "middle": want saved, end or beginning`},
+		{name: "bad trusted proxy", yaml: "log:\n  trusted_proxies: [10.0.0.0/33, 10.0.0.1, fe80::1%eth0, proxy]\n" + seq,
+			want: "config.yaml:2: log.trusted_proxies[0]: bad CIDR \"10.0.0.0/33\": want an IP address or CIDR like \"192.0.2.0/24\" or \"2001:db8::/32\"\n" +
+				"config.yaml:2: log.trusted_proxies[2]: bad CIDR \"fe80::1%eth0\": want an IP address or CIDR like \"192.0.2.0/24\" or \"2001:db8::/32\"\n" +
+				"config.yaml:2: log.trusted_proxies[3]: bad CIDR \"proxy\": want an IP address or CIDR like \"192.0.2.0/24\" or \"2001:db8::/32\""},
+
+		// state_dir, firewall
+		{name: "empty state dir", yaml: "state_dir:\n" + seq,
+			want: `config.yaml:1: state_dir: must not be empty; want a directory like "/var/lib/webknock"`},
+		{name: "bad backend", yaml: "firewall:\n  backend: nft\n" + seq,
+			want: `config.yaml:2: firewall.backend: bad backend "nft": want iptables or dry-run`},
+		{name: "bad always_allow", yaml: "firewall:\n  always_allow: [\"2001:db8::/129\"]\n" + seq,
+			want: `config.yaml:2: firewall.always_allow[0]: bad CIDR "2001:db8::/129": want an IP address or CIDR like "192.0.2.0/24" or "2001:db8::/32"`},
+		{name: "empty chain", yaml: "firewall:\n  chain: \"\"\n" + seq,
+			want: `config.yaml:2: firewall.chain: bad chain "": want 1 to 28 characters of A-Z a-z 0-9 _ -`},
+		{name: "chain too long", yaml: "firewall:\n  chain: " + strings.Repeat("C", 29) + "\n" + seq,
+			want: `config.yaml:2: firewall.chain: bad chain "` + strings.Repeat("C", 29) + `": want 1 to 28 characters of A-Z a-z 0-9 _ -`},
+		{name: "built-in chain", yaml: "firewall:\n  chain: OUTPUT\n" + seq,
+			want: `config.yaml:2: firewall.chain: chain "OUTPUT" is built in; want a chain of our own like "WEBKNOCK"`},
+		{name: "chain is the hook", yaml: "firewall:\n  chain: DOCKER-USER\n  hook: DOCKER-USER\n" + seq,
+			want: `config.yaml:2: firewall.chain: chain "DOCKER-USER" is also the hook; want a chain of our own like "WEBKNOCK"`},
+		{name: "empty hook", yaml: "firewall:\n  hook: \"\"\n" + seq,
+			want: `config.yaml:2: firewall.hook: must not be empty; want the chain that jumps to ours, like "INPUT" or "DOCKER-USER"`},
+		{name: "bad hook", yaml: "firewall:\n  hook: in put\n" + seq,
+			want: `config.yaml:2: firewall.hook: bad hook "in put": want 1 to 28 characters of A-Z a-z 0-9 _ -`},
+
+		// lockout, web
+		{name: "negative failures", yaml: "lockout:\n  failures: -1\n" + seq,
+			want: `config.yaml:2: lockout.failures: bad failures -1: want 0 (disabled) or more`},
+		{name: "lockout without period", yaml: "lockout:\n  failures: 3\n  period: 0s\n  duration: -5m\n" + seq,
+			want: "config.yaml:3: lockout.period: want a positive duration when failures > 0, got \"0s\"\n" +
+				"config.yaml:4: lockout.duration: want a positive duration when failures > 0, got \"-5m0s\""},
+		{name: "disabled lockout needs no period", yaml: "lockout:\n  failures: 0\n  period: 0s\n" + seq},
+		{name: "listen without port", yaml: "web:\n  listen: localhost\n" + seq,
+			want: `config.yaml:2: web.listen: bad listen "localhost": want host:port like "127.0.0.1:7080", or empty to disable`},
+		{name: "listen on port 0", yaml: "web:\n  listen: \"127.0.0.1:0\"\n" + seq,
+			want: `config.yaml:2: web.listen: bad listen "127.0.0.1:0": want host:port like "127.0.0.1:7080", or empty to disable`},
+		{name: "listen on a named port", yaml: "web:\n  listen: \":http\"\n" + seq,
+			want: `config.yaml:2: web.listen: bad listen ":http": want host:port like "127.0.0.1:7080", or empty to disable`},
+		{name: "empty listen disables", yaml: "web:\n  listen: \"\"\n" + seq},
+
+		// environment and flags
+		{name: "unknown env key", yaml: seq, env: []string{"WEBKNOCK_LOG__FROMAT=common", "WEBKNOCK_LOG=x", "WEBKNOCK_=1"},
+			want: "WEBKNOCK_: names no key; want WEBKNOCK_SECTION__KEY, e.g. WEBKNOCK_LOG__FORMAT\n" +
+				"WEBKNOCK_LOG: log: unknown key\n" +
+				"WEBKNOCK_LOG__FROMAT: log.fromat: unknown key"},
+		{name: "sequences from env", yaml: seq, env: []string{"WEBKNOCK_SEQUENCES__0__NAME=x"},
+			want: `WEBKNOCK_SEQUENCES__0__NAME: sequences: cannot be set from the environment; define sequences in the file`},
+		{name: "bad env values", yaml: seq,
+			env: []string{"WEBKNOCK_FIREWALL__PROTECT=maybe", "WEBKNOCK_LOCKOUT__FAILURES=many", "WEBKNOCK_LOCKOUT__PERIOD=10",
+				"WEBKNOCK_LOG__TRUSTED_PROXIES=10.0.0.0/8 10.0.0.0/33", "WEBKNOCK_LOG__PATHS=", "WEBKNOCK_FIREWALL__HOOK=INPUT!"},
+			want: "WEBKNOCK_FIREWALL__HOOK: firewall.hook: bad hook \"INPUT!\": want 1 to 28 characters of A-Z a-z 0-9 _ -\n" +
+				"WEBKNOCK_FIREWALL__PROTECT: firewall.protect: want true or false, got \"maybe\"\n" +
+				"WEBKNOCK_LOCKOUT__FAILURES: lockout.failures: want an integer, got \"many\"\n" +
+				"WEBKNOCK_LOCKOUT__PERIOD: lockout.period: bad duration \"10\": missing unit; want e.g. \"30s\", \"10m\", \"1h30m\"\n" +
+				"WEBKNOCK_LOG__PATHS: log.paths: at least one path required\n" +
+				"WEBKNOCK_LOG__TRUSTED_PROXIES: log.trusted_proxies[1]: bad CIDR \"10.0.0.0/33\": want an IP address or CIDR like \"192.0.2.0/24\" or \"2001:db8::/32\""},
+		{name: "problems of file, env and flags sorted together", yaml: "log:\n  start: middle\n" + seq + "    window: 0s\n",
+			env:  []string{"WEBKNOCK_STATE_DIR=", "WEBKNOCK_LOG__FROMAT=x"},
+			args: []string{"--log-format="},
+			want: "--log-format: log.format: must not be empty; want combined, common, vhost_combined or an nginx log_format string\n" +
+				// The file's absolute path sorts before the variables.
+				"config.yaml:2: log.start: bad start \"middle\": want saved, end or beginning\n" +
+				"config.yaml:7: sequences[0].window: want a positive duration like \"30s\", got \"0s\"\n" +
+				"WEBKNOCK_LOG__FROMAT: log.fromat: unknown key\n" +
+				"WEBKNOCK_STATE_DIR: state_dir: must not be empty; want a directory like \"/var/lib/webknock\""},
+		{name: "bad flag values", yaml: "log:\n  start: middle\n" + seq,
+			env:  []string{"WEBKNOCK_WEB__LISTEN=nowhere"},
+			args: []string{"--log-start=later", "--web-listen=:99999", "--log-paths=", "--firewall-backend=pf", "--state-dir="},
+			want: "--firewall-backend: firewall.backend: bad backend \"pf\": want iptables or dry-run\n" +
+				"--log-paths: log.paths: at least one path required\n" +
+				"--log-start: log.start: bad start \"later\": want saved, end or beginning\n" +
+				"--state-dir: state_dir: must not be empty; want a directory like \"/var/lib/webknock\"\n" +
+				"--web-listen: web.listen: bad listen \":99999\": want host:port like \"127.0.0.1:7080\", or empty to disable"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, _ := loadString(t, tt.yaml, Options{Environ: tt.env, CheckFormat: tt.check}, tt.args)
+			if got != tt.want {
+				t.Errorf("Load(%q) errors:\n%s\nwant:\n%s", tt.yaml, got, tt.want)
+			}
+		})
+	}
+}
+
+// loadString loads yml from a file config.yaml and returns its problems
+// with that file named "config.yaml".
+func loadString(t *testing.T, yml string, o Options, args []string) (string, *Config) {
+	t.Helper()
+	dir := t.TempDir()
+	o.Path = filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(o.Path, []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if args != nil {
+		o.Flags = flagSet(t, args)
+	}
+	c, err := Load(o)
+	if err == nil {
+		return "", c
+	}
+	if c != nil {
+		t.Errorf("Load(%q) = %+v with errors; want nil", yml, c)
+	}
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("Load(%q) error %T, want Errors", yml, err)
+	}
+	return strings.ReplaceAll(err.Error(), dir+string(filepath.Separator), ""), nil
+}
+
+// TestGolden loads each testdata/bad/*.yaml and compares its problems with
+// the .golden file beside it; go test ./config -update rewrites them.
+func TestGolden(t *testing.T) {
+	files, err := filepath.Glob("testdata/bad/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no testdata/bad/*.yaml: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			c, err := Load(Options{Path: f})
+			if err == nil {
+				t.Fatalf("Load(%q) = %+v, want errors", f, c)
+			}
+			got := err.Error() + "\n"
+			golden := strings.TrimSuffix(f, ".yaml") + ".golden"
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != string(want) {
+				t.Errorf("Load(%q) errors:\n%s\nwant (%s):\n%s", f, got, golden, want)
+			}
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	tests := []struct {
+		name string
+		o    Options
+		want string
+	}{
+		{name: "no path", o: Options{}, want: "no configuration file given"},
+		{name: "missing file", o: Options{Path: "testdata/nope.yaml", Environ: []string{"WEBKNOCK_LOG__FROMAT=x"}},
+			want: "WEBKNOCK_LOG__FROMAT: log.fromat: unknown key\ntestdata/nope.yaml: cannot read: no such file or directory"},
+		{name: "directory", o: Options{Path: "testdata"}, want: "testdata: cannot read: is a directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Load(tt.o)
+			if c != nil || err == nil || err.Error() != tt.want {
+				t.Errorf("Load(%+v) = %v, %v; want nil, %s", tt.o, c, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestFieldError(t *testing.T) {
+	tests := []struct {
+		e    FieldError
+		want string
+	}{
+		{FieldError{"c.yaml", 3, "log.format", "bad"}, "c.yaml:3: log.format: bad"},
+		{FieldError{"c.yaml", 0, "log.format", "bad"}, "c.yaml: log.format: bad"},
+		{FieldError{"c.yaml", 2, "", "bad YAML"}, "c.yaml:2: bad YAML"},
+		{FieldError{"--log-start", 0, "log.start", "bad"}, "--log-start: log.start: bad"},
+		{FieldError{"", 0, "", "no file"}, "no file"},
+	}
+	for _, tt := range tests {
+		if got := tt.e.Error(); got != tt.want {
+			t.Errorf("%+v.Error() = %q, want %q", tt.e, got, tt.want)
+		}
+	}
+}
+
+func TestErrorsAs(t *testing.T) {
+	_, lerr := Load(Options{Path: "testdata/bad/many.yaml"})
+	var fe *FieldError
+	if !errors.As(lerr, &fe) {
+		t.Fatalf("errors.As(%v, *FieldError) = false", lerr)
+	}
+	if fe.Source != "testdata/bad/many.yaml" || fe.Line == 0 || fe.Field == "" {
+		t.Errorf("first problem = %+v, want source, line and field", fe)
+	}
+}
+
+func TestPortString(t *testing.T) {
+	for _, tt := range []struct {
+		p    Port
+		want string
+	}{{Port{22, "tcp"}, "22/tcp"}, {Port{53, "udp"}, "53/udp"}, {Port{65535, "tcp"}, "65535/tcp"}} {
+		if got := tt.p.String(); got != tt.want {
+			t.Errorf("%+v.String() = %q, want %q", tt.p, got, tt.want)
+		}
+	}
+}
+
+func TestRegisterFlagsKeys(t *testing.T) {
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	RegisterFlags(fs)
+	n := 0
+	fs.VisitAll(func(f *pflag.Flag) {
+		n++
+		if _, ok := flagKeys[f.Name]; !ok {
+			t.Errorf("flag --%s overrides no key", f.Name)
+		}
+	})
+	if n != len(flagKeys) {
+		t.Errorf("RegisterFlags defined %d flags, want %d", n, len(flagKeys))
+	}
+}

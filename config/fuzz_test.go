@@ -1,0 +1,94 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+func FuzzConfig(f *testing.F) {
+	seeds, _ := filepath.Glob("testdata/*.yaml")
+	bad, _ := filepath.Glob("testdata/bad/*.yaml")
+	for _, name := range append(seeds, bad...) {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte(seq + "  - {name: b, steps: [/k/b], knock_page: /k/c, ports: [53/udp], timeout: 1s}\n"))
+	f.Add([]byte("base: &b {steps: [/k/a], knock_page: /k/o}\nsequences: [{<<: *b, name: x}]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		os.WriteFile(fmt.Sprintf("/tmp/fuzzlast-%d", os.Getpid()), data, 0o600)
+		path := filepath.Join(t.TempDir(), "config.yaml")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Load(Options{Path: path})
+		_, err2 := Load(Options{Path: path})
+		if (err == nil) != (err2 == nil) || err != nil && err.Error() != err2.Error() {
+			t.Fatalf("Load is not deterministic:\n%v\nthen\n%v", err, err2)
+		}
+		if err != nil {
+			if c != nil {
+				t.Fatalf("Load(%q) returned a config with errors", data)
+			}
+			for _, e := range err.(Errors) {
+				if e.Source != path || e.Message == "" {
+					t.Fatalf("Load(%q): problem %+v lacks source or message", data, e)
+				}
+			}
+			return
+		}
+		checkInvariants(t, c)
+	})
+}
+
+var pathChars = regexp.MustCompile(`^/[A-Za-z0-9._~/-]*$`)
+
+// checkInvariants fails t unless c is something the daemon can run with.
+func checkInvariants(t *testing.T, c *Config) {
+	t.Helper()
+	if len(c.Sequences) == 0 {
+		t.Fatalf("config without sequences: %+v", c)
+	}
+	if len(c.Log.Paths) == 0 || c.Log.Format == "" || c.StateDir == "" {
+		t.Fatalf("config without log paths, format or state dir: %+v", c)
+	}
+	seen := map[string]bool{}
+	names := map[string]bool{}
+	for _, s := range c.Sequences {
+		if s.Name == "" || len(s.Name) > 32 || names[s.Name] {
+			t.Fatalf("bad or repeated sequence name %q", s.Name)
+		}
+		names[s.Name] = true
+		if len(s.Steps) == 0 {
+			t.Fatalf("sequence %q without steps", s.Name)
+		}
+		for _, p := range append(append([]string{}, s.Steps...), s.KnockPage) {
+			if !pathChars.MatchString(p) || len(p) > 200 || seen[p] {
+				t.Fatalf("sequence %q: bad or repeated path %q", s.Name, p)
+			}
+			seen[p] = true
+		}
+		if s.Timeout <= 0 || s.Window <= 0 {
+			t.Fatalf("sequence %q: timeout %v, window %v", s.Name, s.Timeout, s.Window)
+		}
+		if len(s.Methods) == 0 || len(s.StepStatus) == 0 || len(s.Ports) == 0 {
+			t.Fatalf("sequence %q without methods, step status or ports: %+v", s.Name, s)
+		}
+		for _, m := range s.Methods {
+			if m == "" || strings.ToUpper(m) != m {
+				t.Fatalf("sequence %q: method %q", s.Name, m)
+			}
+		}
+		for _, p := range s.Ports {
+			if p.Number == 0 || p.Proto != "tcp" && p.Proto != "udp" {
+				t.Fatalf("sequence %q: port %+v", s.Name, p)
+			}
+		}
+	}
+}

@@ -1,0 +1,248 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+const (
+	maxPathLen = 200
+	nameRule   = "1 to 32 characters of A-Z a-z 0-9 _ -"
+	chainRule  = "1 to 28 characters of A-Z a-z 0-9 _ -"
+)
+
+var (
+	// A sequence name goes into iptables rule comments.
+	nameRe   = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
+	chainRe  = regexp.MustCompile(`^[A-Za-z0-9_-]{1,28}$`)
+	methodRe = regexp.MustCompile(`^[A-Z]+$`)
+	builtin  = []string{"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"}
+)
+
+// validate checks the decoded configuration, skipping values that could
+// not be decoded (they have been reported already).
+func (l *loader) validate(checkFormat func(string) error) {
+	c := &l.cfg
+	at := func(p ...any) loc {
+		fp := fieldPath(p)
+		return loc{l.sourceOf(fp), fp}
+	}
+	bad := func(a loc, format string, args ...any) {
+		if !l.skipped(a.p) {
+			l.addf(a, format, args...)
+		}
+	}
+
+	// log
+	if len(c.Log.Paths) == 0 {
+		bad(at("log", "paths"), "at least one path required")
+	}
+	for i, p := range c.Log.Paths {
+		if p == "" {
+			bad(at("log", "paths", i), "empty path")
+		} else if _, err := filepath.Match(p, ""); err != nil {
+			bad(at("log", "paths", i), "bad glob %q: %v", p, err)
+		}
+	}
+	switch {
+	case c.Log.Format == "":
+		bad(at("log", "format"), "must not be empty; want combined, common, vhost_combined or an nginx log_format string")
+	case checkFormat != nil && !l.skipped(fieldPath{"log", "format"}):
+		if err := checkFormat(c.Log.Format); err != nil {
+			bad(at("log", "format"), "%v", err)
+		}
+	}
+	oneOf(bad, at("log", "start"), "start", c.Log.Start, "saved", "end", "beginning")
+
+	if c.StateDir == "" {
+		bad(at("state_dir"), "must not be empty; want a directory like \"/var/lib/webknock\"")
+	}
+
+	// firewall
+	oneOf(bad, at("firewall", "backend"), "backend", c.Firewall.Backend, "iptables", "dry-run")
+	switch fw := c.Firewall; {
+	case !chainRe.MatchString(fw.Chain):
+		bad(at("firewall", "chain"), "bad chain %q: want %s", fw.Chain, chainRule)
+	case slices.Contains(builtin, fw.Chain):
+		bad(at("firewall", "chain"), "chain %q is built in; want a chain of our own like \"WEBKNOCK\"", fw.Chain)
+	case fw.Chain == fw.Hook:
+		bad(at("firewall", "chain"), "chain %q is also the hook; want a chain of our own like \"WEBKNOCK\"", fw.Chain)
+	}
+	switch hook := c.Firewall.Hook; {
+	case hook == "":
+		bad(at("firewall", "hook"), "must not be empty; want the chain that jumps to ours, like \"INPUT\" or \"DOCKER-USER\"")
+	case !chainRe.MatchString(hook):
+		bad(at("firewall", "hook"), "bad hook %q: want %s", hook, chainRule)
+	}
+
+	l.validateSequences(at, bad)
+
+	// lockout
+	lo := c.Lockout
+	if lo.Failures < 0 {
+		bad(at("lockout", "failures"), "bad failures %d: want 0 (disabled) or more", lo.Failures)
+	}
+	if lo.Failures > 0 {
+		if lo.Period <= 0 {
+			bad(at("lockout", "period"), "want a positive duration when failures > 0, got %q", lo.Period)
+		}
+		if lo.Duration <= 0 {
+			bad(at("lockout", "duration"), "want a positive duration when failures > 0, got %q", lo.Duration)
+		}
+	}
+
+	// web
+	if ln := c.Web.Listen; ln != "" && !validListen(ln) {
+		bad(at("web", "listen"), "bad listen %q: want host:port like \"127.0.0.1:7080\", or empty to disable", ln)
+	}
+}
+
+func (l *loader) validateSequences(at func(p ...any) loc, bad func(a loc, format string, args ...any)) {
+	seqs := l.cfg.Sequences
+	if len(seqs) == 0 {
+		bad(at("sequences"), "at least one sequence required")
+	}
+	names := map[string]int{}       // name -> first sequence
+	paths := map[string]fieldPath{} // path -> first use
+	usePath := func(a loc, p string) {
+		if why := checkPath(p); why != "" {
+			bad(a, "bad path %q: %s", p, why)
+			return
+		}
+		if first, ok := paths[p]; ok {
+			bad(a, "path %q already used by %s", p, first)
+			return
+		}
+		paths[p] = a.p
+	}
+	for i, s := range seqs {
+		switch _, dup := names[s.Name]; {
+		case s.Name == "":
+			bad(at("sequences", i, "name"), "required: %s", nameRule)
+		case !nameRe.MatchString(s.Name):
+			bad(at("sequences", i, "name"), "bad name %q: want %s", s.Name, nameRule)
+		case dup:
+			bad(at("sequences", i, "name"), "name %q already used by sequences[%d]", s.Name, names[s.Name])
+		default:
+			names[s.Name] = i
+		}
+
+		if len(s.Steps) == 0 {
+			bad(at("sequences", i, "steps"), "at least one step required")
+		}
+		for j, p := range s.Steps {
+			usePath(at("sequences", i, "steps", j), p)
+		}
+		if s.KnockPage == "" {
+			bad(at("sequences", i, "knock_page"), "required: an absolute path like \"/k/open\"")
+		} else {
+			usePath(at("sequences", i, "knock_page"), s.KnockPage)
+		}
+
+		if len(s.StepStatus) == 0 {
+			bad(at("sequences", i, "step_status"), "at least one status required, like 404")
+		}
+		for j, st := range s.StepStatus {
+			if st < 100 || st > 599 {
+				bad(at("sequences", i, "step_status", j), "bad status %d: want 100 to 599", st)
+			}
+		}
+		for j, st := range s.KnockPageStatus {
+			if st < 100 || st > 599 {
+				bad(at("sequences", i, "knock_page_status", j), "bad status %d: want 100 to 599", st)
+			}
+		}
+
+		if len(s.Methods) == 0 {
+			bad(at("sequences", i, "methods"), "at least one method required, like GET")
+		}
+		for j, m := range s.Methods {
+			if !methodRe.MatchString(m) {
+				bad(at("sequences", i, "methods", j), "bad method %q: want letters A-Z, like \"GET\"", m)
+			}
+		}
+
+		positive(bad, at("sequences", i, "timeout"), s.Timeout)
+		positive(bad, at("sequences", i, "window"), s.Window)
+
+		if len(s.Ports) == 0 {
+			bad(at("sequences", i, "ports"), "at least one port required, like \"22/tcp\"")
+		}
+		for j, p := range s.Ports {
+			if slices.Contains(s.Ports[:j], p) {
+				bad(at("sequences", i, "ports", j), "port %q listed twice", p.String())
+			}
+		}
+	}
+}
+
+func positive(bad func(a loc, format string, args ...any), a loc, d time.Duration) {
+	if d <= 0 {
+		bad(a, "want a positive duration like \"30s\", got %q", d)
+	}
+}
+
+func oneOf(bad func(a loc, format string, args ...any), a loc, what, v string, allowed ...string) {
+	if slices.Contains(allowed, v) {
+		return
+	}
+	want := strings.Join(allowed[:len(allowed)-1], ", ") + " or " + allowed[len(allowed)-1]
+	bad(a, "bad %s %q: want %s", what, v, want)
+}
+
+// checkPath says why p cannot be a step or knock page, or returns "".
+func checkPath(p string) string {
+	if !strings.HasPrefix(p, "/") {
+		return `must start with "/"`
+	}
+	if len(p) > maxPathLen {
+		return fmt.Sprintf("%d bytes; at most %d allowed", len(p), maxPathLen)
+	}
+	for i := 0; i < len(p); i++ {
+		if !unreserved(p[i]) {
+			return fmt.Sprintf("character %q not allowed; want A-Z a-z 0-9 - . _ ~ /", p[i:i+1])
+		}
+	}
+	return ""
+}
+
+// unreserved reports whether b is an unreserved URL character (RFC 3986) or "/":
+// such a path reaches the log byte for byte, never percent-encoded.
+func unreserved(b byte) bool {
+	return 'A' <= b && b <= 'Z' || 'a' <= b && b <= 'z' || '0' <= b && b <= '9' ||
+		b == '-' || b == '.' || b == '_' || b == '~' || b == '/'
+}
+
+func validListen(s string) bool {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return false
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	return err == nil && n > 0
+}
+
+// sourceOf says where the value at p comes from: the file unless the
+// environment or a flag set it.
+func (l *loader) sourceOf(p fieldPath) source {
+	if src, ok := l.origin[p.keyPath()]; ok {
+		return src
+	}
+	return l.file
+}
+
+// skipped reports whether p, or a value containing it, failed to decode.
+func (l *loader) skipped(p fieldPath) bool {
+	for i := 1; i <= len(p); i++ {
+		if l.failed[p[:i].String()] {
+			return true
+		}
+	}
+	return false
+}

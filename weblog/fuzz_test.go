@@ -1,0 +1,100 @@
+package weblog
+
+import (
+	"bytes"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+// FuzzParseLine feeds arbitrary lines to the scanner and to gonx. Neither may
+// panic; a line the scanner accepts has a knockable client, and a path made
+// of unreserved characters appears verbatim in the raw line (what lets
+// ScanLines skip lines without parsing them); both parsers agree on every
+// line where gonx can read the $remote_user.
+func FuzzParseLine(f *testing.F) {
+	for _, l := range differentialLines {
+		f.Add(l)
+	}
+	f.Add(`203.0.113.7 - - [22/Nov/2026:19:01:34 +0000] "GET /k/7f3a9c HTTP/1.1" 404 153 "-" "-"`)
+	f.Add(`198.51.100.9 - a [22/Nov/2026:19:01:34 +0000] x [22/Nov/2026:19:01:35 +0000] "GET / HTTP/1.1" 200 5 "-" "-"`)
+	f.Add(`198.51.100.9 - - [04/Oct/2022:03:07:27 +0000] "GET /a\"b\\c HTTP/1.1" 400 150 "-" "x\" \t\xc3\xa9"`)
+	scanner, _ := NewParser(Combined, nil)
+	viaGonx, err := NewParser(nginxCombined, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	main, err := NewParser(nginxMain, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		a, errA := scanner.Parse([]byte(line))
+		b, errB := viaGonx.Parse([]byte(line))
+		_, _ = main.Parse([]byte(line))
+		if errA == nil {
+			if knockable(a.Client) != nil {
+				t.Fatalf("accepted client %v", a.Client)
+			}
+			if unreserved(a.Path) && !bytes.Contains([]byte(line), []byte(a.Path)) {
+				t.Fatalf("path %q is not in the raw line %q", a.Path, line)
+			}
+		}
+		if errA == nil && errB != nil && gonxCannot([]byte(line), a) {
+			return
+		}
+		if (errA == nil) != (errB == nil) || (errA == nil && !equalRequest(a, b)) {
+			t.Fatalf("line %q: scanner %+v %v, gonx %+v %v", line, a, errA, b, errB)
+		}
+	})
+}
+
+func unreserved(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._~/", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+func BenchmarkParseCombined(b *testing.B) {
+	p, _ := NewParser(Combined, nil)
+	line := []byte(`83.149.9.216 - - [17/May/2015:10:05:03 +0000] "GET /presentations/logstash-monitorama-2013/images/kibana-search.png HTTP/1.1" 200 203023 "http://semicomplete.com/presentations/logstash-monitorama-2013/" "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_9_1) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/32.0.1700.77 Safari/537.36"`)
+	b.SetBytes(int64(len(line)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := p.Parse(line); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkParseGonx(b *testing.B) {
+	p, _ := NewParser(nginxCombined, nil)
+	line := []byte(`83.149.9.216 - - [17/May/2015:10:05:03 +0000] "GET /presentations/logstash-monitorama-2013/images/kibana-search.png HTTP/1.1" 200 203023 "http://semicomplete.com/presentations/logstash-monitorama-2013/" "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_9_1) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/32.0.1700.77 Safari/537.36"`)
+	b.SetBytes(int64(len(line)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := p.Parse(line); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkScanLines measures finding knock lines in a log where none knock.
+func BenchmarkScanLines(b *testing.B) {
+	line := `83.149.9.216 - - [17/May/2015:10:05:03 +0000] "GET /presentations/logstash-monitorama-2013/images/kibana-search.png HTTP/1.1" 200 203023 "http://semicomplete.com/presentations/logstash-monitorama-2013/" "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_9_1) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/32.0.1700.77 Safari/537.36"` + "\n"
+	data := []byte(strings.Repeat(line, 20000))
+	needles := [][]byte{[]byte("/k/7f3a9c"), []byte("/k/91c2e0"), []byte("/k/00aa5d"), []byte("/k/open")}
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := ScanLines(bytes.NewReader(data), needles, func(int64, []byte) error { return nil }); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
