@@ -1,7 +1,6 @@
 package config
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -21,9 +20,9 @@ func FuzzConfig(f *testing.F) {
 	}
 	f.Add([]byte(seq + "  - {name: b, steps: [/k/b], knock_page: /k/c, ports: [53/udp], timeout: 1s}\n"))
 	f.Add([]byte("base: &b {steps: [/k/a], knock_page: /k/o}\nsequences: [{<<: *b, name: x}]\n"))
+	// A worker runs one input at a time, so they can share the file.
+	path := filepath.Join(f.TempDir(), "config.yaml")
 	f.Fuzz(func(t *testing.T, data []byte) {
-		os.WriteFile(fmt.Sprintf("/tmp/fuzzlast-%d", os.Getpid()), data, 0o600)
-		path := filepath.Join(t.TempDir(), "config.yaml")
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)
 		}

@@ -92,7 +92,6 @@ type replayer struct {
 	out      io.Writer
 	asJSON   bool
 	events   []knock.Event
-	last     time.Time // latest log time seen
 	writeErr error
 
 	lines, examined, parsed, grants int64
@@ -162,17 +161,17 @@ func (rp *replayer) line(line []byte) {
 		return
 	}
 	rp.parsed++
-	if r.Time.After(rp.last) {
-		rp.last = r.Time
-	}
 	rp.emit(rp.tracker.Apply(hitOf(&r), rp.events[:0]))
 }
 
-// finish reports the sequences that ran out of time by the end of the logs.
+// endOfTime is later than any log line.
+var endOfTime = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
+
+// finish reports every sequence left in progress at the end of the logs as
+// the timeout it will become, at the time it expires. (Expiring at the time
+// of the last line instead would depend on lines that cannot knock.)
 func (rp *replayer) finish() {
-	if !rp.last.IsZero() {
-		rp.emit(rp.tracker.Expire(rp.last, rp.events[:0]))
-	}
+	rp.emit(rp.tracker.Expire(endOfTime, rp.events[:0]))
 }
 
 func (rp *replayer) emit(evs []knock.Event) {
