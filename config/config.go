@@ -80,7 +80,7 @@ type Web struct {
 // Options says where Load finds the configuration.
 type Options struct {
 	Path    string         // YAML file (required)
-	Environ []string       // e.g. os.Environ(); only WEBKNOCK_ variables are read
+	Environ []string       // e.g. os.Environ(); only WEBKNOCK_ variables are read; nil reads none
 	Flags   *pflag.FlagSet // optional; only flags the user changed override
 	// CheckFormat optionally validates log.format further (main plugs in the
 	// log parser's compiler); its error becomes a problem on log.format.

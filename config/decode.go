@@ -179,7 +179,12 @@ func describe(v any) string {
 		return "a list"
 	case map[string]any, map[any]any:
 		return "a mapping"
-	case bool, int, int64, uint64, float64:
+	case float64:
+		if v == math.Trunc(v) && math.Abs(v) < 1e15 {
+			return fmt.Sprintf("%.1f", v) // 5.0, not 5: a float where an integer is wanted
+		}
+		return fmt.Sprint(v)
+	case bool, int, int64, uint64:
 		return fmt.Sprint(v)
 	case time.Time:
 		return "a timestamp"

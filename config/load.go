@@ -22,8 +22,8 @@ import (
 // envPrefix starts every environment variable Load reads.
 const envPrefix = "WEBKNOCK_"
 
-// envKeys are the keys the environment may set; list keys are split on
-// spaces and commas.
+// envKeys are the keys the environment may set; true marks a list, whose
+// variable is split on spaces and commas.
 var envKeys = map[string]bool{
 	"log.paths":             true,
 	"log.format":            false,

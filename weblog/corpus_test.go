@@ -189,14 +189,6 @@ func TestScannerAgreesWithGonx(t *testing.T) {
 	}
 }
 
-func reasonOf(err error) Reason {
-	var pe *ParseError
-	if errors.As(err, &pe) {
-		return pe.Reason
-	}
-	return ""
-}
-
 // differentialLines are crafted nginx lines: escapes, odd requests, hostile text.
 var differentialLines = []string{
 	`203.0.113.7 - - [22/Nov/2026:19:01:34 +0000] "GET /k/7f3a9c?r=1 HTTP/1.1" 404 153 "-" "Mozilla/5.0 (X11)"`,
