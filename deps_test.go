@@ -5,6 +5,9 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	// Registers -update, so that `go test ./... -update` runs here too.
+	_ "github.com/webknock/webknock/internal/golden"
 )
 
 // TestDependencyDirection lists each package's dependencies inside the

@@ -2,7 +2,6 @@ package config
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -13,9 +12,9 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-)
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/bad")
+	"github.com/webknock/webknock/internal/golden"
+)
 
 func prefixes(ss ...string) []netip.Prefix {
 	var out []netip.Prefix
@@ -497,20 +496,7 @@ func TestGolden(t *testing.T) {
 			if err == nil {
 				t.Fatalf("Load(%q) = %+v, want errors", f, c)
 			}
-			got := err.Error() + "\n"
-			golden := strings.TrimSuffix(f, ".yaml") + ".golden"
-			if *update {
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got != string(want) {
-				t.Errorf("Load(%q) errors:\n%s\nwant (%s):\n%s", f, got, golden, want)
-			}
+			golden.Check(t, strings.TrimSuffix(f, ".yaml")+".golden", []byte(err.Error()+"\n"))
 		})
 	}
 }

@@ -4,15 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-var update = flag.Bool("update", false, "rewrite golden files")
+	"github.com/webknock/webknock/internal/golden"
+)
 
 // corpusFormats are tried in order on every line of the public corpus.
 var corpusFormats = []struct{ name, format string }{
@@ -113,7 +112,7 @@ func TestCorpus(t *testing.T) {
 			fmt.Fprintln(&out, u)
 		}
 	}
-	golden(t, "../testdata/corpus/parse.golden", out.Bytes())
+	golden.Check(t, "../testdata/corpus/parse.golden", out.Bytes())
 }
 
 // summarise folds the per-format reasons of an unparsed line.
@@ -127,22 +126,6 @@ func summarise(reasons []string) string {
 		}
 	}
 	return strings.Join(uniq, ",")
-}
-
-func golden(t *testing.T, path string, got []byte) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("output differs from %s (go test -update rewrites it):\n%s", path, got)
-	}
 }
 
 // TestScannerAgreesWithGonx parses every corpus line and every table line with

@@ -3,14 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
-	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-var update = flag.Bool("update", false, "rewrite golden files")
+	"github.com/webknock/webknock/internal/golden"
+)
 
 // runCmd runs the command line in-process.
 func runCmd(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
@@ -18,22 +16,6 @@ func runCmd(t *testing.T, stdin string, args ...string) (stdout, stderr string, 
 	var o, e bytes.Buffer
 	code = run(context.Background(), args, strings.NewReader(stdin), &o, &e)
 	return o.String(), e.String(), code
-}
-
-func golden(t *testing.T, path string, got []byte) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (go test -update creates it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs (go test -update rewrites it); got:\n%s", path, got)
-	}
 }
 
 // TestReplayGolden replays every testdata/replay/<case>.log with its
@@ -54,7 +36,7 @@ func TestReplayGolden(t *testing.T) {
 			if code != 0 {
 				t.Fatalf("replay exit %d: %s", code, errOut)
 			}
-			golden(t, strings.TrimSuffix(log, ".log")+".golden", []byte(out+"# "+errOut))
+			golden.Check(t, strings.TrimSuffix(log, ".log")+".golden", []byte(out+"# "+errOut))
 			all, errAll, code := runCmd(t, "", "replay", "--json", "--parse-all", "-c", cfg, log)
 			if code != 0 || all != out {
 				t.Errorf("--parse-all gave other events (exit %d, %s):\n%s\nwant:\n%s", code, errAll, all, out)

@@ -1,0 +1,5 @@
+package knock
+
+// knock has no golden files; importing the package registers -update, so
+// that `go test ./... -update` runs here too.
+import _ "github.com/webknock/webknock/internal/golden"
