@@ -64,9 +64,6 @@ func CheckFormat(format string) error {
 	return err
 }
 
-// HasForwardedFor reports whether the format logs X-Forwarded-For.
-func (p *Parser) HasForwardedFor() bool { return p.hasXFF }
-
 // Parse parses one line (without its newline). A line that does not match
 // the format exactly, anchored at both ends, is refused: text inside one
 // field can never be read as another. For a line that parses but whose

@@ -82,6 +82,14 @@ func TestReplayCorpus(t *testing.T) {
 			if strings.Contains(out, `"grant"`) || !strings.Contains(errOut, ", 0 grants") {
 				t.Errorf("replay %s as %s granted:\n%s\n%s", cfg, format, out, errOut)
 			}
+			var read, examined, parsed int
+			summary := errOut[strings.LastIndex(strings.TrimSpace(errOut), "\n")+1:]
+			if _, err := fmt.Sscanf(summary, "replay: %d lines read, %d examined, %d parsed", &read, &examined, &parsed); err != nil {
+				t.Fatalf("summary %q: %v", errOut, err)
+			}
+			if format == "combined" && parsed < 10000 {
+				t.Errorf("replay as combined parsed only %d of %d lines: %s", parsed, read, errOut)
+			}
 		}
 	}
 }
