@@ -65,6 +65,22 @@ var commands = []*command{
 		run:     runReplay,
 	},
 	{
+		name:    "run",
+		summary: "follow the access logs and open the firewall for clients that knock",
+		usage:   "webknock run -c FILE [--json-logs] [--debug]",
+		example: "webknock run -c /etc/webknock/webknock.yaml",
+		flags:   runFlags,
+		run:     runRun,
+	},
+	{
+		name:    "flush",
+		summary: "remove webknock's firewall chains and jumps",
+		usage:   "webknock flush -c FILE",
+		example: "webknock flush -c /etc/webknock/webknock.yaml",
+		flags:   func(*pflag.FlagSet) {},
+		run:     runFlush,
+	},
+	{
 		name:    "check",
 		summary: "validate the configuration; exit 1 listing every problem",
 		usage:   "webknock check -c FILE",

@@ -1,0 +1,716 @@
+package main
+
+// End-to-end tests: real nginx and Apache httpd write real access logs in a
+// network namespace the test creates, `webknock run` follows them and changes
+// real iptables/ip6tables rules there, and clients in a second namespace
+// knock with curl and connect over a veth pair. They need root and the
+// programs; without them they skip, unless WEBKNOCK_E2E=require (as in
+// .ci/run), which makes a missing prerequisite a failure.
+//
+// All traffic stays between the two namespaces, on documentation addresses
+// (192.0.2.0/24, 2001:db8::/64) that exist only there.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const (
+	srvV4 = "192.0.2.1"
+	srvV6 = "2001:db8::1"
+)
+
+// Client addresses in the client namespace.
+var cliV4 = []string{"192.0.2.11", "192.0.2.12", "192.0.2.13", "192.0.2.14", "192.0.2.15", "192.0.2.16"}
+var cliV6 = []string{"2001:db8::11", "2001:db8::12"}
+
+// helperEnv makes the test binary act as a small network tool inside a
+// namespace (see TestMain).
+const helperEnv = "WEBKNOCK_E2E_HELPER"
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(helperEnv); mode != "" {
+		os.Exit(helper(mode, os.Args[len(os.Args)-1]))
+	}
+	os.Exit(m.Run())
+}
+
+// helper runs one tool: "listen" accepts TCP connections on the address
+// (the SSH stand-in) and "dial" connects from SRC to DST ("SRC DST"),
+// exiting 0 when the connection is accepted.
+func helper(mode, arg string) int {
+	switch mode {
+	case "listen":
+		ln, err := net.Listen("tcp", arg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Println("ready")
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return 1
+			}
+			c.Close()
+		}
+	case "knocklat":
+		// "SRC HOST DSTADDR": knock from SRC on http://HOST, then time from
+		// the knock page's response until DSTADDR accepts a connection.
+		f := strings.Fields(arg)
+		src, host, dst := f[0], f[1], f[2]
+		tr := &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}).DialContext, DisableKeepAlives: true}
+		client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+		for _, p := range fullKnock {
+			resp, err := client.Get("http://" + host + p)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		start := time.Now()
+		d := net.Dialer{Timeout: 2 * time.Millisecond, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		for time.Since(start) < 5*time.Second {
+			if c, err := d.Dial("tcp", dst); err == nil {
+				c.Close()
+				fmt.Println(time.Since(start).Microseconds())
+				return 0
+			}
+		}
+		return 3
+	case "dial":
+		src, dst, _ := strings.Cut(arg, " ")
+		d := net.Dialer{Timeout: 300 * time.Millisecond, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		c, err := d.Dial("tcp", dst)
+		if err != nil {
+			return 3
+		}
+		c.Close()
+		return 0
+	}
+	return 2
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// webknockBinary builds the command once per test run.
+func webknockBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "webknock-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "webknock")
+		out, err := exec.Command("go", "build", "-o", builtBin, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+// requireE2E skips (or, with WEBKNOCK_E2E=require, fails) when the test
+// cannot run here.
+func requireE2E(t testing.TB, programs ...string) {
+	t.Helper()
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	for _, p := range append([]string{"ip", "iptables", "ip6tables", "curl"}, programs...) {
+		if _, err := exec.LookPath(p); err != nil {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	msg := fmt.Sprintf("end-to-end test needs %s (run as root with nginx-light, apache2, iptables and curl installed; .ci/run does)", strings.Join(missing, ", "))
+	if os.Getenv("WEBKNOCK_E2E") == "require" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// e2e is one test's world: a server and a client namespace joined by veth.
+type e2e struct {
+	t        testing.TB
+	id       string // suffix of namespace and link names
+	dir      string // world-readable scratch directory
+	srv, cli string // namespace names
+	log      string // the access log the web server writes
+}
+
+func newE2E(t testing.TB, programs ...string) *e2e {
+	t.Helper()
+	requireE2E(t, programs...)
+	dir, err := os.MkdirTemp("", "webknock-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("scratch directory kept: %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	id := fmt.Sprintf("%d%d", os.Getpid()%10000, time.Now().UnixNano()%1000)
+	e := &e2e{t: t, id: id, dir: dir, srv: "wks" + id, cli: "wkc" + id, log: filepath.Join(dir, "access.log")}
+	for _, ns := range []string{e.srv, e.cli} {
+		e.must("ip", "netns", "add", ns)
+		ns := ns
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		e.must("ip", "-n", ns, "link", "set", "lo", "up")
+	}
+	e.must("ip", "link", "add", "wkv"+id, "netns", e.srv, "type", "veth", "peer", "name", "wkp"+id, "netns", e.cli)
+	e.must("ip", "-n", e.srv, "addr", "add", srvV4+"/24", "dev", "wkv"+id)
+	e.must("ip", "-n", e.srv, "addr", "add", srvV6+"/64", "dev", "wkv"+id, "nodad")
+	e.must("ip", "-n", e.srv, "link", "set", "wkv"+id, "up")
+	for _, a := range cliV4 {
+		e.must("ip", "-n", e.cli, "addr", "add", a+"/24", "dev", "wkp"+id)
+	}
+	for _, a := range cliV6 {
+		e.must("ip", "-n", e.cli, "addr", "add", a+"/64", "dev", "wkp"+id, "nodad")
+	}
+	e.must("ip", "-n", e.cli, "link", "set", "wkp"+id, "up")
+	e.must("mkdir", "-p", filepath.Join(dir, "www"), filepath.Join(dir, "state"))
+	return e
+}
+
+// must runs a command on the host and fails the test if it fails.
+func (e *e2e) must(name string, args ...string) string {
+	e.t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// in returns a command that runs in namespace ns.
+func (e *e2e) in(ns, name string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+}
+
+// background starts cmd and stops it when the test ends.
+func (e *e2e) background(cmd *exec.Cmd) {
+	e.t.Helper()
+	if err := cmd.Start(); err != nil {
+		e.t.Fatalf("start %v: %v", cmd.Args, err)
+	}
+	e.t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+}
+
+// startListener starts the SSH stand-in on port 22 of the server.
+func (e *e2e) startListener() {
+	e.t.Helper()
+	cmd := e.in(e.srv, os.Args[0], "[::]:22")
+	cmd.Env = append(os.Environ(), helperEnv+"=listen")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.background(cmd)
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		e.t.Fatalf("listener did not start: %q %v", line, err)
+	}
+}
+
+// waitHTTP waits until the web server answers, with a deadline.
+func (e *e2e) waitHTTP() {
+	e.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if e.in(e.cli, "curl", "-s", "-o", "/dev/null", "--max-time", "1", "http://"+srvV4+"/ready-check").Run() == nil {
+			return
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-e.t.Context().Done():
+		}
+	}
+	e.t.Fatal("the web server did not answer within 10s")
+}
+
+func (e *e2e) startNginx() {
+	e.t.Helper()
+	conf := filepath.Join(e.dir, "nginx.conf")
+	write(e.t, conf, fmt.Sprintf(`worker_processes 1;
+daemon off;
+user root;
+pid %[1]s/nginx.pid;
+error_log %[1]s/nginx-error.log;
+events { worker_connections 64; }
+http {
+  access_log %[2]s combined;
+  client_body_temp_path %[1]s;
+  server {
+    listen %[3]s:80;
+    listen [%[4]s]:80;
+    root %[1]s/www;
+  }
+}
+`, e.dir, e.log, srvV4, srvV6))
+	e.background(e.in(e.srv, "nginx", "-c", conf))
+	e.waitHTTP()
+}
+
+// reopenNginx makes nginx reopen its log, as logrotate's postrotate does.
+func (e *e2e) reopenNginx() {
+	e.t.Helper()
+	conf := filepath.Join(e.dir, "nginx.conf")
+	if out, err := e.in(e.srv, "nginx", "-c", conf, "-s", "reopen").CombinedOutput(); err != nil {
+		e.t.Fatalf("nginx -s reopen: %v\n%s", err, out)
+	}
+}
+
+func (e *e2e) startApache() {
+	e.t.Helper()
+	conf := filepath.Join(e.dir, "apache2.conf")
+	write(e.t, conf, fmt.Sprintf(`ServerRoot /etc/apache2
+ServerName webknock-e2e
+LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so
+LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
+User www-data
+Group www-data
+PidFile %[1]s/apache2.pid
+DefaultRuntimeDir %[1]s
+Mutex file:%[1]s default
+ErrorLog %[1]s/apache2-error.log
+Listen %[3]s:80
+Listen [%[4]s]:80
+DocumentRoot %[1]s/www
+<Directory %[1]s/www>
+  Require all granted
+</Directory>
+LogFormat "%%h %%l %%u %%t \"%%r\" %%>s %%O \"%%{Referer}i\" \"%%{User-Agent}i\"" combined
+CustomLog %[2]s combined
+`, e.dir, e.log, srvV4, srvV6))
+	cmd := e.in(e.srv, "apache2", "-f", conf, "-DFOREGROUND")
+	cmd.Env = append(os.Environ(), "APACHE_RUN_DIR="+e.dir, "APACHE_LOG_DIR="+e.dir)
+	e.background(cmd)
+	e.waitHTTP()
+}
+
+func write(t testing.TB, path, text string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// config writes the daemon's configuration with the given window.
+func (e *e2e) config(window string) string {
+	e.t.Helper()
+	path := filepath.Join(e.dir, "webknock.yaml")
+	write(e.t, path, fmt.Sprintf(`log:
+  paths: [%s]
+  format: combined
+  start: saved
+state_dir: %s
+firewall:
+  backend: iptables
+  protect: true
+sequences:
+  - name: ssh
+    steps: [/k/a1, /k/b2, /k/c3]
+    knock_page: /k/open
+    timeout: 30s
+    window: %s
+    ports: [22/tcp]
+web:
+  listen: ""
+`, e.log, filepath.Join(e.dir, "state"), window))
+	return path
+}
+
+// daemon is a running `webknock run` whose JSON log the test reads.
+type daemonProc struct {
+	cmd     *exec.Cmd
+	records chan map[string]any
+	mu      sync.Mutex
+	all     bytes.Buffer
+}
+
+func (e *e2e) startDaemon(cfg string) *daemonProc {
+	e.t.Helper()
+	cmd := e.in(e.srv, webknockBinary(e.t), "run", "-c", cfg, "--json-logs", "--debug")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	d := &daemonProc{cmd: cmd, records: make(chan map[string]any, 1024)}
+	e.background(cmd)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			d.mu.Lock()
+			d.all.Write(sc.Bytes())
+			d.all.WriteByte('\n')
+			d.mu.Unlock()
+			var rec map[string]any
+			if json.Unmarshal(sc.Bytes(), &rec) == nil {
+				d.records <- rec
+			}
+		}
+		close(d.records)
+	}()
+	e.t.Cleanup(func() {
+		if e.t.Failed() {
+			d.mu.Lock()
+			e.t.Logf("webknock log:\n%s", d.all.String())
+			d.mu.Unlock()
+		}
+	})
+	d.wait(e.t, "webknock running", "")
+	return d
+}
+
+// wait returns the first log record with message msg (and ip, if given),
+// failing the test after a deadline.
+func (d *daemonProc) wait(t testing.TB, msg, ip string) map[string]any {
+	t.Helper()
+	deadline := time.After(15 * time.Second)
+	for {
+		select {
+		case rec, ok := <-d.records:
+			if !ok {
+				t.Fatalf("webknock exited while the test waited for %q", msg)
+			}
+			if rec["msg"] == msg && (ip == "" || rec["ip"] == ip) {
+				return rec
+			}
+		case <-deadline:
+			t.Fatalf("no %q (ip %q) in webknock's log within 15s", msg, ip)
+		}
+	}
+}
+
+// kill9 kills the daemon without letting it clean up.
+func (d *daemonProc) kill9(t testing.TB) {
+	t.Helper()
+	if err := d.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Wait()
+	for range d.records {
+	}
+}
+
+// knock requests the sequence's URLs from src with curl.
+func (e *e2e) knock(src string, paths ...string) {
+	e.t.Helper()
+	host := srvV4
+	if strings.Contains(src, ":") {
+		host = "[" + srvV6 + "]"
+	}
+	for _, p := range paths {
+		if out, err := e.in(e.cli, "curl", "-s", "-o", "/dev/null", "--max-time", "5", "--interface", src,
+			"-A", "Mozilla/5.0 (webknock end-to-end test)", "http://"+host+p+"?r=1").CombinedOutput(); err != nil {
+			e.t.Fatalf("curl %s from %s: %v\n%s", p, src, err, out)
+		}
+	}
+}
+
+var fullKnock = []string{"/k/a1", "/k/b2", "/k/c3", "/k/open"}
+
+// connects reports whether src can open a TCP connection to port 22.
+func (e *e2e) connects(src string) bool {
+	e.t.Helper()
+	dst := net.JoinHostPort(srvV4, "22")
+	if strings.Contains(src, ":") {
+		dst = net.JoinHostPort(srvV6, "22")
+	}
+	cmd := e.in(e.cli, os.Args[0], src+" "+dst)
+	cmd.Env = append(os.Environ(), helperEnv+"=dial")
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == 3 {
+		return false
+	}
+	if err != nil {
+		e.t.Fatalf("dial helper: %v", err)
+	}
+	return true
+}
+
+// assertOpen checks who may connect: exactly the addresses in open.
+func (e *e2e) assertOpen(open ...string) {
+	e.t.Helper()
+	for _, a := range append(cliV4[:4:4], cliV6...) {
+		want := false
+		for _, o := range open {
+			want = want || o == a
+		}
+		if got := e.connects(a); got != want {
+			e.t.Errorf("connect from %s = %v, want %v", a, got, want)
+		}
+	}
+}
+
+// grantRules returns our chain's grant rules of a family.
+func (e *e2e) grantRules(cmd string) []string {
+	e.t.Helper()
+	out, err := e.in(e.srv, cmd, "-w", "5", "-S", "WEBKNOCK").CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("%s -S WEBKNOCK: %v\n%s", cmd, err, out)
+	}
+	var rules []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "--comment \"webknock:ssh:") || strings.Contains(l, "--comment webknock:ssh:") {
+			rules = append(rules, l)
+		}
+	}
+	return rules
+}
+
+// untilOf reads the end of a grant from a log record.
+func untilOf(t testing.TB, rec map[string]any) time.Time {
+	t.Helper()
+	s, _ := rec["until"].(string)
+	u, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		t.Fatalf("grant record %v: until: %v", rec, err)
+	}
+	return u
+}
+
+// waitUntil waits for the wall clock to pass tm (the kernel's time match
+// works on the wall clock; there is nothing else to wait on).
+func waitUntil(t testing.TB, tm time.Time) {
+	t.Helper()
+	select {
+	case <-time.After(time.Until(tm)):
+	case <-t.Context().Done():
+		t.Fatal("test ended")
+	}
+}
+
+// TestE2ENginxKnock: strangers cannot connect; a knock through nginx opens
+// port 22 for the knocking address only (IPv4 and IPv6); the window ends,
+// the rule is removed and the port is closed again.
+func TestE2ENginxKnock(t *testing.T) {
+	e := newE2E(t, "nginx")
+	e.startNginx()
+	e.startListener()
+	d := e.startDaemon(e.config("12s"))
+	e.assertOpen()
+
+	e.knock(cliV4[0], fullKnock...)
+	g := d.wait(t, "grant", cliV4[0])
+	e.assertOpen(cliV4[0])
+	if r := e.grantRules("iptables"); len(r) != 1 {
+		t.Errorf("iptables grant rules = %q, want one", r)
+	}
+
+	e.knock(cliV6[0], fullKnock...)
+	d.wait(t, "grant", cliV6[0])
+	e.assertOpen(cliV4[0], cliV6[0])
+	if r := e.grantRules("ip6tables"); len(r) != 1 {
+		t.Errorf("ip6tables grant rules = %q, want one", r)
+	}
+
+	// A wrong sequence opens nothing.
+	e.knock(cliV4[1], "/k/a1", "/k/c3", "/k/b2", "/k/open")
+	e.knock(cliV4[2], "/k/open")
+
+	waitUntil(t, untilOf(t, g).Add(time.Second))
+	d.wait(t, "grant removed", cliV4[0])
+	d.wait(t, "grant removed", cliV6[0])
+	e.assertOpen()
+	if r := append(e.grantRules("iptables"), e.grantRules("ip6tables")...); len(r) != 0 {
+		t.Errorf("grant rules after the window = %q, want none", r)
+	}
+}
+
+// TestE2EApacheKnock: the same through Apache httpd's combined log.
+func TestE2EApacheKnock(t *testing.T) {
+	e := newE2E(t, "apache2")
+	e.startApache()
+	e.startListener()
+	d := e.startDaemon(e.config("1m"))
+	e.assertOpen()
+	e.knock(cliV4[0], fullKnock...)
+	d.wait(t, "grant", cliV4[0])
+	e.knock(cliV6[1], fullKnock...)
+	d.wait(t, "grant", cliV6[1])
+	e.assertOpen(cliV4[0], cliV6[1])
+}
+
+// TestE2EKillAndRestart: after kill -9 the kernel still ends the window on
+// time; a restart keeps a live grant with exactly one rule and removes dead
+// and unknown rules.
+func TestE2EKillAndRestart(t *testing.T) {
+	e := newE2E(t, "nginx")
+	e.startNginx()
+	e.startListener()
+	cfgShort := e.config("8s")
+	d := e.startDaemon(cfgShort)
+	e.knock(cliV4[0], fullKnock...)
+	short := untilOf(t, d.wait(t, "grant", cliV4[0]))
+	d.kill9(t)
+
+	// Dead webknock: the rule stays, but the kernel stops accepting at until.
+	e.assertOpen(cliV4[0])
+	waitUntil(t, short.Add(1500*time.Millisecond))
+	if r := e.grantRules("iptables"); len(r) != 1 {
+		t.Fatalf("grant rules while webknock is dead = %q, want the one left behind", r)
+	}
+	e.assertOpen()
+
+	// A long grant, then kill -9 again, plant a dead and an unknown rule.
+	d = e.startDaemon(e.config("10m"))
+	e.knock(cliV4[1], fullKnock...)
+	d.wait(t, "grant", cliV4[1])
+	d.kill9(t)
+	e.must("ip", "netns", "exec", e.srv, "iptables", "-w", "5", "-I", "WEBKNOCK", "1", "-s", "192.0.2.99/32", "-p", "tcp", "--dport", "22",
+		"-m", "time", "--datestop", "2020-01-01T00:00:00", "-m", "comment", "--comment", "webknock:ssh:1577836800", "-j", "ACCEPT")
+	e.must("ip", "netns", "exec", e.srv, "iptables", "-w", "5", "-I", "WEBKNOCK", "1", "-s", "192.0.2.98/32", "-j", "ACCEPT")
+
+	e.startDaemon(e.config("10m"))
+	rules := e.grantRules("iptables")
+	if len(rules) != 1 || !strings.Contains(rules[0], cliV4[1]+"/32") {
+		t.Errorf("grant rules after restart = %q, want exactly the live grant of %s", rules, cliV4[1])
+	}
+	all := e.must("ip", "netns", "exec", e.srv, "iptables", "-w", "5", "-S", "WEBKNOCK")
+	if strings.Contains(all, "192.0.2.98") || strings.Contains(all, "192.0.2.99") || strings.Contains(all, cliV4[0]) {
+		t.Errorf("dead or unknown rules survived the restart:\n%s", all)
+	}
+	jumps := strings.Count(e.must("ip", "netns", "exec", e.srv, "iptables", "-w", "5", "-S", "INPUT"), "-j WEBKNOCK")
+	if jumps != 1 {
+		t.Errorf("INPUT has %d jumps to WEBKNOCK, want 1", jumps)
+	}
+	e.assertOpen(cliV4[1])
+}
+
+// TestE2ERotation: knocks written across each kind of rotation all open the
+// port: rename + create with nginx writing to the renamed file until it
+// reopens, copytruncate, and delete + recreate.
+func TestE2ERotation(t *testing.T) {
+	e := newE2E(t, "nginx")
+	e.startNginx()
+	e.startListener()
+	d := e.startDaemon(e.config("10m"))
+
+	// rename + create: steps before, the rest after the rename but before
+	// nginx reopens (so into the renamed file), another client after.
+	e.knock(cliV4[0], "/k/a1", "/k/b2")
+	if err := os.Rename(e.log, e.log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	write(t, e.log, "")
+	e.knock(cliV4[0], "/k/c3", "/k/open")
+	d.wait(t, "grant", cliV4[0])
+	e.reopenNginx()
+	e.knock(cliV4[1], fullKnock...)
+	d.wait(t, "grant", cliV4[1])
+
+	// copytruncate
+	e.knock(cliV4[2], "/k/a1", "/k/b2")
+	e.must("cp", e.log, e.log+".2")
+	e.must("truncate", "-s", "0", e.log)
+	e.knock(cliV4[2], "/k/c3", "/k/open")
+	d.wait(t, "grant", cliV4[2])
+
+	// delete + recreate
+	e.knock(cliV4[3], "/k/a1")
+	if err := os.Remove(e.log); err != nil {
+		t.Fatal(err)
+	}
+	e.reopenNginx()
+	e.knock(cliV4[3], "/k/b2", "/k/c3", "/k/open")
+	d.wait(t, "grant", cliV4[3])
+
+	e.assertOpen(cliV4[0], cliV4[1], cliV4[2], cliV4[3])
+}
+
+// BenchmarkE2EKnockToOpen measures, through real nginx and iptables, the
+// time from the knock page's response to port 22 accepting a connection
+// from the knocking address, each iteration from a new address; then the
+// CPU the daemon uses while the log is idle.
+//
+//	sudo go test ./cmd/webknock -run '^$' -bench E2EKnockToOpen -benchtime 50x
+func BenchmarkE2EKnockToOpen(b *testing.B) {
+	e := newE2E(b, "nginx")
+	e.startNginx()
+	e.startListener()
+	d := e.startDaemon(e.config("10m"))
+	var lat []float64
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer()
+		src := fmt.Sprintf("192.0.2.%d", 100+i%150)
+		if i >= 150 {
+			b.Fatal("at most 150 iterations: each needs a new client address")
+		}
+		e.must("ip", "-n", e.cli, "addr", "add", src+"/24", "dev", "wkp"+e.id)
+		b.StartTimer()
+		cmd := e.in(e.cli, os.Args[0], src+" "+srvV4+" "+net.JoinHostPort(srvV4, "22"))
+		cmd.Env = append(os.Environ(), helperEnv+"=knocklat")
+		out, err := cmd.Output()
+		if err != nil {
+			b.Fatalf("knock from %s: %v", src, err)
+		}
+		us, _ := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+		lat = append(lat, us/1000)
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(lat[len(lat)/2], "ms-median")
+	b.ReportMetric(lat[len(lat)-1], "ms-worst")
+	for range len(lat) {
+		d.wait(b, "grant", "")
+	}
+	before := cpuTicks(b, d.cmd.Process.Pid)
+	select {
+	case <-time.After(5 * time.Second):
+	case <-b.Context().Done():
+	}
+	b.ReportMetric(float64(cpuTicks(b, d.cmd.Process.Pid)-before), "idle-cpu-ticks/5s")
+}
+
+// cpuTicks returns the user and system CPU time of a process, in clock ticks.
+func cpuTicks(tb testing.TB, pid int) int {
+	tb.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// Fields after the command name, which is in parentheses.
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+2:]))
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return utime + stime
+}

@@ -1,0 +1,265 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"syscall"
+
+	"github.com/spf13/pflag"
+
+	"github.com/webknock/webknock/config"
+	"github.com/webknock/webknock/firewall"
+	"github.com/webknock/webknock/knock"
+	"github.com/webknock/webknock/weblog"
+)
+
+// Attribute keys of the daemon's log.
+const (
+	keyIP       = "ip"
+	keySequence = "sequence"
+	keyUntil    = "until"
+	keyPorts    = "ports"
+	keyFile     = "file"
+	keyReason   = "reason"
+	keyErr      = "err"
+	keyStep     = "step"
+)
+
+func runFlags(fs *pflag.FlagSet) {
+	fs.Bool("json-logs", false, "write the daemon's log as JSON lines instead of text")
+	fs.Bool("debug", false, "also log every step, reset and timeout")
+}
+
+// runRun is `webknock run`: follow the logs, apply grants, until stopped.
+func runRun(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
+	if len(args) > 0 {
+		return usagef(env, fs, "unexpected argument %q", args[0])
+	}
+	cfg, err := loadConfig(env, fs)
+	if err != nil {
+		return err
+	}
+	jsonLogs, _ := fs.GetBool("json-logs")
+	debug, _ := fs.GetBool("debug")
+	level := slog.LevelInfo
+	if debug {
+		level = slog.LevelDebug
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	var logger *slog.Logger
+	if jsonLogs {
+		logger = slog.New(slog.NewJSONHandler(env.stderr, hopts))
+	} else {
+		logger = slog.New(slog.NewTextHandler(env.stderr, hopts))
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reload := func() (*config.Config, error) { return loadConfig(env, fs) }
+	return serve(ctx, cfg, logger, hup, reload)
+}
+
+// daemon is the running state of `webknock run`: the one place where log
+// lines become hits and grants become firewall rules.
+type daemon struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	parser   *weblog.Parser
+	tracker  *knock.Tracker
+	paths    map[string]bool
+	fw       *firewall.Firewall
+	follower *weblog.Follower
+	events   []knock.Event
+	warned   bool // about knocks from loopback
+}
+
+// serve runs the daemon until ctx ends. A value on hup reloads the
+// configuration with reload; a configuration that does not load or apply is
+// refused and the running one kept.
+func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, hup <-chan os.Signal, reload func() (*config.Config, error)) error {
+	d := &daemon{cfg: cfg, log: logger}
+	if err := d.setCore(cfg); err != nil {
+		return err
+	}
+	fw, err := firewall.Open(ctx, firewallOptions(cfg, logger))
+	if err != nil {
+		return fmt.Errorf("firewall: %w", err)
+	}
+	d.fw = fw
+	defer d.fw.Close()
+	if d.follower, err = weblog.Follow(ctx, followOptions(cfg, logger)); err != nil {
+		return fmt.Errorf("follow logs: %w", err)
+	}
+	defer func() { d.follower.Close() }()
+	logger.Info("webknock running", "logs", cfg.Log.Paths, "sequences", len(cfg.Sequences),
+		"backend", cfg.Firewall.Backend, "chain", cfg.Firewall.Chain)
+	for {
+		select {
+		case <-ctx.Done():
+			logger.Info("webknock stopping; firewall rules stay in place")
+			return nil
+		case <-hup:
+			d.reload(ctx, reload)
+		case line, ok := <-d.follower.Lines():
+			if !ok {
+				return errors.New("log follower stopped")
+			}
+			d.line(ctx, line)
+			d.follower.Ack(line)
+		}
+	}
+}
+
+// setCore builds the parser and the knock tracker of cfg.
+func (d *daemon) setCore(cfg *config.Config) error {
+	parser, err := weblog.NewParser(cfg.Log.Format, cfg.Log.TrustedProxies)
+	if err != nil {
+		return err
+	}
+	tracker, err := knock.New(knockConfig(cfg))
+	if err != nil {
+		return err
+	}
+	d.parser, d.tracker = parser, tracker
+	d.paths = map[string]bool{}
+	for _, p := range tracker.Paths() {
+		d.paths[p] = true
+	}
+	return nil
+}
+
+func (d *daemon) line(ctx context.Context, l weblog.Line) {
+	r, err := d.parser.Parse(l.Text)
+	if err != nil {
+		var pe *weblog.ParseError
+		if errors.As(err, &pe) && pe.Reason == weblog.ReasonLoopback && d.paths[r.Path] && !d.warned {
+			d.warned = true
+			d.log.Warn("a knock path was requested from a loopback address: a reverse proxy hides the real clients; list it in log.trusted_proxies and log $http_x_forwarded_for",
+				keyFile, l.File, keyIP, r.Client)
+		}
+		return
+	}
+	d.events = d.tracker.Apply(hitOf(&r), d.events[:0])
+	for i := range d.events {
+		d.event(ctx, &d.events[i])
+	}
+}
+
+func (d *daemon) event(ctx context.Context, e *knock.Event) {
+	attrs := []any{keyIP, e.Client, keySequence, e.Sequence}
+	switch e.Kind {
+	case knock.KindStep:
+		d.log.Debug("step", append(attrs, keyStep, e.Step)...)
+	case knock.KindReset, knock.KindTimeout:
+		d.log.Debug(e.Kind.String(), attrs...)
+	case knock.KindLockout:
+		d.log.Warn("lockout", append(attrs, keyUntil, e.Until)...)
+	case knock.KindGrant:
+		g := firewall.Grant{IP: e.Client, Sequence: e.Sequence, Until: e.Until, Ports: d.ports(e.Sequence)}
+		attrs = append(attrs, keyUntil, e.Until, keyPorts, e.Ports)
+		switch err := d.fw.Grant(ctx, g); {
+		case errors.Is(err, firewall.ErrExpired):
+			d.log.Info("grant already over, not applied", attrs...)
+		case err != nil:
+			d.log.Error("grant failed", append(attrs, keyErr, err)...)
+		default:
+			d.log.Info("grant", attrs...)
+		}
+	}
+}
+
+// ports returns the firewall ports of the named sequence.
+func (d *daemon) ports(sequence string) []firewall.Port {
+	i := slices.IndexFunc(d.cfg.Sequences, func(s config.Sequence) bool { return s.Name == sequence })
+	if i < 0 {
+		return nil
+	}
+	return firewallPorts(d.cfg.Sequences[i].Ports)
+}
+
+func firewallPorts(ps []config.Port) []firewall.Port {
+	out := make([]firewall.Port, len(ps))
+	for i, p := range ps {
+		out[i] = firewall.Port{Proto: p.Proto, Number: p.Number}
+	}
+	return out
+}
+
+// reload swaps in a new configuration only when it loads and applies.
+func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)) {
+	cfg, err := load()
+	if err != nil {
+		d.log.Error("reload refused; keeping the running configuration", keyErr, err)
+		return
+	}
+	old := d.cfg
+	if cfg.Firewall.Backend != old.Firewall.Backend || cfg.Firewall.Chain != old.Firewall.Chain ||
+		cfg.Firewall.Hook != old.Firewall.Hook || cfg.StateDir != old.StateDir {
+		d.log.Error("reload refused: firewall.backend, chain, hook and state_dir change only with a restart; keeping the running configuration")
+		return
+	}
+	parser, tracker, paths := d.parser, d.tracker, d.paths
+	if err := d.setCore(cfg); err != nil {
+		d.log.Error("reload refused; keeping the running configuration", keyErr, err)
+		return
+	}
+	if err := d.fw.Reconfigure(ctx, firewallOptions(cfg, d.log)); err != nil {
+		d.parser, d.tracker, d.paths = parser, tracker, paths
+		d.log.Error("reload refused: firewall; keeping the running configuration", keyErr, err)
+		return
+	}
+	if !slices.Equal(cfg.Log.Paths, old.Log.Paths) || cfg.Log.Format != old.Log.Format {
+		next, err := weblog.Follow(ctx, followOptions(cfg, d.log))
+		if err != nil {
+			d.log.Error("reload: cannot follow the new log paths; keeping the old ones", keyErr, err)
+			cfg.Log.Paths = old.Log.Paths
+		} else {
+			d.follower.Close()
+			d.follower = next
+		}
+	}
+	d.cfg = cfg
+	d.log.Info("configuration reloaded", "sequences", len(cfg.Sequences))
+}
+
+func firewallOptions(cfg *config.Config, logger *slog.Logger) firewall.Options {
+	var ports []firewall.Port
+	for _, s := range cfg.Sequences {
+		for _, p := range firewallPorts(s.Ports) {
+			if !slices.Contains(ports, p) {
+				ports = append(ports, p)
+			}
+		}
+	}
+	return firewall.Options{
+		Backend: cfg.Firewall.Backend, Chain: cfg.Firewall.Chain, Hook: cfg.Firewall.Hook,
+		Protect: cfg.Firewall.Protect, AlwaysAllow: cfg.Firewall.AlwaysAllow, Ports: ports,
+		StateDir: cfg.StateDir, Logger: logger,
+	}
+}
+
+func followOptions(cfg *config.Config, logger *slog.Logger) weblog.FollowOptions {
+	return weblog.FollowOptions{Paths: cfg.Log.Paths, Start: cfg.Log.Start, StateDir: cfg.StateDir, Logger: logger}
+}
+
+// runFlush is `webknock flush`: remove our chains and jumps.
+func runFlush(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
+	if len(args) > 0 {
+		return usagef(env, fs, "unexpected argument %q", args[0])
+	}
+	cfg, err := loadConfig(env, fs)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(env.stderr, nil))
+	if err := firewall.Flush(ctx, firewallOptions(cfg, logger)); err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	_, err = fmt.Fprintf(env.stdout, "removed chain %s and its jump from %s (IPv4 and IPv6)\n", cfg.Firewall.Chain, cfg.Firewall.Hook)
+	return err
+}

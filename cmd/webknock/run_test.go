@@ -1,0 +1,167 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/webknock/webknock/config"
+)
+
+// logRecords is a slog destination the test reads records from.
+type logRecords struct {
+	w   *io.PipeWriter
+	out chan map[string]any
+}
+
+func newLogRecords(t *testing.T) (*slog.Logger, *logRecords) {
+	r, w := io.Pipe()
+	lr := &logRecords{w: w, out: make(chan map[string]any, 256)}
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			var rec map[string]any
+			if json.Unmarshal(sc.Bytes(), &rec) == nil {
+				lr.out <- rec
+			}
+		}
+		close(lr.out)
+	}()
+	t.Cleanup(func() { w.Close() })
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})), lr
+}
+
+// wait returns the first record with message msg, or fails after a deadline.
+func (lr *logRecords) wait(t *testing.T, msg string) map[string]any {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case rec := <-lr.out:
+			if rec["msg"] == msg {
+				return rec
+			}
+		case <-deadline:
+			t.Fatalf("no %q logged within 10s", msg)
+		}
+	}
+}
+
+func writeRunConfig(t *testing.T, dir, log, knockPage string) string {
+	t.Helper()
+	path := filepath.Join(dir, "webknock.yaml")
+	cfg := `log:
+  paths: [` + log + `]
+  start: end
+state_dir: ` + filepath.Join(dir, "state") + `
+firewall:
+  backend: dry-run
+sequences:
+  - name: ssh
+    steps: [/k/a1, /k/b2]
+    knock_page: ` + knockPage + `
+    window: 10m
+web:
+  listen: ""
+`
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func appendLines(t *testing.T, path string, lines ...string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, l := range lines {
+		if _, err := f.WriteString(l + "\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func knockLines(ip string, at time.Time, paths ...string) []string {
+	var out []string
+	for i, p := range paths {
+		ts := at.Add(time.Duration(i) * time.Second).Format("02/Jan/2006:15:04:05 -0700")
+		out = append(out, ip+` - - [`+ts+`] "GET `+p+` HTTP/1.1" 404 153 "-" "curl/8"`)
+	}
+	return out
+}
+
+// TestServe runs the daemon with the dry-run firewall on a real file: a
+// knock is granted, an old one after a restart is not, a broken reload keeps
+// the running configuration and a good one takes effect.
+func TestServe(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "access.log")
+	appendLines(t, log, "")
+	cfgPath := writeRunConfig(t, dir, log, "/k/open")
+	load := func() (*config.Config, error) {
+		return config.Load(config.Options{Path: cfgPath})
+	}
+	cfg, err := load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger, recs := newLogRecords(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	hup := make(chan os.Signal, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, logger, hup, load) }()
+	recs.wait(t, "webknock running")
+
+	now := time.Now()
+	appendLines(t, log, knockLines("203.0.113.7", now, "/k/a1", "/k/b2", "/k/open")...)
+	if g := recs.wait(t, "grant"); g["ip"] != "203.0.113.7" {
+		t.Errorf("grant for %v, want 203.0.113.7", g["ip"])
+	}
+	old := now.Add(-time.Hour)
+	appendLines(t, log, knockLines("203.0.113.8", old, "/k/a1", "/k/b2", "/k/open")...)
+	if g := recs.wait(t, "grant already over, not applied"); g["ip"] != "203.0.113.8" {
+		t.Errorf("expired grant for %v, want 203.0.113.8", g["ip"])
+	}
+
+	if err := os.WriteFile(cfgPath, []byte("sequences: [\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hup <- os.Interrupt
+	recs.wait(t, "reload refused; keeping the running configuration")
+	appendLines(t, log, knockLines("203.0.113.9", now, "/k/a1", "/k/b2", "/k/open")...)
+	if g := recs.wait(t, "grant"); g["ip"] != "203.0.113.9" {
+		t.Errorf("grant after a broken reload for %v, want 203.0.113.9", g["ip"])
+	}
+
+	writeRunConfig(t, dir, log, "/k/new-open")
+	hup <- os.Interrupt
+	recs.wait(t, "configuration reloaded")
+	appendLines(t, log, knockLines("203.0.113.10", now, "/k/a1", "/k/b2", "/k/open", "/k/a1", "/k/b2", "/k/new-open")...)
+	g := recs.wait(t, "grant")
+	until, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(g["until"]))
+	// The old knock page is no path any more; the grant is the new page's (5s later).
+	if want := now.Truncate(time.Second).Add(5*time.Second + 10*time.Minute); g["ip"] != "203.0.113.10" || !until.Equal(want) {
+		t.Errorf("grant after reload = %v, want ip 203.0.113.10 until %v", g, want)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("serve = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop within 10s of cancel")
+	}
+}

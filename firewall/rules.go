@@ -1,0 +1,268 @@
+package firewall
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The rules webknock writes carry one of these comments, so that they can be
+// recognised in `iptables -S` output and, for grants, rebuilt from it.
+const (
+	commentPrefix  = "webknock:"
+	commentAllow   = commentPrefix + "allow"
+	commentProtect = commentPrefix + "protect"
+	datestopLayout = "2006-01-02T15:04:05"
+	table          = "filter"
+)
+
+// maxUntil is the last second the kernel's time match can hold (a signed
+// 32-bit time_t); iptables refuses a later --datestop.
+var maxUntil = time.Unix(1<<31-1, 0).UTC()
+
+// seqRe is what config accepts as a sequence name; it goes into comments.
+var seqRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
+
+type ruleKind uint8
+
+const (
+	kindGrant   ruleKind = iota + 1 // accept one client on one port until a time
+	kindAllow                       // accept an always_allow network on a protected port
+	kindProtect                     // drop NEW connections to a protected port
+)
+
+// rule is one rule of ours in our chain. It is comparable: two rules are the
+// same rule when they are ==.
+type rule struct {
+	kind  ruleKind
+	src   netip.Prefix // grant: the client (/32 or /128); allow: the network; protect: none
+	port  Port
+	seq   string // grant only
+	until int64  // grant only: unix seconds
+}
+
+// args is the rule specification for Insert, Append and Delete.
+func (r rule) args() []string {
+	var a []string
+	if r.src.IsValid() {
+		a = append(a, "-s", r.src.String())
+	}
+	a = append(a, "-p", r.port.Proto, "--dport", strconv.Itoa(int(r.port.Number)))
+	switch r.kind {
+	case kindGrant:
+		a = append(a, "-m", "time", "--datestop", time.Unix(r.until, 0).UTC().Format(datestopLayout),
+			"-m", "comment", "--comment", grantComment(r.seq, r.until), "-j", "ACCEPT")
+	case kindAllow:
+		a = append(a, "-m", "comment", "--comment", commentAllow, "-j", "ACCEPT")
+	case kindProtect:
+		a = append(a, "-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", commentProtect, "-j", "DROP")
+	}
+	return a
+}
+
+func (r rule) String() string { return strings.Join(r.args(), " ") }
+
+func grantComment(seq string, until int64) string {
+	return commentPrefix + seq + ":" + strconv.FormatInt(until, 10)
+}
+
+// grantRules are the rules of g: one per port.
+func grantRules(g Grant) []rule {
+	rs := make([]rule, len(g.Ports))
+	for i, p := range g.Ports {
+		rs[i] = rule{kind: kindGrant, src: netip.PrefixFrom(g.IP, g.IP.BitLen()), port: p, seq: g.Sequence, until: g.Until.Unix()}
+	}
+	return rs
+}
+
+// tailRules is the protect tail of family fam: the always_allow accepts, then
+// the drops of NEW connections. Empty unless protect is on.
+func tailRules(t tail, fam family) []rule {
+	if !t.protect {
+		return nil
+	}
+	var rs []rule
+	for _, n := range t.allow {
+		if familyOf(n.Addr()) != fam {
+			continue
+		}
+		for _, p := range t.ports {
+			rs = append(rs, rule{kind: kindAllow, src: n, port: p})
+		}
+	}
+	for _, p := range t.ports {
+		rs = append(rs, rule{kind: kindProtect, port: p})
+	}
+	return rs
+}
+
+// listed is one `-A CHAIN ...` line of `iptables -S CHAIN`: its rule
+// specification, and the rule of ours it is, if it is one.
+type listed struct {
+	spec []string
+	line string
+	r    rule
+	ours bool
+}
+
+// parseListed reads a line of `iptables -S chain`. It returns false for
+// lines that are not rules of chain (the -N and -P lines).
+func parseListed(chain, line string) (listed, bool) {
+	toks, err := splitRule(line)
+	if err != nil || len(toks) < 2 || toks[0] != "-A" || toks[1] != chain {
+		return listed{}, false
+	}
+	l := listed{spec: toks[2:], line: line}
+	l.r, l.ours = parseRule(l.spec)
+	return l, true
+}
+
+// parseRule recognises the rule specifications webknock writes, in the form
+// `iptables -S` prints them (with the implicit `-m tcp` and a quoted comment,
+// already unquoted here) and in the form we pass to iptables. Anything with
+// more, less or other options is not ours.
+func parseRule(spec []string) (rule, bool) {
+	var r rule
+	s := spec
+	take := func(opt string) (string, bool) {
+		if len(s) < 2 || s[0] != opt {
+			return "", false
+		}
+		v := s[1]
+		s = s[2:]
+		return v, true
+	}
+	if v, ok := take("-s"); ok {
+		p, err := netip.ParsePrefix(v)
+		if err != nil || p != p.Masked() {
+			return rule{}, false
+		}
+		r.src = p
+	}
+	proto, ok := take("-p")
+	if !ok || (proto != "tcp" && proto != "udp") {
+		return rule{}, false
+	}
+	if len(s) >= 2 && s[0] == "-m" && s[1] == proto {
+		s = s[2:]
+	}
+	v, ok := take("--dport")
+	if !ok {
+		return rule{}, false
+	}
+	n, err := strconv.ParseUint(v, 10, 16)
+	if err != nil || n == 0 || strconv.FormatUint(n, 10) != v {
+		return rule{}, false
+	}
+	r.port = Port{Proto: proto, Number: uint16(n)}
+
+	var datestop string
+	if len(s) >= 2 && s[0] == "-m" && s[1] == "time" {
+		s = s[2:]
+		if datestop, ok = take("--datestop"); !ok {
+			return rule{}, false
+		}
+	}
+	conntrack := false
+	if len(s) >= 4 && s[0] == "-m" && s[1] == "conntrack" && s[2] == "--ctstate" && s[3] == "NEW" {
+		conntrack = true
+		s = s[4:]
+	}
+	if len(s) < 2 || s[0] != "-m" || s[1] != "comment" {
+		return rule{}, false
+	}
+	s = s[2:]
+	comment, ok := take("--comment")
+	if !ok {
+		return rule{}, false
+	}
+	target, ok := take("-j")
+	if !ok || len(s) != 0 {
+		return rule{}, false
+	}
+
+	switch {
+	case comment == commentAllow:
+		r.kind = kindAllow
+		if !r.src.IsValid() || datestop != "" || conntrack || target != "ACCEPT" {
+			return rule{}, false
+		}
+	case comment == commentProtect:
+		r.kind = kindProtect
+		if r.src.IsValid() || datestop != "" || !conntrack || target != "DROP" {
+			return rule{}, false
+		}
+	default:
+		seq, until, ok := parseGrantComment(comment)
+		if !ok || !r.src.IsValid() || r.src.Bits() != r.src.Addr().BitLen() || conntrack || target != "ACCEPT" ||
+			datestop != time.Unix(until, 0).UTC().Format(datestopLayout) {
+			return rule{}, false
+		}
+		r.kind, r.seq, r.until = kindGrant, seq, until
+	}
+	return r, true
+}
+
+// parseGrantComment reads webknock:SEQUENCE:UNTIL.
+func parseGrantComment(c string) (seq string, until int64, ok bool) {
+	rest, found := strings.CutPrefix(c, commentPrefix)
+	if !found {
+		return "", 0, false
+	}
+	i := strings.LastIndexByte(rest, ':')
+	if i < 0 {
+		return "", 0, false
+	}
+	seq = rest[:i]
+	until, err := strconv.ParseInt(rest[i+1:], 10, 64)
+	if err != nil || !seqRe.MatchString(seq) || until <= 0 || until > maxUntil.Unix() ||
+		strconv.FormatInt(until, 10) != rest[i+1:] {
+		return "", 0, false
+	}
+	return seq, until, true
+}
+
+// splitRule splits a line of `iptables -S` into its words. iptables puts
+// double quotes around strings such as comments and escapes `"` and `\`
+// inside them with a backslash.
+func splitRule(line string) ([]string, error) {
+	var (
+		words []string
+		cur   strings.Builder
+		in    bool // a word is being read
+		quote bool
+	)
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case quote && c == '\\' && i+1 < len(line):
+			i++
+			cur.WriteByte(line[i])
+		case quote && c == '"':
+			quote = false
+		case quote:
+			cur.WriteByte(c)
+		case c == '"':
+			quote, in = true, true
+		case c == ' ' || c == '\t':
+			if in {
+				words = append(words, cur.String())
+				cur.Reset()
+				in = false
+			}
+		default:
+			cur.WriteByte(c)
+			in = true
+		}
+	}
+	if quote {
+		return nil, fmt.Errorf("unterminated quote in %q", line)
+	}
+	if in {
+		words = append(words, cur.String())
+	}
+	return words, nil
+}

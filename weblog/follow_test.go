@@ -1,0 +1,753 @@
+package weblog
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// These tests use real files and real inotify. They never sleep: they wait
+// for lines with a deadline, and ask the follower (probe) to read all it can
+// before asserting that nothing more is there.
+
+const waitFor = 10 * time.Second
+
+// fakeClock runs scheduled functions when the test advances it.
+type fakeClock struct {
+	mu     sync.Mutex
+	now    time.Duration
+	timers []*fakeTimer
+}
+
+type fakeTimer struct {
+	c  *fakeClock
+	at time.Duration
+	fn func()
+}
+
+func (c *fakeClock) AfterFunc(d time.Duration, fn func()) Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &fakeTimer{c: c, at: c.now + d, fn: fn}
+	c.timers = append(c.timers, t)
+	return t
+}
+
+func (t *fakeTimer) Stop() bool {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	n := len(t.c.timers)
+	t.c.timers = slices.DeleteFunc(t.c.timers, func(x *fakeTimer) bool { return x == t })
+	return len(t.c.timers) < n
+}
+
+// Advance moves the clock and runs what falls due, in the caller's goroutine.
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now += d
+	var due []*fakeTimer
+	c.timers = slices.DeleteFunc(c.timers, func(t *fakeTimer) bool {
+		if t.at <= c.now {
+			due = append(due, t)
+			return true
+		}
+		return false
+	})
+	c.mu.Unlock()
+	for _, t := range due {
+		t.fn()
+	}
+}
+
+// Pending is the number of scheduled functions: with none, nothing will
+// wake the follower but a file event.
+func (c *fakeClock) Pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.timers)
+}
+
+type testLog struct{ t *testing.T }
+
+func (w testLog) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+func skipUnlessLinux(t *testing.T) {
+	t.Helper()
+	if runtime.GOOS != "linux" {
+		t.Skip("following needs inotify and /proc (Linux)")
+	}
+}
+
+// follow starts a Follower with a fake clock and closes it at the end of the test.
+func follow(t *testing.T, o FollowOptions) (*Follower, *fakeClock) {
+	t.Helper()
+	skipUnlessLinux(t)
+	clk := &fakeClock{}
+	if o.Clock == nil {
+		o.Clock = clk
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	f, err := Follow(t.Context(), o)
+	if err != nil {
+		t.Fatalf("Follow(%+v): %v", o, err)
+	}
+	t.Cleanup(func() {
+		if err := f.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return f, clk
+}
+
+func recv(t *testing.T, f *Follower) Line {
+	t.Helper()
+	select {
+	case l, ok := <-f.Lines():
+		if !ok {
+			t.Fatal("Lines closed")
+		}
+		return l
+	case <-time.After(waitFor):
+		t.Fatalf("no line within %v", waitFor)
+	}
+	return Line{}
+}
+
+// expect receives len(want) lines and compares their text, in order.
+func expect(t *testing.T, f *Follower, want ...string) []Line {
+	t.Helper()
+	var ls []Line
+	for i, w := range want {
+		l := recv(t, f)
+		if string(l.Text) != w {
+			t.Fatalf("line %d = %.60q, want %.60q", i, l.Text, w)
+		}
+		ls = append(ls, l)
+	}
+	return ls
+}
+
+// quiet asserts that once the follower has read all it can, no line is
+// waiting to be delivered.
+func quiet(t *testing.T, f *Follower) {
+	t.Helper()
+	reply := make(chan int, 1)
+	select {
+	case f.probe <- reply:
+	case <-time.After(waitFor):
+		t.Fatal("follower loop does not answer")
+	}
+	var n int
+	select {
+	case n = <-reply:
+	case <-time.After(waitFor):
+		t.Fatal("follower loop does not answer")
+	}
+	select {
+	case l := <-f.Lines():
+		t.Fatalf("unexpected line %q from %s", l.Text, l.File)
+	default:
+	}
+	if n != 0 {
+		t.Fatalf("%d lines not delivered, want none", n)
+	}
+}
+
+func write(t *testing.T, w *os.File, lines ...string) {
+	t.Helper()
+	for _, l := range lines {
+		if _, err := w.WriteString(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// appendLog opens name for appending like a web server, creating it.
+func appendLog(t *testing.T, name string) *os.File {
+	t.Helper()
+	w, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	return w
+}
+
+func writeFile(t *testing.T, name, text string) {
+	t.Helper()
+	if err := os.WriteFile(name, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func numbered(prefix string, from, to int) []string {
+	var ls []string
+	for i := from; i < to; i++ {
+		ls = append(ls, fmt.Sprintf("%s-%03d", prefix, i))
+	}
+	return ls
+}
+
+func nl(ls []string) []string {
+	out := make([]string, len(ls))
+	for i, l := range ls {
+		out[i] = l + "\n"
+	}
+	return out
+}
+
+func TestFollowLines(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "access.log")
+	w := appendLog(t, name)
+	write(t, w, "old\n")
+	f, _ := follow(t, FollowOptions{Paths: []string{name}, Start: StartBeginning})
+
+	if l := expect(t, f, "old")[0]; l.File != name {
+		t.Errorf("File = %q, want %q", l.File, name)
+	}
+	write(t, w, "a\n", "b\n", "\n")
+	expect(t, f, "a", "b", "")
+
+	// A line written in two pieces waits for its newline.
+	write(t, w, "par")
+	quiet(t, f)
+	write(t, w, "tial\n")
+	expect(t, f, "partial")
+
+	// Lines of any length arrive whole, and the next one normally.
+	long := strings.Repeat("0123456789", 20_000)
+	write(t, w, long+"\n", "after\n")
+	expect(t, f, long, "after")
+	quiet(t, f)
+
+	if s := f.Stats(); s.Lines != 7 || s.Files[name].Lines != 7 {
+		t.Errorf("Stats = %+v, want 7 lines", s)
+	}
+}
+
+func TestFollowStartEnd(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "access.log")
+	w := appendLog(t, name)
+	// The end is after the last whole line: an unfinished one is still delivered.
+	write(t, w, "x\n", "y\n", "unfin")
+	f, _ := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd})
+	quiet(t, f)
+	write(t, w, "ished\n", "z\n")
+	expect(t, f, "unfinished", "z")
+}
+
+func TestFollowMissingAtStart(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "access.log")
+	f, _ := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd})
+	quiet(t, f)
+	w := appendLog(t, name)
+	write(t, w, "first\n", "second\n")
+	expect(t, f, "first", "second")
+	if s := f.Stats(); s.Rotations != 0 {
+		t.Errorf("Rotations = %d, want 0 for a file that appeared", s.Rotations)
+	}
+}
+
+// TestFollowRenameRotation is logrotate's default: rename, create. The web
+// server goes on writing to the renamed file until it reopens its log; the
+// follower is busy (nobody reads) while it happens.
+func TestFollowRenameRotation(t *testing.T) {
+	dir := t.TempDir()
+	name := filepath.Join(dir, "access.log")
+	w1 := appendLog(t, name)
+	f, clk := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd})
+	quiet(t, f)
+
+	write(t, w1, nl(numbered("pre", 0, 50))...)
+	if err := os.Rename(name, name+".1"); err != nil {
+		t.Fatal(err)
+	}
+	write(t, w1, nl(numbered("renamed", 0, 10))...) // before the new file exists
+	w2 := appendLog(t, name)
+	for i := range 20 {
+		write(t, w1, fmt.Sprintf("old-%03d\n", i))
+		write(t, w2, fmt.Sprintf("new-%03d\n", i))
+	}
+
+	got := map[string][]string{}
+	for range 100 {
+		l := recv(t, f)
+		if l.File != name {
+			t.Errorf("File = %q, want %q", l.File, name)
+		}
+		s := string(l.Text)
+		got[s[:strings.IndexByte(s, '-')]] = append(got[s[:strings.IndexByte(s, '-')]], s)
+	}
+	quiet(t, f)
+	// Per file in order; every line once.
+	for prefix, want := range map[string][]string{
+		"pre": numbered("pre", 0, 50), "renamed": numbered("renamed", 0, 10),
+		"old": numbered("old", 0, 20), "new": numbered("new", 0, 20),
+	} {
+		if !slices.Equal(got[prefix], want) {
+			t.Errorf("%s lines = %v, want %v", prefix, got[prefix], want)
+		}
+	}
+
+	// Within the grace period the old file is still read.
+	if n := clk.Pending(); n != 1 {
+		t.Errorf("%d timers pending, want 1 (the grace period)", n)
+	}
+	write(t, w1, "late-old\n")
+	expect(t, f, "late-old")
+
+	clk.Advance(defaultGrace)
+	quiet(t, f)
+	if n := clk.Pending(); n != 0 {
+		t.Errorf("%d timers pending after the grace period, want none", n)
+	}
+	write(t, w2, "new-last\n")
+	expect(t, f, "new-last")
+	quiet(t, f) // the count follows the delivery
+	if s := f.Stats(); s.Rotations != 1 || s.Lines != 102 {
+		t.Errorf("Stats = %+v, want 1 rotation, 102 lines", s)
+	}
+}
+
+// TestFollowTwoRotationsInGrace: a second rotation before the first grace
+// period is over; three files are read at once, the old ones closed in turn.
+func TestFollowTwoRotationsInGrace(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "access.log")
+	w1 := appendLog(t, name)
+	f, clk := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd})
+	collect := func(n int) []string {
+		var got []string
+		for range n {
+			got = append(got, string(recv(t, f).Text))
+		}
+		slices.Sort(got)
+		return got
+	}
+
+	if err := os.Rename(name, name+".1"); err != nil {
+		t.Fatal(err)
+	}
+	w2 := appendLog(t, name)
+	write(t, w1, "a1\n")
+	write(t, w2, "b1\n")
+	if got := collect(2); !slices.Equal(got, []string{"a1", "b1"}) {
+		t.Fatalf("lines = %v, want a1 b1", got)
+	}
+
+	clk.Advance(defaultGrace / 2)
+	for _, r := range [][2]string{{name + ".1", name + ".2"}, {name, name + ".1"}} {
+		if err := os.Rename(r[0], r[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w3 := appendLog(t, name)
+	write(t, w1, "a2\n")
+	write(t, w2, "b2\n")
+	write(t, w3, "c1\n")
+	if got := collect(3); !slices.Equal(got, []string{"a2", "b2", "c1"}) {
+		t.Fatalf("lines = %v, want a2 b2 c1", got)
+	}
+
+	clk.Advance(defaultGrace / 2) // the first file's grace period is over, not the second's
+	quiet(t, f)
+	write(t, w2, "b3\n")
+	expect(t, f, "b3")
+	clk.Advance(defaultGrace)
+	quiet(t, f)
+	if n := clk.Pending(); n != 0 {
+		t.Errorf("%d timers pending, want none", n)
+	}
+	write(t, w3, "c2\n")
+	expect(t, f, "c2")
+	if s := f.Stats(); s.Rotations != 2 {
+		t.Errorf("Rotations = %d, want 2", s.Rotations)
+	}
+}
+
+// TestFollowDeleteRecreate: the server writes to its deleted log until it
+// reopens; the new file, created later, is read from its beginning.
+func TestFollowDeleteRecreate(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "access.log")
+	w1 := appendLog(t, name)
+	f, clk := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd, Grace: time.Minute})
+	write(t, w1, "a1\n")
+	expect(t, f, "a1")
+
+	if err := os.Remove(name); err != nil {
+		t.Fatal(err)
+	}
+	write(t, w1, "a2\n")
+	expect(t, f, "a2")
+	if n := clk.Pending(); n != 0 {
+		t.Errorf("%d timers pending before a new file appeared, want none", n)
+	}
+
+	writeFile(t, name, "b1\nb2\n")
+	expect(t, f, "b1", "b2")
+	write(t, w1, "a3\n")
+	expect(t, f, "a3")
+	clk.Advance(time.Minute)
+	quiet(t, f)
+	w2 := appendLog(t, name)
+	write(t, w2, "b3\n")
+	expect(t, f, "b3")
+	if s := f.Stats(); s.Rotations != 1 {
+		t.Errorf("Rotations = %d, want 1", s.Rotations)
+	}
+}
+
+func TestFollowCopyTruncate(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "access.log")
+	w := appendLog(t, name)
+	write(t, w, nl(numbered("line", 0, 10))...)
+	f, _ := follow(t, FollowOptions{Paths: []string{name}, Start: StartBeginning})
+	expect(t, f, numbered("line", 0, 10)...)
+
+	// logrotate copytruncate: the file shrinks; the writer (O_APPEND) goes on at its new end.
+	if err := os.Truncate(name, 0); err != nil {
+		t.Fatal(err)
+	}
+	write(t, w, "t1\n")
+	expect(t, f, "t1")
+
+	// Shrunk and filled again past our offset before we look: the byte
+	// before the offset is no longer the newline we read there.
+	fi, err := os.Stat(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rewritten := strings.Join(nl(numbered("rewritten", 0, 5)), "")
+	if int64(len(rewritten)) <= fi.Size() || rewritten[fi.Size()-1] == '\n' {
+		t.Fatalf("bad test: rewrite %q of a %d byte file", rewritten, fi.Size())
+	}
+	writeFile(t, name, rewritten)
+	expect(t, f, numbered("rewritten", 0, 5)...)
+	quiet(t, f)
+	if s := f.Stats(); s.Truncations != 2 {
+		t.Errorf("Truncations = %d, want 2", s.Truncations)
+	}
+}
+
+func TestFollowGlob(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "a.log"), "a1\n")
+	writeFile(t, filepath.Join(dir, "b.log"), "b1\n")
+	writeFile(t, filepath.Join(dir, "other.txt"), "o1\n")
+	f, _ := follow(t, FollowOptions{Paths: []string{filepath.Join(dir, "*.log")}, Start: StartBeginning})
+
+	got := map[string]string{}
+	for range 2 {
+		l := recv(t, f)
+		got[filepath.Base(l.File)] = string(l.Text)
+	}
+	if want := map[string]string{"a.log": "a1", "b.log": "b1"}; !reflectEqual(got, want) {
+		t.Errorf("lines = %v, want %v", got, want)
+	}
+
+	// A file that starts matching later is read from its beginning.
+	c := appendLog(t, filepath.Join(dir, "c.log"))
+	write(t, c, "c1\n")
+	if l := expect(t, f, "c1")[0]; l.File != filepath.Join(dir, "c.log") {
+		t.Errorf("File = %q, want c.log", l.File)
+	}
+	write(t, appendLog(t, filepath.Join(dir, "other.txt")), "o2\n")
+	write(t, c, "c2\n")
+	expect(t, f, "c2")
+	quiet(t, f)
+	if s := f.Stats(); len(s.Files) != 3 {
+		t.Errorf("Stats.Files = %v, want 3 files", s.Files)
+	}
+}
+
+func reflectEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestFollowSavedResume: a restart resumes just after the last acknowledged
+// line; lines delivered but not acknowledged come again.
+func TestFollowSavedResume(t *testing.T) {
+	state := t.TempDir()
+	name := filepath.Join(t.TempDir(), "access.log")
+	w := appendLog(t, name)
+	write(t, w, "before\n")
+	o := FollowOptions{Paths: []string{name}, Start: StartSaved, StateDir: state}
+
+	f1, _ := follow(t, o) // nothing saved: starts at the end
+	write(t, w, "l1\n", "l2\n", "l3\n")
+	ls := expect(t, f1, "l1", "l2", "l3")
+	f1.Ack(ls[0])
+	f1.Ack(ls[1])
+	if err := f1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	write(t, w, "l4\n")
+
+	f2, _ := follow(t, o)
+	ls = expect(t, f2, "l3", "l4")
+	f2.Ack(ls[1])
+	quiet(t, f2)
+	if err := f2.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	f3, _ := follow(t, o)
+	quiet(t, f3)
+	write(t, w, "l5\n")
+	expect(t, f3, "l5")
+}
+
+// TestFollowSavedOtherFile: a saved position is only used for the same file.
+func TestFollowSavedOtherFile(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		replace func(t *testing.T, name string)
+	}{
+		{"new file under the name", func(t *testing.T, name string) {
+			// The inode number may well be reused: the first line tells.
+			if err := os.Remove(name); err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, name, "other first line\nmore\nand more\n")
+		}},
+		{"same inode, rewritten", func(t *testing.T, name string) {
+			writeFile(t, name, "other first line\nmore\nand more\n")
+		}},
+		{"same inode, shorter", func(t *testing.T, name string) {
+			if err := os.Truncate(name, int64(len("first\n"))); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			state := t.TempDir()
+			name := filepath.Join(t.TempDir(), "access.log")
+			writeFile(t, name, "first\nsecond\n")
+			o := FollowOptions{Paths: []string{name}, Start: StartSaved, StateDir: state}
+			f1, _ := follow(t, o)
+			write(t, appendLog(t, name), "third\n")
+			f1.Ack(expect(t, f1, "third")[0])
+			if err := f1.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			tc.replace(t, name)
+			f2, _ := follow(t, o)
+			quiet(t, f2)
+			write(t, appendLog(t, name), "appended\n")
+			expect(t, f2, "appended")
+		})
+	}
+}
+
+// TestFollowSavedDuringGrace: a restart during a grace period reads the
+// rest of the rotated file from its saved position.
+func TestFollowSavedDuringGrace(t *testing.T) {
+	state := t.TempDir()
+	name := filepath.Join(t.TempDir(), "access.log")
+	w1 := appendLog(t, name)
+	o := FollowOptions{Paths: []string{name}, Start: StartSaved, StateDir: state}
+	f1, _ := follow(t, o)
+	if err := os.Rename(name, name+".1"); err != nil {
+		t.Fatal(err)
+	}
+	w2 := appendLog(t, name)
+	write(t, w1, "o1\n")
+	l := expect(t, f1, "o1")[0]
+	f1.Ack(l)
+	write(t, w1, "o2\n")
+	expect(t, f1, "o2") // not acknowledged
+	write(t, w2, "n1\n")
+	f1.Ack(expect(t, f1, "n1")[0])
+	if err := f1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	ps, err := loadPositions(state)
+	if err != nil || len(ps) != 2 || ps[0].Rotated != name+".1" || ps[0].Offset != 3 || ps[1].Rotated != "" || ps[1].Offset != 3 {
+		t.Fatalf("positions = %+v, %v, want the rotated file at 3 and the new one at 3", ps, err)
+	}
+
+	write(t, w1, "o3\n")
+	f2, clk := follow(t, o)
+	expect(t, f2, "o2", "o3")
+	write(t, w2, "n2\n")
+	expect(t, f2, "n2")
+	clk.Advance(defaultGrace)
+	quiet(t, f2)
+}
+
+func TestFollowCloseSaves(t *testing.T) {
+	state := t.TempDir()
+	name := filepath.Join(t.TempDir(), "access.log")
+	writeFile(t, name, "a\nb\n")
+	f, clk := follow(t, FollowOptions{Paths: []string{name}, Start: StartBeginning, StateDir: state})
+	ls := expect(t, f, "a", "b")
+	f.Ack(ls[0])
+	quiet(t, f)
+	if clk.Pending() != 1 {
+		t.Errorf("%d timers pending, want 1 (a save)", clk.Pending())
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if clk.Pending() != 0 {
+		t.Errorf("%d timers pending after Close, want none", clk.Pending())
+	}
+	b, err := os.ReadFile(filepath.Join(state, positionsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc positionsDoc
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatalf("positions file %s: %v", b, err)
+	}
+	fi, err := os.Stat(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := idOf(fi)
+	if len(doc.Files) != 1 || doc.Files[0].Path != name || doc.Files[0].Offset != 2 || doc.Files[0].Ino != id.Ino || doc.Files[0].Dev != id.Dev {
+		t.Errorf("positions = %s, want %s at offset 2", b, name)
+	}
+	ents, err := os.ReadDir(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != 1 {
+		t.Errorf("state dir holds %v, want only %s", ents, positionsFile)
+	}
+}
+
+// TestFollowNoTimersWhenIdle: the only things that can wake an idle
+// follower are file events and its own timers, and no timer is left once
+// positions are saved and grace periods are over.
+func TestFollowNoTimersWhenIdle(t *testing.T) {
+	state := t.TempDir()
+	name := filepath.Join(t.TempDir(), "access.log")
+	w := appendLog(t, name)
+	f, clk := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd, StateDir: state})
+	// The starting positions are saved once, a second later.
+	clk.Advance(saveDelay)
+	quiet(t, f)
+	if n := clk.Pending(); n != 0 {
+		t.Fatalf("%d timers pending when idle, want none", n)
+	}
+	write(t, w, "a\n")
+	f.Ack(expect(t, f, "a")[0])
+	quiet(t, f)
+	if n := clk.Pending(); n != 1 {
+		t.Fatalf("%d timers pending after an Ack, want 1 (the save)", n)
+	}
+	clk.Advance(saveDelay)
+	quiet(t, f)
+	if n := clk.Pending(); n != 0 {
+		t.Fatalf("%d timers pending when idle again, want none", n)
+	}
+	ps, err := loadPositions(state)
+	if err != nil || len(ps) != 1 || ps[0].Offset != 2 {
+		t.Errorf("saved positions = %+v, %v, want offset 2", ps, err)
+	}
+}
+
+func TestFollowCorruptPositions(t *testing.T) {
+	state := t.TempDir()
+	writeFile(t, filepath.Join(state, positionsFile), `{"version":1,"files":[{"pa`)
+	name := filepath.Join(t.TempDir(), "access.log")
+	w := appendLog(t, name)
+	write(t, w, "old\n")
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	logger := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+	f, _ := follow(t, FollowOptions{Paths: []string{name}, Start: StartSaved, StateDir: state, Logger: logger})
+	quiet(t, f)
+	write(t, w, "new\n")
+	expect(t, f, "new")
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "positions") {
+		t.Errorf("log = %q, want a warning about the positions", logs.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// TestFollowCancelStuckConsumer: cancelling the context stops a follower
+// whose consumer has stopped reading.
+func TestFollowCancelStuckConsumer(t *testing.T) {
+	skipUnlessLinux(t)
+	name := filepath.Join(t.TempDir(), "access.log")
+	writeFile(t, name, strings.Join(nl(numbered("l", 0, 100)), ""))
+	ctx, cancel := context.WithCancel(t.Context())
+	f, err := Follow(ctx, FollowOptions{Paths: []string{name}, Start: StartBeginning, Clock: &fakeClock{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv(t, f)
+	cancel()
+	deadline := time.After(waitFor)
+	for n := 0; ; n++ {
+		select {
+		case _, ok := <-f.Lines():
+			if !ok {
+				if err := f.Close(); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatalf("Lines not closed %v after cancel (%d lines read)", waitFor, n)
+		}
+	}
+}
+
+func TestFollowOptionsErrors(t *testing.T) {
+	skipUnlessLinux(t)
+	dir := t.TempDir()
+	for _, o := range []FollowOptions{
+		{Paths: []string{filepath.Join(dir, "a.log")}, Start: "middle"},
+		{Paths: []string{filepath.Join(dir, "a.log")}, Start: StartSaved},
+		{Start: StartEnd},
+		{Paths: []string{filepath.Join(dir, "*", "a.log")}, Start: StartEnd},
+		{Paths: []string{filepath.Join(dir, "[.log")}, Start: StartEnd},
+		{Paths: []string{filepath.Join(dir, "missing", "a.log")}, Start: StartEnd},
+		{Paths: []string{filepath.Join(dir, "a.log")}, Start: StartEnd, Grace: -time.Second},
+	} {
+		if f, err := Follow(t.Context(), o); err == nil {
+			f.Close()
+			t.Errorf("Follow(%+v) = nil error, want one", o)
+		}
+	}
+}
