@@ -772,7 +772,9 @@ func (f *Follower) scheduleSave() {
 		f.saveTimer = nil
 		if err := f.save(); err != nil {
 			f.log.Warn("cannot save log positions", "err", err)
+			return
 		}
+		f.log.Debug("log positions saved")
 	}))
 }
 

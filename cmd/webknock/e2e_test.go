@@ -594,15 +594,19 @@ func TestE2EKillAndRestart(t *testing.T) {
 	d = e.startDaemon(e.config("10m"))
 	e.knock(cliV4[1], fullKnock...)
 	d.wait(t, "grant", cliV4[1])
+	d.wait(t, "log positions saved", "")
 	d.kill9(t)
 	e.must("ip", "netns", "exec", e.srv, "iptables", "-w", "5", "-I", "WEBKNOCK", "1", "-s", "192.0.2.99/32", "-p", "tcp", "--dport", "22",
 		"-m", "time", "--datestop", "2020-01-01T00:00:00", "-m", "comment", "--comment", "webknock:ssh:1577836800", "-j", "ACCEPT")
 	e.must("ip", "netns", "exec", e.srv, "iptables", "-w", "5", "-I", "WEBKNOCK", "1", "-s", "192.0.2.98/32", "-j", "ACCEPT")
+	// A knock while webknock is down is read on restart and still granted.
+	e.knock(cliV4[2], fullKnock...)
 
-	e.startDaemon(e.config("10m"))
+	d = e.startDaemon(e.config("10m"))
+	d.wait(t, "grant", cliV4[2])
 	rules := e.grantRules("iptables")
-	if len(rules) != 1 || !strings.Contains(rules[0], cliV4[1]+"/32") {
-		t.Errorf("grant rules after restart = %q, want exactly the live grant of %s", rules, cliV4[1])
+	if len(rules) != 2 || !strings.Contains(strings.Join(rules, "\n"), cliV4[1]+"/32") || !strings.Contains(strings.Join(rules, "\n"), cliV4[2]+"/32") {
+		t.Errorf("grant rules after restart = %q, want exactly the live grants of %s and %s", rules, cliV4[1], cliV4[2])
 	}
 	all := e.must("ip", "netns", "exec", e.srv, "iptables", "-w", "5", "-S", "WEBKNOCK")
 	if strings.Contains(all, "192.0.2.98") || strings.Contains(all, "192.0.2.99") || strings.Contains(all, cliV4[0]) {
@@ -612,7 +616,16 @@ func TestE2EKillAndRestart(t *testing.T) {
 	if jumps != 1 {
 		t.Errorf("INPUT has %d jumps to WEBKNOCK, want 1", jumps)
 	}
-	e.assertOpen(cliV4[1])
+	e.assertOpen(cliV4[1], cliV4[2])
+
+	// flush removes the chains and jumps; nothing of ours is left.
+	d.kill9(t)
+	e.must("ip", "netns", "exec", e.srv, webknockBinary(t), "flush", "-c", e.config("10m"))
+	for _, cmd := range []string{"iptables", "ip6tables"} {
+		if out := e.must("ip", "netns", "exec", e.srv, cmd, "-w", "5", "-S"); strings.Contains(out, "WEBKNOCK") {
+			t.Errorf("%s after flush:\n%s", cmd, out)
+		}
+	}
 }
 
 // TestE2ERotation: knocks written across each kind of rotation all open the

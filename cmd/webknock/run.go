@@ -213,13 +213,18 @@ func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)
 		d.log.Error("reload refused: firewall; keeping the running configuration", keyErr, err)
 		return
 	}
-	if !slices.Equal(cfg.Log.Paths, old.Log.Paths) || cfg.Log.Format != old.Log.Format {
+	if !slices.Equal(cfg.Log.Paths, old.Log.Paths) {
+		// Close first: it saves the positions the new follower resumes from.
+		d.follower.Close()
 		next, err := weblog.Follow(ctx, followOptions(cfg, d.log))
 		if err != nil {
-			d.log.Error("reload: cannot follow the new log paths; keeping the old ones", keyErr, err)
+			d.log.Error("reload: cannot follow the new log paths; following the old ones", keyErr, err)
 			cfg.Log.Paths = old.Log.Paths
-		} else {
-			d.follower.Close()
+			if next, err = weblog.Follow(ctx, followOptions(old, d.log)); err != nil {
+				d.log.Error("cannot follow the old log paths either", keyErr, err)
+			}
+		}
+		if next != nil {
 			d.follower = next
 		}
 	}

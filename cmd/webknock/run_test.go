@@ -9,7 +9,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,5 +165,57 @@ func TestServe(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("serve did not stop within 10s of cancel")
+	}
+}
+
+// TestRunSignals runs the real binary with the dry-run firewall: a knock is
+// granted, SIGHUP with a broken configuration keeps the running one, SIGTERM
+// stops it cleanly. It needs no privileges.
+func TestRunSignals(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	dir := t.TempDir()
+	log := filepath.Join(dir, "access.log")
+	appendLines(t, log, "")
+	cfg := writeRunConfig(t, dir, log, "/k/open")
+	cmd := exec.Command(webknockBinary(t), "run", "-c", cfg, "--json-logs")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	recs := &logRecords{out: make(chan map[string]any, 256)}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var rec map[string]any
+			if json.Unmarshal(sc.Bytes(), &rec) == nil {
+				recs.out <- rec
+			}
+		}
+		close(recs.out)
+	}()
+	recs.wait(t, "webknock running")
+	appendLines(t, log, knockLines("203.0.113.7", time.Now(), "/k/a1", "/k/b2", "/k/open")...)
+	recs.wait(t, "grant")
+
+	if err := os.WriteFile(cfg, []byte("sequences: [\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Signal(syscall.SIGHUP)
+	recs.wait(t, "reload refused; keeping the running configuration")
+	appendLines(t, log, knockLines("203.0.113.8", time.Now(), "/k/a1", "/k/b2", "/k/open")...)
+	if g := recs.wait(t, "grant"); g["ip"] != "203.0.113.8" {
+		t.Errorf("grant after a broken reload for %v, want 203.0.113.8", g["ip"])
+	}
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	recs.wait(t, "webknock stopping; firewall rules stay in place")
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("webknock run after SIGTERM: %v, want exit 0", err)
 	}
 }
