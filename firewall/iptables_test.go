@@ -15,12 +15,12 @@ import (
 // netnsEnv tells the re-executed test binary the network namespace it runs
 // in and the one its parent runs in: only when they differ does
 // TestIPTablesNetns touch iptables.
-const netnsEnv = "WEBKNOCK_FW_NETNS"
+const netnsEnv = "WK_FW_NETNS"
 
 // TestIPTablesNetns runs the firewall on the real iptables and ip6tables, in
 // a network namespace of its own: the test binary runs itself again inside
 // it. It needs root, ip and iptables; without them it skips, unless
-// WEBKNOCK_E2E=require, where it fails.
+// WK_E2E=require, where it fails.
 func TestIPTablesNetns(t *testing.T) {
 	if v := os.Getenv(netnsEnv); v != "" {
 		insideNetns(t, v)
@@ -28,10 +28,10 @@ func TestIPTablesNetns(t *testing.T) {
 	}
 	unable := func(format string, args ...any) {
 		t.Helper()
-		if os.Getenv("WEBKNOCK_E2E") == "require" {
-			t.Fatalf(format+" (WEBKNOCK_E2E=require makes this test mandatory)", args...)
+		if os.Getenv("WK_E2E") == "require" {
+			t.Fatalf(format+" (WK_E2E=require makes this test mandatory)", args...)
 		}
-		t.Skipf("skipping: "+format+"; set WEBKNOCK_E2E=require to make this a failure", args...)
+		t.Skipf("skipping: "+format+"; set WK_E2E=require to make this a failure", args...)
 	}
 	if os.Geteuid() != 0 {
 		unable("the real-iptables test needs root to create a network namespace")

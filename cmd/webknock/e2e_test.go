@@ -4,7 +4,7 @@ package main
 // network namespace the test creates, `webknock run` follows them and changes
 // real iptables/ip6tables rules there, and clients in a second namespace
 // knock with curl and connect over a veth pair. They need root and the
-// programs; without them they skip, unless WEBKNOCK_E2E=require (as in
+// programs; without them they skip, unless WK_E2E=require (as in
 // .ci/run), which makes a missing prerequisite a failure.
 //
 // All traffic stays between the two namespaces, on documentation addresses
@@ -40,7 +40,7 @@ var cliV6 = []string{"2001:db8::11", "2001:db8::12"}
 
 // helperEnv makes the test binary act as a small network tool inside a
 // namespace (see TestMain).
-const helperEnv = "WEBKNOCK_E2E_HELPER"
+const helperEnv = "WK_E2E_HELPER"
 
 func TestMain(m *testing.M) {
 	if mode := os.Getenv(helperEnv); mode != "" {
@@ -134,7 +134,7 @@ func webknockBinary(t testing.TB) string {
 	return builtBin
 }
 
-// requireE2E skips (or, with WEBKNOCK_E2E=require, fails) when the test
+// requireE2E skips (or, with WK_E2E=require, fails) when the test
 // cannot run here.
 func requireE2E(t testing.TB, programs ...string) {
 	t.Helper()
@@ -151,7 +151,7 @@ func requireE2E(t testing.TB, programs ...string) {
 		return
 	}
 	msg := fmt.Sprintf("end-to-end test needs %s (run as root with nginx-light, apache2, iptables and curl installed; .ci/run does)", strings.Join(missing, ", "))
-	if os.Getenv("WEBKNOCK_E2E") == "require" {
+	if os.Getenv("WK_E2E") == "require" {
 		t.Fatal(msg)
 	}
 	t.Skip(msg)
