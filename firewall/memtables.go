@@ -239,8 +239,20 @@ func (m *memTables) Exists(tbl, chain string, spec ...string) (bool, error) {
 }
 
 func (m *memTables) Insert(tbl, chain string, pos int, spec ...string) error {
-	args := append([]string{"-I", chain, strconv.Itoa(pos)}, spec...)
-	c, err := m.begin("insert", tbl, chain, spec, args...)
+	return m.add(tbl, chain, pos, spec, append([]string{"-I", chain, strconv.Itoa(pos)}, spec...))
+}
+
+func (m *memTables) Append(tbl, chain string, spec ...string) error {
+	return m.add(tbl, chain, 0, spec, append([]string{"-A", chain}, spec...))
+}
+
+// add puts a rule at position pos (1-based), or at the end when pos is 0.
+func (m *memTables) add(tbl, chain string, pos int, spec, args []string) error {
+	op := "insert"
+	if pos == 0 {
+		op = "append"
+	}
+	c, err := m.begin(op, tbl, chain, spec, args...)
 	defer m.mu.Unlock()
 	if err != nil {
 		return err
@@ -248,28 +260,15 @@ func (m *memTables) Insert(tbl, chain string, pos int, spec ...string) error {
 	r, err := m.canon(m.cmd(args...), spec)
 	if err != nil {
 		return err
+	}
+	if pos == 0 {
+		pos = len(c.rules) + 1
 	}
 	if pos < 1 || pos > len(c.rules)+1 {
 		return &memError{m.cmd(args...), "Index of insertion too big."}
 	}
 	c.rules = slices.Insert(c.rules, pos-1, r)
-	m.changed("insert", chain, args...)
-	return nil
-}
-
-func (m *memTables) Append(tbl, chain string, spec ...string) error {
-	args := append([]string{"-A", chain}, spec...)
-	c, err := m.begin("append", tbl, chain, spec, args...)
-	defer m.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	r, err := m.canon(m.cmd(args...), spec)
-	if err != nil {
-		return err
-	}
-	c.rules = append(c.rules, r)
-	m.changed("append", chain, args...)
+	m.changed(op, chain, args...)
 	return nil
 }
 

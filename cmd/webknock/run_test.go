@@ -20,13 +20,12 @@ import (
 
 // logRecords is a slog destination the test reads records from.
 type logRecords struct {
-	w   *io.PipeWriter
 	out chan map[string]any
 }
 
-func newLogRecords(t *testing.T) (*slog.Logger, *logRecords) {
-	r, w := io.Pipe()
-	lr := &logRecords{w: w, out: make(chan map[string]any, 256)}
+// readRecords decodes the JSON log lines of r until it ends.
+func readRecords(r io.Reader) *logRecords {
+	lr := &logRecords{out: make(chan map[string]any, 256)}
 	go func() {
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
@@ -37,8 +36,13 @@ func newLogRecords(t *testing.T) (*slog.Logger, *logRecords) {
 		}
 		close(lr.out)
 	}()
+	return lr
+}
+
+func newLogRecords(t *testing.T) (*slog.Logger, *logRecords) {
+	r, w := io.Pipe()
 	t.Cleanup(func() { w.Close() })
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})), lr
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})), readRecords(r)
 }
 
 // wait returns the first record with message msg, or fails after a deadline.
@@ -47,7 +51,10 @@ func (lr *logRecords) wait(t *testing.T, msg string) map[string]any {
 	deadline := time.After(10 * time.Second)
 	for {
 		select {
-		case rec := <-lr.out:
+		case rec, ok := <-lr.out:
+			if !ok {
+				t.Fatalf("the log ended before %q", msg)
+			}
 			if rec["msg"] == msg {
 				return rec
 			}
@@ -188,17 +195,7 @@ func TestRunSignals(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	recs := &logRecords{out: make(chan map[string]any, 256)}
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			var rec map[string]any
-			if json.Unmarshal(sc.Bytes(), &rec) == nil {
-				recs.out <- rec
-			}
-		}
-		close(recs.out)
-	}()
+	recs := readRecords(stderr)
 	recs.wait(t, "webknock running")
 	appendLines(t, log, knockLines("203.0.113.7", time.Now(), "/k/a1", "/k/b2", "/k/open")...)
 	recs.wait(t, "grant")
