@@ -419,12 +419,11 @@ func (d *daemonProc) wait(t testing.TB, msg, ip string) map[string]any {
 	}
 }
 
-// kill9 kills the daemon without letting it clean up.
+// kill9 kills the daemon without letting it clean up (if it is not dead
+// already).
 func (d *daemonProc) kill9(t testing.TB) {
 	t.Helper()
-	if err := d.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
+	d.cmd.Process.Kill()
 	d.cmd.Wait()
 	for range d.records {
 	}
@@ -726,4 +725,145 @@ func cpuTicks(tb testing.TB, pid int) int {
 	utime, _ := strconv.Atoi(f[11])
 	stime, _ := strconv.Atoi(f[12])
 	return utime + stime
+}
+
+// hostileRequests are requests a client can make to forge a knock: knock
+// paths and fake log records in every field it controls, spoofed
+// X-Forwarded-For, near-miss paths, other methods.
+var hostileRequests = [][]string{
+	{"-A", `x" 404 0 "-" "-" 192.0.2.16 - - [22/Nov/2026:19:00:00 +0000] "GET /k/a1 HTTP/1.1" 404 0 "-" "-`, "/"},
+	{"-e", `http://x/k/a1 /k/b2 /k/c3 /k/open`, "/k/other"},
+	{"-H", "X-Forwarded-For: 192.0.2.16", "/k/a1"},
+	{"-u", `u [22/Nov/2026:19:00:00 +0000] "GET /k/b2 HTTP/1.1" 404 0 "-" "-" 192.0.2.16 - -:pw`, "/k/x"},
+	{"-X", "POST", "/k/c3"},
+	{"-X", "OPTIONS", "/k/open"},
+	{"--path-as-is", "", "/k/./a1"},
+	{"--path-as-is", "", "/k/../k/b2"},
+	{"-H", "X-Real-IP: 192.0.2.16", "/k/%63%33"},
+	{"-H", "Host: 192.0.2.16 - - [22/Nov/2026:19:00:00 +0000]", "/K/OPEN"},
+	{"-A", `\" \x22 \\ "GET /k/open HTTP/1.1" 404`, "/k/open/"},
+	{"-e", "/k/open", "/x/k/open"},
+}
+
+// hostileKnock sends every hostile request from src, in knock order.
+func (e *e2e) hostileKnock(src string) {
+	e.t.Helper()
+	for _, h := range hostileRequests {
+		args := []string{"-s", "-o", "/dev/null", "--max-time", "5", "--interface", src}
+		if h[1] != "" {
+			args = append(args, h[0], h[1])
+		} else {
+			args = append(args, h[0])
+		}
+		args = append(args, "http://"+srvV4+h[2])
+		if out, err := e.in(e.cli, "curl", args...).CombinedOutput(); err != nil {
+			e.t.Fatalf("curl %q: %v\n%s", args, err, out)
+		}
+	}
+}
+
+// TestE2EHostileRequests sends forged knocks through real nginx and Apache
+// httpd, so their own escaping writes the log: nobody is granted, not the
+// sender and not the address the forgeries name. A genuine knock afterwards
+// is granted, which also shows every earlier line was read.
+func TestE2EHostileRequests(t *testing.T) {
+	for _, server := range []string{"nginx", "apache2"} {
+		t.Run(server, func(t *testing.T) {
+			e := newE2E(t, server)
+			if server == "nginx" {
+				e.startNginx()
+			} else {
+				e.startApache()
+			}
+			e.startListener()
+			d := e.startDaemon(e.config("10m"))
+			for i := 0; i < 3; i++ {
+				e.hostileKnock(cliV4[4])
+			}
+			e.knock(cliV4[0], fullKnock...)
+			for {
+				rec, ok := <-d.records
+				if !ok {
+					t.Fatal("webknock exited")
+				}
+				if rec["msg"] == "grant" {
+					if rec["ip"] != cliV4[0] {
+						t.Fatalf("forged knock granted: %v", rec)
+					}
+					break
+				}
+			}
+			e.assertOpen(cliV4[0])
+			if e.connects(cliV4[5]) {
+				t.Errorf("the address named by the forgeries can connect")
+			}
+			// The recorded log replays the same: one grant, the genuine one.
+			out, errOut, code := runCmd(t, "", "replay", "--json", "-c", e.config("10m"), e.log)
+			if code != 0 || strings.Count(out, `"grant"`) != 1 || !strings.Contains(out, `"grant","ip":"`+cliV4[0]+`"`) {
+				t.Errorf("replay of the %s log: exit %d\n%s\n%s", server, code, out, errOut)
+			}
+			if t.Failed() {
+				raw, _ := os.ReadFile(e.log)
+				t.Logf("%s wrote:\n%s", server, raw)
+			}
+		})
+	}
+}
+
+// TestE2ETenKills kills webknock with SIGKILL ten times within ten seconds,
+// at moments spread over knocks being read, granted and written to state,
+// restarting it each time: no rule is ever duplicated, the jump and the
+// protect rules stay single, and every knock that was granted still works.
+func TestE2ETenKills(t *testing.T) {
+	e := newE2E(t, "nginx")
+	e.startNginx()
+	e.startListener()
+	cfg := e.config("10m")
+	d := e.startDaemon(cfg)
+	start := time.Now()
+	for i := 0; i < 10; i++ {
+		victim := d
+		killer := time.AfterFunc(time.Duration(i*13%60)*time.Millisecond, func() { victim.cmd.Process.Kill() })
+		e.knock(cliV4[i%4], fullKnock...)
+		killer.Stop()
+		victim.kill9(t)
+		d = e.startDaemon(cfg)
+	}
+	t.Logf("10 kills and restarts in %v", time.Since(start).Round(time.Millisecond))
+	// Whatever was granted is granted once; knock again so all four are.
+	for _, a := range cliV4[:4] {
+		e.knock(a, fullKnock...)
+	}
+	granted := map[any]bool{}
+	for len(granted) < 4 {
+		granted[d.wait(t, "grant", "")["ip"]] = true
+	}
+	for _, cmd := range []string{"iptables", "ip6tables"} {
+		rules := strings.Split(strings.TrimSpace(e.must("ip", "netns", "exec", e.srv, cmd, "-w", "5", "-S", "WEBKNOCK")), "\n")
+		seen := map[string]bool{}
+		for _, r := range rules {
+			if seen[r] {
+				t.Errorf("%s: duplicate rule %q", cmd, r)
+			}
+			seen[r] = true
+		}
+		perIP := map[string]int{}
+		for _, r := range rules {
+			if f := strings.Fields(r); len(f) > 3 && f[2] == "-s" && strings.Contains(r, "webknock:ssh:") {
+				perIP[f[3]]++
+			}
+		}
+		for ip, n := range perIP {
+			if n != 1 {
+				t.Errorf("%s: %d grant rules for %s, want 1", cmd, n, ip)
+			}
+		}
+		if n := strings.Count(e.must("ip", "netns", "exec", e.srv, cmd, "-w", "5", "-S", "INPUT"), "-j WEBKNOCK"); n != 1 {
+			t.Errorf("%s: %d jumps to WEBKNOCK, want 1", cmd, n)
+		}
+		if n := strings.Count(strings.Join(rules, "\n"), "webknock:protect"); n != 1 {
+			t.Errorf("%s: %d protect rules, want 1", cmd, n)
+		}
+	}
+	e.assertOpen(cliV4[:4]...)
 }
