@@ -98,3 +98,54 @@ func BenchmarkScanLines(b *testing.B) {
 		}
 	}
 }
+
+// FuzzClientIP checks the client rules on arbitrary peer addresses and
+// X-Forwarded-For headers: a request is attributed to its peer unless the
+// peer is a trusted proxy, and then to the right-most hop that is not; a
+// trusted proxy, a header from an untrusted peer or an address that cannot
+// connect is never the client.
+func FuzzClientIP(f *testing.F) {
+	for _, seed := range [][2]string{
+		{"203.0.113.7", "198.51.100.1"}, {"10.0.0.2", "198.51.100.1, 10.0.0.9"},
+		{"10.0.0.2", "unknown"}, {"10.0.0.2", "[2001:db8::5]:4711"}, {"::ffff:10.1.2.3", "::ffff:198.51.100.1"},
+		{"2001:db8:ffff::1", "10.0.0.1, 127.0.0.1"}, {"10.0.0.2", "-"}, {"127.0.0.1", "198.51.100.1"},
+	} {
+		f.Add(seed[0], seed[1])
+	}
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8:ffff::/48")}
+	p, err := NewParser(nginxMain, trusted)
+	if err != nil {
+		f.Fatal(err)
+	}
+	isTrusted := func(a netip.Addr) bool { return trusted[0].Contains(a) || trusted[1].Contains(a) }
+	f.Fuzz(func(t *testing.T, remote, xff string) {
+		line := remote + ` - - [22/Nov/2026:19:01:34 +0000] "GET /k/open HTTP/1.1" 404 0 "-" "-" "` + xff + `"`
+		r, err := p.Parse([]byte(line))
+		if err != nil {
+			return
+		}
+		if knockable(r.Client) != nil || isTrusted(r.Client) && isTrusted(r.RemoteAddr) {
+			t.Fatalf("line %q: client %v may not knock", line, r.Client)
+		}
+		if !isTrusted(r.RemoteAddr) {
+			if r.Client != r.RemoteAddr {
+				t.Fatalf("line %q: untrusted peer %v, but client %v", line, r.RemoteAddr, r.Client)
+			}
+			return
+		}
+		hops := strings.Split(r.ForwardedFor, ",")
+		for i := len(hops) - 1; i >= 0; i-- {
+			a, ok := parseHop(strings.TrimSpace(hops[i]))
+			if !ok {
+				t.Fatalf("line %q: client %v taken past an unusable hop %q", line, r.Client, hops[i])
+			}
+			if !isTrusted(a) {
+				if a != r.Client {
+					t.Fatalf("line %q: right-most untrusted hop %v, but client %v", line, a, r.Client)
+				}
+				return
+			}
+		}
+		t.Fatalf("line %q: client %v with no untrusted hop", line, r.Client)
+	})
+}
