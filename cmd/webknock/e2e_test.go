@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -123,7 +124,12 @@ func webknockBinary(t testing.TB) string {
 			return
 		}
 		builtBin = filepath.Join(dir, "webknock")
-		out, err := exec.Command("go", "build", "-o", builtBin, ".").CombinedOutput()
+		args := []string{"build", "-o", builtBin}
+		if os.Getenv("GOCOVERDIR") != "" {
+			// bench/coverage.sh: the daemons write coverage data there.
+			args = append(args, "-cover", "-coverpkg=github.com/webknock/webknock/...")
+		}
+		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -373,7 +379,21 @@ func (e *e2e) startDaemon(cfg string) *daemonProc {
 		e.t.Fatal(err)
 	}
 	d := &daemonProc{cmd: cmd, records: make(chan map[string]any, 1024)}
-	e.background(cmd)
+	if err := cmd.Start(); err != nil {
+		e.t.Fatalf("start webknock: %v", err)
+	}
+	e.t.Cleanup(func() {
+		// SIGTERM, so that a daemon built with -cover writes its data.
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
