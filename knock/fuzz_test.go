@@ -1,6 +1,7 @@
 package knock_test
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -19,7 +20,7 @@ func fuzzConfig(maxClients int) knock.Config {
 
 var (
 	fuzzPaths    = []string{"/k/a1", "/k/a2", "/k/a3", "/k/open", "/w/b1", "/w/b2", "/w/open", "/favicon.ico"}
-	fuzzClients  = []netip.Addr{c1, c2, v6, w6}
+	fuzzClients  = []netip.Addr{c1, c2, v6, w6, c3, c4, c5, netip.MustParseAddr("2001:db8::3")}
 	fuzzMethods  = []string{"GET", "HEAD", "POST", "GET"}
 	fuzzStatuses = []int{404, 200, 499, 410}
 )
@@ -30,13 +31,14 @@ type fuzzOp struct {
 	expire bool
 }
 
-// Each hit is 3 bytes: path, client, method and expire flag; status; time step.
+// Each hit is 3 bytes: path, client, method and expire flag; status and
+// more client; time step.
 func encodeOp(path, client, method int, expire bool, status int, step byte) []byte {
-	b0 := byte(path) | byte(client)<<3 | byte(method)<<5
+	b0 := byte(path) | byte(client&3)<<3 | byte(method)<<5
 	if expire {
 		b0 |= 1 << 7
 	}
-	return []byte{b0, byte(status), step}
+	return []byte{b0, byte(status) | byte(client>>2)<<2, step}
 }
 
 // decodeOps also reports whether the times never went backwards.
@@ -55,7 +57,7 @@ func decodeOps(data []byte) (ops []fuzzOp, monotonic bool) {
 		}
 		ops = append(ops, fuzzOp{
 			hit: knock.Hit{
-				Client: fuzzClients[b0>>3&3],
+				Client: fuzzClients[b0>>3&3|b1>>2&1<<2],
 				Time:   now,
 				Method: fuzzMethods[b0>>5&3],
 				Path:   fuzzPaths[b0&7],
@@ -105,13 +107,32 @@ func FuzzTracker(f *testing.F) {
 	}
 	f.Add(slices.Clone(seed))
 
+	// Every client takes a first step, half of them a second; the others
+	// time out (failures on record) before all start again: the small
+	// tables evict from both classes.
+	seed = nil
+	for c := range fuzzClients {
+		add(0, c, 0, 1)
+	}
+	for c := range 4 {
+		add(1, c, 0, 1)
+	}
+	seed = append(seed, encodeOp(7, 0, 0, true, 0, 132)...) // Expire 40s later
+	for c := range fuzzClients {
+		add(0, c, 0, 1)
+	}
+	f.Add(slices.Clone(seed))
+
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ops, monotonic := decodeOps(data)
 		cfg := fuzzConfig(16)
 		plain := mustNew(t, cfg)    // Apply only
 		expiring := mustNew(t, cfg) // Expire(hit time) where asked
+		// Tables too small for the clients: 2 evicts at every turn; 6
+		// keeps a quarter for first steps (MaxProtected 4).
 		small := mustNew(t, fuzzConfig(2))
-		var plainEvs, expiringEvs, smallEvs []knock.Event
+		capped := mustNew(t, fuzzConfig(6))
+		var plainEvs, expiringEvs, smallEvs, cappedEvs []knock.Event
 		last := t0
 		for _, op := range ops {
 			if op.hit.Time.After(last) {
@@ -120,19 +141,19 @@ func FuzzTracker(f *testing.F) {
 			if op.expire {
 				expiringEvs = expireSorted(t, expiring, op.hit.Time, expiringEvs)
 				smallEvs = expireSorted(t, small, op.hit.Time, smallEvs)
+				cappedEvs = expireSorted(t, capped, op.hit.Time, cappedEvs)
 			}
 			plainEvs = plain.Apply(op.hit, plainEvs)
 			expiringEvs = expiring.Apply(op.hit, expiringEvs)
-			smallEvs = small.Apply(op.hit, smallEvs)
-			if n := small.Clients(); n > 2 {
-				t.Fatalf("Clients() = %d, want <= MaxClients 2", n)
-			}
+			smallEvs = applyBounded(t, small, 2, op.hit, smallEvs)
+			cappedEvs = applyBounded(t, capped, 6, op.hit, cappedEvs)
 		}
 		end := last.Add(24 * time.Hour)
 		plainEvs = expireSorted(t, plain, end, plainEvs)
 		expiringEvs = expireSorted(t, expiring, end, expiringEvs)
 		smallEvs = expireSorted(t, small, end, smallEvs)
-		for _, tr := range []*knock.Tracker{plain, expiring, small} {
+		cappedEvs = expireSorted(t, capped, end, cappedEvs)
+		for _, tr := range []*knock.Tracker{plain, expiring, small, capped} {
 			if n := tr.Clients(); n != 0 {
 				t.Errorf("Clients() after Expire(far future) = %d, want 0", n)
 			}
@@ -140,6 +161,7 @@ func FuzzTracker(f *testing.F) {
 		checkEvents(t, cfg, plainEvs)
 		checkEvents(t, cfg, expiringEvs)
 		checkEvents(t, cfg, smallEvs)
+		checkEvents(t, cfg, cappedEvs)
 		if monotonic {
 			// Expire must not change what happens to any client, only when
 			// its timeouts are reported: a replay matches the live run.
@@ -153,9 +175,49 @@ func FuzzTracker(f *testing.F) {
 	})
 }
 
+// applyBounded applies h to a tracker whose table holds maxClients and
+// checks the eviction policy: at most one eviction per hit, only from a full
+// table, and a protected entry goes before a probationary one only when
+// there are more protected entries than MaxProtected, or nothing else.
+func applyBounded(t *testing.T, tr *knock.Tracker, maxClients int, h knock.Hit, dst []knock.Event) []knock.Event {
+	t.Helper()
+	prob, prot := tr.Classes()
+	evicted, evictedProt := tr.Evicted(), tr.EvictedProtected()
+	dst = tr.Apply(h, dst)
+	if err := tr.Check(); err != nil {
+		t.Fatalf("after Apply(%v): %v", h, err)
+	}
+	if n := tr.Clients(); n > maxClients {
+		t.Fatalf("after Apply(%v): Clients() = %d, want <= MaxClients %d", h, n, maxClients)
+	}
+	dEv, dProt := tr.Evicted()-evicted, tr.EvictedProtected()-evictedProt
+	if dEv == 0 && dProt == 0 {
+		return dst
+	}
+	before := fmt.Sprintf("%d probationary and %d protected (MaxProtected %d, MaxClients %d)", prob, prot, tr.MaxProtected(), maxClients)
+	switch {
+	case dEv > 1 || dProt > dEv:
+		t.Fatalf("Apply(%v) evicted %d entries, %d protected, want at most one", h, dEv, dProt)
+	case prob+prot < maxClients:
+		t.Fatalf("Apply(%v) evicted with %s: the table was not full", h, before)
+	case dProt == 1 && prob > 0 && prot <= tr.MaxProtected():
+		t.Fatalf("Apply(%v) evicted a protected entry with %s", h, before)
+	case dProt == 0 && (prob == 0 || prot > tr.MaxProtected()):
+		t.Fatalf("Apply(%v) evicted a probationary entry with %s", h, before)
+	}
+	return dst
+}
+
 func expireSorted(t *testing.T, tr *knock.Tracker, now time.Time, dst []knock.Event) []knock.Event {
 	start := len(dst)
+	evicted := tr.Evicted()
 	dst = tr.Expire(now, dst)
+	if err := tr.Check(); err != nil {
+		t.Fatalf("after Expire(%v): %v", now, err)
+	}
+	if n := tr.Evicted(); n != evicted {
+		t.Errorf("Expire(%v) evicted %d entries", now, n-evicted)
+	}
 	if !slices.IsSortedFunc(dst[start:], func(a, b knock.Event) int {
 		if c := a.Time.Compare(b.Time); c != 0 {
 			return c

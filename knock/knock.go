@@ -4,6 +4,31 @@
 // It does no I/O, reads no clock and starts no goroutines: every time comes
 // from the log lines themselves, so a replay gives the same events as the live
 // run did.
+//
+// # The client table
+//
+// The table of clients is bounded (Config.MaxClients). An entry whose only
+// progress is a first step, in every sequence, and that has no failure or
+// lockout on record is probationary; any other entry (progress past step 1,
+// failures, a lockout) is protected, until it is back to first steps with a
+// clean record. When a first step from a new client finds the table full, the
+// least recently touched probationary entry is evicted: a flood of first
+// steps, from however many addresses, only pushes out other first steps, and
+// a client that got past step 1 keeps its place.
+//
+// Protected entries may fill at most three quarters of the table; beyond
+// that, or when there is no probationary entry, the least recently touched
+// protected entry goes first (counted apart: EvictedProtected). The quarter
+// kept for first steps matters because an attacker who knows steps[0] can
+// make protected entries from many addresses (with lockout on, a first step
+// that times out is a failure on record): without it, a table full of them
+// would let every first step be evicted by the next one, and no one could
+// start a knock.
+//
+// This is also the bound for a genuine client: its own first step outlives
+// MaxClients-1 later first steps of others while the table holds nothing
+// else, and about a quarter of MaxClients in any case; more than that before
+// its second step, and it is pushed out.
 package knock
 
 import (
@@ -17,6 +42,7 @@ import (
 )
 
 // DefaultMaxClients bounds the client table when Config.MaxClients is 0.
+// A full table of first steps takes about 16 MiB.
 const DefaultMaxClients = 100000
 
 // Sequence is one secret series of paths and what it opens.
@@ -41,9 +67,12 @@ type Lockout struct {
 
 // Config is everything a Tracker needs.
 type Config struct {
-	Sequences  []Sequence
-	Lockout    Lockout
-	MaxClients int // bound of the client table; 0 means DefaultMaxClients
+	Sequences []Sequence
+	Lockout   Lockout
+	// MaxClients bounds the client table; 0 means DefaultMaxClients. When
+	// it is full, first steps are evicted before clients that got further
+	// (see the package documentation).
+	MaxClients int
 }
 
 // Hit is one request from the access log.
@@ -105,13 +134,30 @@ type Event struct {
 // A Tracker is not safe for concurrent use: callers serialise Apply, Expire
 // and the accessors.
 type Tracker struct {
-	seqs    []Sequence
-	paths   map[string]pathRef
-	lockout Lockout
-	max     int
-	clients map[netip.Addr]*entry
-	lru     entry // sentinel of the recency list: lru.next is the most recently touched
-	evicted uint64
+	seqs         []Sequence
+	paths        map[string]pathRef
+	lockout      Lockout
+	max          int
+	maxProtected int // protected entries beyond this are evicted before first steps
+	clients      map[netip.Addr]*entry
+	// lists holds the entries of each class, most recently touched first.
+	lists            [2]list
+	evicted          uint64
+	evictedProtected uint64
+}
+
+// class says which entries are evicted first.
+type class uint8
+
+const (
+	probationary class = iota // first steps only, nothing on record
+	protected                 // progress past step 1, failures or a lockout
+)
+
+// list is an intrusive doubly linked list of entries.
+type list struct {
+	root entry // sentinel: root.next is the most recently touched
+	len  int
 }
 
 // knockPage marks the knock page in pathRef.step.
@@ -131,17 +177,23 @@ type progress struct {
 }
 
 // entry is everything remembered about one client. It exists only while
-// there is something to remember, and is kept small because a flood of first
-// knocks fills the table with them.
+// there is something to remember, and is kept small (112 bytes) because a
+// flood of first knocks fills the table with them.
 type entry struct {
-	addr        netip.Addr
-	prev, next  *entry
-	prog        []progress // only sequences with p > 0, ordered by seq
-	fails       []time.Time
-	lockedUntil time.Time
+	addr       netip.Addr
+	prev, next *entry
+	prog       []progress // only sequences with p > 0, ordered by seq
+	rec        *record    // nil unless a failure or lockout is on record
 	// inline backs prog for the usual single sequence in progress, so a new
 	// client costs one allocation.
 	inline [1]progress
+	class  class
+}
+
+// record is what only failing clients need; a first step has none.
+type record struct {
+	fails       []time.Time
+	lockedUntil time.Time
 }
 
 // New checks cfg and returns an empty Tracker. The error lists every problem.
@@ -176,9 +228,14 @@ func New(cfg Config) (*Tracker, error) {
 		paths:   make(map[string]pathRef),
 		lockout: lo,
 		max:     maxClients,
-		clients: make(map[netip.Addr]*entry),
+		// A quarter of the table, rounded, is kept for first steps.
+		maxProtected: maxClients - (maxClients+2)/4,
+		clients:      make(map[netip.Addr]*entry),
 	}
-	t.lru.next, t.lru.prev = &t.lru, &t.lru
+	for c := range t.lists {
+		r := &t.lists[c].root
+		r.next, r.prev = r, r
+	}
 	owner := make(map[string]string) // path → where it is used, for the error
 	names := make(map[string]bool)
 	for i, s := range cfg.Sequences {
@@ -258,6 +315,11 @@ func (t *Tracker) Clients() int { return len(t.clients) }
 // Evicted returns how many entries were evicted because the table was full.
 func (t *Tracker) Evicted() uint64 { return t.evicted }
 
+// EvictedProtected returns how many of the evicted entries were protected:
+// clients past their first step, or with failures or a lockout on record.
+// Anything above zero means real progress (or a lockout) was lost.
+func (t *Tracker) EvictedProtected() uint64 { return t.evictedProtected }
+
 // Apply appends the events caused by h to dst and returns it.
 func (t *Tracker) Apply(h Hit, dst []Event) []Event {
 	// The common case (a path of no sequence) must cost one lookup and
@@ -273,12 +335,13 @@ func (t *Tracker) Apply(h Hit, dst []Event) []Event {
 	e := t.clients[h.Client]
 	if e != nil {
 		t.touch(e)
-		if e.lockedUntil.After(h.Time) {
+		if e.locked(h.Time) {
 			return dst
 		}
 		dst = t.catchUp(e, h.Time, dst)
 		// A lockout caused by a timeout just now also swallows this hit.
-		if e.lockedUntil.After(h.Time) {
+		if e.locked(h.Time) {
+			t.settle(e, h.Time, true)
 			return dst
 		}
 	}
@@ -327,7 +390,7 @@ func (t *Tracker) Apply(h Hit, dst []Event) []Event {
 		dst = t.reset(e, i, ev, dst)
 	}
 	if e != nil {
-		t.tidy(e, h.Time)
+		t.settle(e, h.Time, true)
 	}
 	return dst
 }
@@ -347,15 +410,19 @@ func (t *Tracker) fail(e *entry, seq int32, at time.Time, dst []Event) []Event {
 	if t.lockout.Failures == 0 {
 		return dst
 	}
-	e.fails = slices.DeleteFunc(e.fails, func(f time.Time) bool { return at.Sub(f) >= t.lockout.Period })
-	e.fails = append(e.fails, at)
-	if len(e.fails) < t.lockout.Failures {
+	if e.rec == nil {
+		e.rec = new(record)
+	}
+	r := e.rec
+	r.fails = slices.DeleteFunc(r.fails, func(f time.Time) bool { return at.Sub(f) >= t.lockout.Period })
+	r.fails = append(r.fails, at)
+	if len(r.fails) < t.lockout.Failures {
 		return dst
 	}
 	e.prog = e.prog[:0]
-	e.fails = nil
-	e.lockedUntil = at.Add(t.lockout.Duration)
-	return append(dst, Event{Kind: KindLockout, Time: at, Client: e.addr, Sequence: t.seqs[seq].Name, Until: e.lockedUntil})
+	r.fails = nil
+	r.lockedUntil = at.Add(t.lockout.Duration)
+	return append(dst, Event{Kind: KindLockout, Time: at, Client: e.addr, Sequence: t.seqs[seq].Name, Until: r.lockedUntil})
 }
 
 // catchUp discards the progress of e that has expired at now, in the order it
@@ -385,20 +452,28 @@ func (t *Tracker) catchUp(e *entry, now time.Time, dst []Event) []Event {
 	}
 }
 
-// tidy forgets what no longer matters at now, and the entry itself if
-// nothing is left.
-func (t *Tracker) tidy(e *entry, now time.Time) {
-	if !e.lockedUntil.IsZero() && !e.lockedUntil.After(now) {
-		e.lockedUntil = time.Time{}
-	}
-	if len(e.fails) > 0 {
-		e.fails = slices.DeleteFunc(e.fails, func(f time.Time) bool { return now.Sub(f) >= t.lockout.Period })
-		if len(e.fails) == 0 {
-			e.fails = nil
+// settle forgets what no longer matters at now, and the entry itself if
+// nothing is left; otherwise it files e under its class. An entry that
+// changes class joins its new list as the most recently touched if the hit
+// touched it, else (Expire) as the least: its place among the others is not
+// known, and a client that did nothing should not outlive one that did.
+func (t *Tracker) settle(e *entry, now time.Time, touched bool) {
+	if r := e.rec; r != nil {
+		if !r.lockedUntil.IsZero() && !r.lockedUntil.After(now) {
+			r.lockedUntil = time.Time{}
+		}
+		r.fails = slices.DeleteFunc(r.fails, func(f time.Time) bool { return now.Sub(f) >= t.lockout.Period })
+		if len(r.fails) == 0 && r.lockedUntil.IsZero() {
+			e.rec = nil
 		}
 	}
-	if len(e.prog) == 0 && len(e.fails) == 0 && e.lockedUntil.IsZero() {
+	if len(e.prog) == 0 && e.rec == nil {
 		t.remove(e)
+		return
+	}
+	if c := e.classify(); c != e.class {
+		t.unlink(e)
+		t.link(e, c, touched)
 	}
 }
 
@@ -408,11 +483,16 @@ func (t *Tracker) tidy(e *entry, now time.Time) {
 // by time, then client, then sequence name. It scans the whole table.
 func (t *Tracker) Expire(now time.Time, dst []Event) []Event {
 	start := len(dst)
-	for e := t.lru.next; e != &t.lru; {
-		next := e.next // tidy may unlink e
-		dst = t.catchUp(e, now, dst)
-		t.tidy(e, now)
-		e = next
+	for c := range t.lists {
+		// An entry that moves from the first list to the second is seen
+		// twice; the second time changes nothing.
+		root := &t.lists[c].root
+		for e := root.next; e != root; {
+			next := e.next // settle may unlink e
+			dst = t.catchUp(e, now, dst)
+			t.settle(e, now, false)
+			e = next
+		}
 	}
 	// Stable: a lockout follows the timeout that caused it (same time, client
 	// and sequence).
@@ -447,29 +527,77 @@ func (e *entry) add(pr progress) {
 	e.prog = slices.Insert(e.prog, i, pr)
 }
 
-// insert creates the entry of a new client, evicting the least recently
-// touched one if the table is full.
+// locked reports whether e is locked out at now.
+func (e *entry) locked(now time.Time) bool {
+	return e.rec != nil && e.rec.lockedUntil.After(now)
+}
+
+// classify returns the class e's state puts it in.
+func (e *entry) classify() class {
+	if e.rec != nil {
+		return protected
+	}
+	for _, pr := range e.prog {
+		if pr.p > 1 {
+			return protected
+		}
+	}
+	return probationary
+}
+
+// insert creates the entry of a new client (a first step: probationary),
+// evicting one if the table is full.
 func (t *Tracker) insert(addr netip.Addr) *entry {
 	if len(t.clients) >= t.max {
-		t.remove(t.lru.prev)
-		t.evicted++
+		t.evict()
 	}
 	e := &entry{addr: addr}
 	e.prog = e.inline[:0]
 	t.clients[addr] = e
-	e.prev, e.next = &t.lru, t.lru.next
-	e.prev.next, e.next.prev = e, e
+	t.link(e, probationary, true)
 	return e
 }
 
-// touch marks e as the most recently used entry.
+// evict removes the least recently touched probationary entry, or the least
+// recently touched protected one if there are more of those than
+// maxProtected or no probationary entry at all.
+func (t *Tracker) evict() {
+	c := probationary
+	if t.lists[protected].len > t.maxProtected || t.lists[probationary].len == 0 {
+		c = protected
+		t.evictedProtected++
+	}
+	t.evicted++
+	t.remove(t.lists[c].root.prev)
+}
+
+// link puts e into the list of class c, first (most recently touched) or last.
+func (t *Tracker) link(e *entry, c class, first bool) {
+	l := &t.lists[c]
+	at := &l.root // insert after at
+	if !first {
+		at = l.root.prev
+	}
+	e.prev, e.next = at, at.next
+	e.prev.next, e.next.prev = e, e
+	e.class = c
+	l.len++
+}
+
+// unlink takes e out of its list.
+func (t *Tracker) unlink(e *entry) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
+	t.lists[e.class].len--
+}
+
+// touch marks e as the most recently touched entry of its class.
 func (t *Tracker) touch(e *entry) {
-	if t.lru.next == e {
+	if t.lists[e.class].root.next == e {
 		return
 	}
-	e.prev.next, e.next.prev = e.next, e.prev
-	e.prev, e.next = &t.lru, t.lru.next
-	e.prev.next, e.next.prev = e, e
+	t.unlink(e)
+	t.link(e, e.class, true)
 }
 
 // remove deletes e from the table; removing it twice is harmless.
@@ -478,6 +606,5 @@ func (t *Tracker) remove(e *entry) {
 		return
 	}
 	delete(t.clients, e.addr)
-	e.prev.next, e.next.prev = e.next, e.prev
-	e.prev, e.next = nil, nil
+	t.unlink(e)
 }

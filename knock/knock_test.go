@@ -661,6 +661,12 @@ func TestEviction(t *testing.T) {
 		if n := tr.Evicted(); n != o.evicted {
 			t.Errorf("after Apply(%v): Evicted() = %d, want %d", o.hit, n, o.evicted)
 		}
+		if err := tr.Check(); err != nil {
+			t.Errorf("after Apply(%v): %v", o.hit, err)
+		}
+	}
+	if n := tr.EvictedProtected(); n != 0 {
+		t.Errorf("EvictedProtected() = %d, want 0", n)
 	}
 }
 
@@ -695,7 +701,11 @@ func TestEntrySize(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	runtime.KeepAlive(tr)
 	per := float64(after.HeapAlloc-before.HeapAlloc) / n
-	t.Logf("%.0f bytes per client entry", per)
+	t.Logf("%.0f bytes per client entry (entry %d, the rest its map slot)", per, knock.EntrySize)
+	// A size class of the allocator is 112 bytes; one byte more costs 16.
+	if knock.EntrySize > 112 {
+		t.Errorf("entry is %d bytes, want <= 112", knock.EntrySize)
+	}
 	if per > 300 {
 		t.Errorf("%d clients in progress take %.0f bytes each, want <= 300", n, per)
 	}
