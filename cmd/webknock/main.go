@@ -81,6 +81,22 @@ var commands = []*command{
 		run:     runFlush,
 	},
 	{
+		name:    "status",
+		summary: "list the live grants of the running daemon (via web.listen)",
+		usage:   "webknock status -c FILE",
+		example: "webknock status -c /etc/webknock/webknock.yaml",
+		flags:   func(*pflag.FlagSet) {},
+		run:     runStatus,
+	},
+	{
+		name:    "revoke",
+		summary: "end an address's access now (via web.listen, with the token of web.token_file)",
+		usage:   "webknock revoke -c FILE IP",
+		example: "webknock revoke -c /etc/webknock/webknock.yaml 203.0.113.7",
+		flags:   func(*pflag.FlagSet) {},
+		run:     runRevoke,
+	},
+	{
 		name:    "check",
 		summary: "validate the configuration; exit 1 listing every problem",
 		usage:   "webknock check -c FILE",

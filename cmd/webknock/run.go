@@ -5,16 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/webknock/webknock/config"
 	"github.com/webknock/webknock/firewall"
 	"github.com/webknock/webknock/knock"
+	"github.com/webknock/webknock/web"
 	"github.com/webknock/webknock/weblog"
 )
 
@@ -76,7 +81,45 @@ type daemon struct {
 	follower *weblog.Follower
 	events   []knock.Event
 	warned   bool // about knocks from loopback
+	web      *web.Server // nil when web.listen is empty
+	stats    trackerStats
 }
+
+// trackerStats lets the web server read the tracker's counters, which the
+// daemon's goroutine alone may touch, without a lock on every line.
+type trackerStats struct {
+	clients atomic.Int64
+	evicted atomic.Uint64
+	follow  atomic.Bool
+}
+
+func (s *trackerStats) Clients() int    { return int(s.clients.Load()) }
+func (s *trackerStats) Evicted() uint64 { return s.evicted.Load() }
+
+// recorder returns where the daemon reports lines and events: the web
+// server, or nothing.
+func (d *daemon) recorder() recorder {
+	if d.web == nil {
+		return noRecorder{}
+	}
+	return d.web
+}
+
+type recorder interface {
+	LineRead(file string)
+	LineParsed(file string)
+	LineSkipped(file, reason string)
+	Event(e knock.Event)
+	Reload(ok bool)
+}
+
+type noRecorder struct{}
+
+func (noRecorder) LineRead(string)            {}
+func (noRecorder) LineParsed(string)          {}
+func (noRecorder) LineSkipped(string, string) {}
+func (noRecorder) Event(knock.Event)          {}
+func (noRecorder) Reload(bool)                {}
 
 // serve runs the daemon until ctx ends. A value on hup reloads the
 // configuration with reload; a configuration that does not load or apply is
@@ -95,7 +138,23 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, hup <-c
 	if d.follower, err = weblog.Follow(ctx, followOptions(cfg, logger)); err != nil {
 		return fmt.Errorf("follow logs: %w", err)
 	}
-	defer func() { d.follower.Close() }()
+	d.stats.follow.Store(true)
+	defer func() { d.stats.follow.Store(false); d.follower.Close() }()
+	if cfg.Web.Listen != "" {
+		srv, err := web.New(web.Options{Listen: cfg.Web.Listen, TokenFile: cfg.Web.TokenFile, Logger: logger,
+			Following: d.stats.follow.Load, Tracker: &d.stats}, fw)
+		if err != nil {
+			return fmt.Errorf("web: %w", err)
+		}
+		d.web = srv
+		webDone := make(chan error, 1)
+		go func() { webDone <- srv.Serve(ctx) }()
+		defer func() {
+			if err := <-webDone; err != nil {
+				logger.Error("web server", keyErr, err)
+			}
+		}()
+	}
 	logger.Info("webknock running", "logs", cfg.Log.Paths, "sequences", len(cfg.Sequences),
 		"backend", cfg.Firewall.Backend, "chain", cfg.Firewall.Chain)
 	for {
@@ -134,18 +193,31 @@ func (d *daemon) setCore(cfg *config.Config) error {
 }
 
 func (d *daemon) line(ctx context.Context, l weblog.Line) {
+	rec := d.recorder()
+	rec.LineRead(l.File)
 	r, err := d.parser.Parse(l.Text)
 	if err != nil {
+		reason := weblog.ReasonFormat
 		var pe *weblog.ParseError
-		if errors.As(err, &pe) && pe.Reason == weblog.ReasonLoopback && d.paths[r.Path] && !d.warned {
+		if errors.As(err, &pe) {
+			reason = pe.Reason
+		}
+		rec.LineSkipped(l.File, string(reason))
+		if reason == weblog.ReasonLoopback && d.paths[r.Path] && !d.warned {
 			d.warned = true
 			d.log.Warn("a knock path was requested from a loopback address: a reverse proxy hides the real clients; list it in log.trusted_proxies and log $http_x_forwarded_for",
 				keyFile, l.File, keyIP, r.Client)
 		}
 		return
 	}
+	rec.LineParsed(l.File)
 	d.events = d.tracker.Apply(hitOf(&r), d.events[:0])
+	if len(d.events) > 0 {
+		d.stats.clients.Store(int64(d.tracker.Clients()))
+		d.stats.evicted.Store(d.tracker.Evicted())
+	}
 	for i := range d.events {
+		rec.Event(d.events[i])
 		d.event(ctx, &d.events[i])
 	}
 }
@@ -192,6 +264,8 @@ func firewallPorts(ps []config.Port) []firewall.Port {
 
 // reload swaps in a new configuration only when it loads and applies.
 func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)) {
+	ok := false
+	defer func() { d.recorder().Reload(ok) }()
 	cfg, err := load()
 	if err != nil {
 		d.log.Error("reload refused; keeping the running configuration", keyErr, err)
@@ -229,6 +303,7 @@ func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)
 		}
 	}
 	d.cfg = cfg
+	ok = true
 	d.log.Info("configuration reloaded", "sequences", len(cfg.Sequences))
 }
 
@@ -267,4 +342,73 @@ func runFlush(ctx context.Context, env *environment, fs *pflag.FlagSet, args []s
 	}
 	_, err = fmt.Fprintf(env.stdout, "removed chain %s and its jump from %s (IPv4 and IPv6)\n", cfg.Firewall.Chain, cfg.Firewall.Hook)
 	return err
+}
+
+// runStatus is `webknock status`: the live grants of a running daemon.
+func runStatus(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
+	if len(args) > 0 {
+		return usagef(env, fs, "unexpected argument %q", args[0])
+	}
+	base, err := webBase(env, fs)
+	if err != nil {
+		return err
+	}
+	grants, err := web.FetchGrants(ctx, base)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	if len(grants) == 0 {
+		_, err = fmt.Fprintln(env.stdout, "no active grants")
+		return err
+	}
+	fmt.Fprintf(env.stdout, "%-39s  %-10s  %-20s  %-9s  %s\n", "IP", "SEQUENCE", "UNTIL", "LEFT", "PORTS")
+	for _, g := range grants {
+		ports := make([]string, len(g.Ports))
+		for i, p := range g.Ports {
+			ports[i] = p.String()
+		}
+		left := time.Until(g.Until).Round(time.Second)
+		fmt.Fprintf(env.stdout, "%-39s  %-10s  %-20s  %-9s  %s\n", g.IP, g.Sequence, rfc3339(g.Until), left, strings.Join(ports, ","))
+	}
+	return nil
+}
+
+// runRevoke is `webknock revoke IP`: end an address's grants now.
+func runRevoke(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
+	if len(args) != 1 {
+		return usagef(env, fs, "name exactly one IP address")
+	}
+	ip, err := netip.ParseAddr(args[0])
+	if err != nil {
+		return usagef(env, fs, "%q is not an IP address", args[0])
+	}
+	cfg, err := loadConfig(env, fs)
+	if err != nil {
+		return err
+	}
+	base, err := web.BaseURL(cfg.Web.Listen)
+	if err != nil {
+		return fmt.Errorf("revoke: web.listen: %w", err)
+	}
+	token, err := web.ReadToken(cfg.Web.TokenFile)
+	if err != nil {
+		return fmt.Errorf("revoke: %w", err)
+	}
+	if err := web.RevokeGrant(ctx, base, token, ip.Unmap()); err != nil {
+		return fmt.Errorf("revoke %s: %w", ip, err)
+	}
+	_, err = fmt.Fprintf(env.stdout, "revoked %s\n", ip.Unmap())
+	return err
+}
+
+// webBase is the daemon's web address from the configuration.
+func webBase(env *environment, fs *pflag.FlagSet) (string, error) {
+	cfg, err := loadConfig(env, fs)
+	if err != nil {
+		return "", err
+	}
+	if cfg.Web.Listen == "" {
+		return "", fmt.Errorf("web.listen is empty in %s: the daemon serves no API", cfg.File)
+	}
+	return web.BaseURL(cfg.Web.Listen)
 }
