@@ -32,8 +32,10 @@
 package knock
 
 import (
+	"crypto/subtle"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -135,7 +137,8 @@ type Event struct {
 // and the accessors.
 type Tracker struct {
 	seqs         []Sequence
-	paths        map[string]pathRef
+	paths        map[uint64][]pathRef // by the keyed hash of the path; see lookup
+	seed         maphash.Seed
 	lockout      Lockout
 	max          int
 	maxProtected int // protected entries beyond this are evicted before first steps
@@ -165,6 +168,7 @@ const knockPage = -1
 
 // pathRef locates a path: which sequence, which step (or knockPage).
 type pathRef struct {
+	path string
 	seq  int32
 	step int32
 }
@@ -225,7 +229,8 @@ func New(cfg Config) (*Tracker, error) {
 	}
 
 	t := &Tracker{
-		paths:   make(map[string]pathRef),
+		paths:   make(map[uint64][]pathRef),
+		seed:    maphash.MakeSeed(),
 		lockout: lo,
 		max:     maxClients,
 		// A quarter of the table, rounded, is kept for first steps.
@@ -259,7 +264,8 @@ func New(cfg Config) (*Tracker, error) {
 				bad("%s: %s: path %q already used by %s", where, field, path, owner[path])
 			default:
 				owner[path] = where + " " + field
-				t.paths[path] = pathRef{seq: int32(i), step: step}
+				h := maphash.String(t.seed, path)
+				t.paths[h] = append(t.paths[h], pathRef{path: path, seq: int32(i), step: step})
 			}
 		}
 		for j, p := range s.Steps {
@@ -320,11 +326,25 @@ func (t *Tracker) Evicted() uint64 { return t.evicted }
 // Anything above zero means real progress (or a lockout) was lost.
 func (t *Tracker) EvictedProtected() uint64 { return t.evictedProtected }
 
+// lookup finds the sequence path equal to path. The secret paths are never
+// compared byte by byte with a request's: the path is hashed with a key
+// chosen at start, and only a path with the same keyed hash is compared, in
+// constant time, so the time taken says nothing about how much of a secret
+// a request got right.
+func (t *Tracker) lookup(path string) (pathRef, bool) {
+	for _, ref := range t.paths[maphash.String(t.seed, path)] {
+		if subtle.ConstantTimeCompare([]byte(ref.path), []byte(path)) == 1 {
+			return ref, true
+		}
+	}
+	return pathRef{}, false
+}
+
 // Apply appends the events caused by h to dst and returns it.
 func (t *Tracker) Apply(h Hit, dst []Event) []Event {
 	// The common case (a path of no sequence) must cost one lookup and
 	// change nothing: browsers fetch /favicon.ico, and many users share a proxy.
-	ref, ok := t.paths[h.Path]
+	ref, ok := t.lookup(h.Path)
 	if !ok {
 		return dst
 	}
