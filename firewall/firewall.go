@@ -4,10 +4,17 @@
 //
 // Rules live in our own chain (WEBKNOCK) in table filter, for IPv4 and IPv6,
 // reached by one jump from a hook (INPUT). Nothing outside our chain is
-// touched but that jump. Every change goes through one goroutine.
+// touched but that jump. Every change goes through one goroutine, the
+// worker, which also checks every few seconds that others have not changed
+// our chains, and repairs them if they have.
+//
+// Each iptables run has a deadline: one that hangs is killed with its
+// process group and counted as a failure; failures are retried with
+// backoff. Health tells what went wrong and what is pending.
 package firewall
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +28,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -43,6 +51,7 @@ const (
 	keyCommand  = "command"
 	keyBackend  = "backend"
 	keyProtect  = "protect"
+	keyFixed    = "fixed"
 )
 
 // Backends.
@@ -57,6 +66,9 @@ var (
 	ErrExpired = errors.New("grant already expired")
 	// ErrNoGrant is returned by Revoke for an address that holds no grant.
 	ErrNoGrant = errors.New("no grant")
+	// ErrTableFull is returned by Grant for a new grant while MaxGrants
+	// grants are live: no live grant is ever evicted to make room.
+	ErrTableFull = errors.New("grant table full")
 
 	errClosed = errors.New("firewall closed")
 )
@@ -165,7 +177,25 @@ type Options struct {
 	Logger      *slog.Logger
 	Clock       Clock         // nil: real time
 	LockWait    time.Duration // how long iptables waits for the xtables lock; default 5s
+
+	// CallTimeout is how long an iptables run may take before it is
+	// killed and counted as a failure; default LockWait + 5s.
+	CallTimeout time.Duration
+	// CheckInterval is the period of the integrity check, which repairs
+	// our chains when others change them; default 3s. A check that takes
+	// more than a tenth of it puts the next one off.
+	CheckInterval time.Duration
+	// MaxGrants bounds the live grants; a new grant beyond it is refused
+	// with ErrTableFull. Default 65536.
+	MaxGrants int
 }
+
+// Defaults of Options.
+const (
+	defaultLockWait      = 5 * time.Second
+	defaultCheckInterval = 3 * time.Second
+	defaultMaxGrants     = 1 << 16
+)
 
 // nameRe is what iptables accepts as a chain name, less oddities.
 var nameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,27}$`)
@@ -224,7 +254,16 @@ func (o Options) normalize() (Options, error) {
 		o.Clock = realClock{}
 	}
 	if o.LockWait <= 0 {
-		o.LockWait = 5 * time.Second
+		o.LockWait = defaultLockWait
+	}
+	if o.CallTimeout <= 0 {
+		o.CallTimeout = o.LockWait + 5*time.Second
+	}
+	if o.CheckInterval <= 0 {
+		o.CheckInterval = defaultCheckInterval
+	}
+	if o.MaxGrants <= 0 {
+		o.MaxGrants = defaultMaxGrants
 	}
 	return o, nil
 }
@@ -234,7 +273,7 @@ func (o *Options) tables() ([2]tables, error) {
 	if o.Backend == backendDryRun {
 		return [2]tables{newMemTables(ipv4, o.Logger, o.Hook), newMemTables(ipv6, o.Logger, o.Hook)}, nil
 	}
-	tabs, v6off, err := newIPTables(o.LockWait)
+	tabs, v6off, err := newIPTables(o.LockWait, o.CallTimeout)
 	if v6off != nil {
 		o.Logger.Warn("IPv6 firewall disabled: IPv6 clients cannot be granted", keyReason, v6off.Error())
 	}
@@ -252,11 +291,23 @@ func (o *Options) statePath() string {
 	return filepath.Join(o.StateDir, stateFile)
 }
 
-// Health tells whether the kernel holds the rules the grants describe.
+// Health tells whether the kernel holds the rules the grants describe, and
+// what went wrong since Open.
 type Health struct {
-	InSync   bool   // no rule awaits a retried delete, the last reconcile succeeded, the state file is written
-	Pending  int    // rules whose delete failed, retried in the background
-	Failures uint64 // iptables calls that failed since Open, retries included
+	// InSync: no rule awaits a retried delete, the last reconcile and
+	// integrity check succeeded, the state file is written, iptables
+	// answers (no call is stuck or suspended).
+	InSync    bool
+	Pending   int       // rules whose delete failed, retried in the background
+	Failures  uint64    // iptables calls that failed, retries, timeouts and refusals included
+	TimedOut  uint64    // calls killed after CallTimeout (also in Failures)
+	LockBusy  uint64    // calls that found the xtables lock held (also in Failures)
+	Stuck     int       // killed calls whose iptables has not exited yet
+	Suspended bool      // iptables hung twice in a row: no call before a CallTimeout has passed
+	Refused   uint64    // grants refused because the table was full
+	Repairs   uint64    // times the integrity check repaired a family
+	LastError string    // the last failed call or check; "" after a check that passed
+	Checked   time.Time // the end of the last integrity check that passed (or repaired)
 }
 
 // Firewall applies grants. Its methods are safe for concurrent use.
@@ -279,13 +330,18 @@ type Firewall struct {
 	view   []Grant
 	health Health
 
+	refused atomic.Uint64
+	repairs atomic.Uint64
+
 	// Owned by the worker goroutine (and by Open before it starts).
 	cur      tail
 	grants   map[grantKey]Grant
 	doomed   []doomedRule
-	dirty    bool   // the state file is behind
-	unsynced bool   // the last reconcile failed
-	idle     func() // for the tests: called after each event the worker handled
+	dirty    bool      // the state file is behind
+	unsynced bool      // the last reconcile failed
+	checkErr error     // the last integrity check failed
+	checked  time.Time // the last integrity check passed
+	idle     func()    // for the tests: called after each event the worker handled
 }
 
 // tail is what the protect rules at the end of our chain are made of.
@@ -338,7 +394,7 @@ func newFirewall(o Options, tabs [2]tables) *Firewall {
 		cur:    tail{protect: o.Protect, allow: o.AlwaysAllow, ports: o.Ports},
 		grants: map[grantKey]Grant{},
 	}
-	f.rt = &retrier{clock: o.Clock, log: o.Logger, delays: defaultDelays, stop: f.stop}
+	f.rt = &retrier{clock: o.Clock, log: o.Logger, delays: defaultDelays, timeout: o.CallTimeout, stop: f.stop}
 	return f
 }
 
@@ -346,6 +402,9 @@ func (f *Firewall) start(ctx context.Context) error {
 	if f.path != "" {
 		if err := os.MkdirAll(filepath.Dir(f.path), 0o700); err != nil {
 			return fmt.Errorf("state dir: %w", err)
+		}
+		for _, tmp := range removeTemps(f.path) {
+			f.log.Warn("temporary state file of an interrupted write removed", keyPath, tmp)
 		}
 	}
 	for _, fam := range families {
@@ -371,6 +430,11 @@ func (f *Firewall) start(ctx context.Context) error {
 			f.grants[k] = g
 		}
 	}
+	if n := len(f.grants); n > f.o.MaxGrants {
+		// Live in the kernel already: kept, and new ones refused until
+		// enough have ended.
+		f.log.Warn("more live grants than max grants; new grants are refused until fewer", keyCount, n)
+	}
 	f.dirty = true
 	if err := f.reconcile(ctx); err != nil {
 		return err
@@ -382,10 +446,11 @@ func (f *Firewall) start(ctx context.Context) error {
 			}
 		}
 	}
+	f.checked = f.clock.Now()
 	f.commit()
 	f.log.Info("firewall ready", keyChain, f.o.Chain, keyHook, f.o.Hook, keyCount, len(f.grants),
 		keyBackend, f.o.Backend, keyProtect, f.cur.protect)
-	go f.run()
+	go f.run(f.clock.After(f.o.CheckInterval))
 	return nil
 }
 
@@ -486,9 +551,17 @@ func (f *Firewall) Grants() []Grant {
 // Health tells whether the kernel is in line with the grants.
 func (f *Firewall) Health() Health {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	h := f.health
-	h.Failures = f.rt.failures.Load()
+	f.mu.Unlock()
+	rt := f.rt
+	h.Failures, h.TimedOut, h.LockBusy = rt.failures.Load(), rt.timedOut.Load(), rt.lockBusy.Load()
+	h.Stuck = int(rt.stuck.Load())
+	h.Suspended = rt.suspendedNow()
+	h.Refused, h.Repairs = f.refused.Load(), f.repairs.Load()
+	rt.mu.Lock()
+	h.LastError = cmp.Or(h.LastError, rt.lastErr)
+	rt.mu.Unlock()
+	h.InSync = h.InSync && h.Stuck == 0 && !h.Suspended
 	return h
 }
 
@@ -548,7 +621,7 @@ func Flush(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	rt := &retrier{clock: o.Clock, log: o.Logger, delays: defaultDelays}
+	rt := &retrier{clock: o.Clock, log: o.Logger, delays: defaultDelays, timeout: o.CallTimeout}
 	var errs []error
 	for _, fam := range families {
 		if t := tabs[fam]; t != nil {
@@ -559,6 +632,7 @@ func Flush(ctx context.Context, o Options) error {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("remove state file: %w", err))
 		}
+		removeTemps(p)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -568,26 +642,24 @@ func Flush(ctx context.Context, o Options) error {
 }
 
 func flushFamily(ctx context.Context, rt *retrier, t tables, fam family, o *Options) error {
-	var hooked bool
-	if err := rt.do(ctx, "chain exists", func(int) (err error) { hooked, err = t.ChainExists(table, o.Hook); return err }); err != nil {
-		return fmt.Errorf("%s: check %s/%s: %w", fam.command(), table, o.Hook, err)
+	var lines []string
+	err := rt.do(ctx, "list", func(ctx context.Context, _ int) (err error) { lines, err = t.List(ctx, table, o.Hook); return err })
+	switch {
+	case errors.Is(err, errNoChain): // no hook, no jump
+	case err != nil:
+		return fmt.Errorf("%s: list %s/%s: %w", fam.command(), table, o.Hook, err)
 	}
-	if hooked {
-		var lines []string
-		if err := rt.do(ctx, "list", func(int) (err error) { lines, err = t.List(table, o.Hook); return err }); err != nil {
-			return fmt.Errorf("%s: list %s/%s: %w", fam.command(), table, o.Hook, err)
+	jump := "-A " + o.Hook + " -j " + o.Chain
+	for _, l := range lines {
+		if l != jump {
+			continue
 		}
-		jump := "-A " + o.Hook + " -j " + o.Chain
-		for _, l := range lines {
-			if l != jump {
-				continue
-			}
-			if err := rt.do(ctx, "delete", func(int) error { return t.DeleteIfExists(table, o.Hook, "-j", o.Chain) }); err != nil {
-				return fmt.Errorf("%s: delete jump from %s/%s: %w", fam.command(), table, o.Hook, err)
-			}
+		err := rt.do(ctx, "delete", func(ctx context.Context, _ int) error { return t.DeleteIfExists(ctx, table, o.Hook, "-j", o.Chain) })
+		if err != nil {
+			return fmt.Errorf("%s: delete jump from %s/%s: %w", fam.command(), table, o.Hook, err)
 		}
 	}
-	if err := rt.do(ctx, "delete chain", func(int) error { return t.ClearAndDeleteChain(table, o.Chain) }); err != nil {
+	if err := rt.do(ctx, "delete chain", func(ctx context.Context, _ int) error { return t.ClearAndDeleteChain(ctx, table, o.Chain) }); err != nil {
 		return fmt.Errorf("%s: delete chain %s/%s: %w", fam.command(), table, o.Chain, err)
 	}
 	return nil

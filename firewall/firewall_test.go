@@ -354,11 +354,11 @@ func TestReconcile(t *testing.T) {
 		if d := diffLines(e.chain(ipv6), wantV6); d != "" {
 			t.Errorf("run %d: IPv6: %s", run, d)
 		}
-		input, _ := e.v4.List(table, "INPUT")
+		input, _ := e.v4.List(ctx0, table, "INPUT")
 		if d := diffLines(input, wantInput); d != "" {
 			t.Errorf("run %d: INPUT: %s", run, d)
 		}
-		input6, _ := e.v6.List(table, "INPUT")
+		input6, _ := e.v6.List(ctx0, table, "INPUT")
 		if d := diffLines(input6, []string{"-P INPUT ACCEPT", "-A INPUT -j WEBKNOCK"}); d != "" {
 			t.Errorf("run %d: IPv6 INPUT: %s", run, d)
 		}
@@ -645,6 +645,13 @@ func TestRetry(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "insert") || !strings.Contains(err.Error(), "filter/WEBKNOCK") {
 				t.Errorf("Grant = %v, want the insert's error", err)
 			}
+			// Reported, and the kernel is still in line with the grants.
+			if h := f.Health(); !h.InSync || !strings.Contains(h.LastError, "xtables lock busy") {
+				t.Errorf("Health() = %+v, want the failure reported, in sync", h)
+			}
+			if n := strings.Count(e.log.String(), `msg="iptables call failed" op=insert`); n != 3 {
+				t.Errorf("log has %d failed inserts, want 3:\n%s", n, e.log)
+			}
 			if gs := f.Grants(); len(gs) != 0 {
 				t.Errorf("Grants() = %v after a failed grant", gs)
 			}
@@ -753,24 +760,24 @@ func TestFlushFamily(t *testing.T) {
 	f.Close()
 	e.plant(ipv4, "INPUT", "-j WEBKNOCK", "-s 192.0.2.99/32 -j DROP")
 	o, _ := protectOptions(e).normalize()
-	rt := &retrier{clock: e.clk, log: o.Logger}
+	rt := &retrier{clock: e.clk, log: o.Logger, timeout: o.CallTimeout}
 	for _, fam := range families {
 		for range 2 { // the second finds nothing to do
 			if err := flushFamily(ctx0, rt, e.tabs(fam), fam, &o); err != nil {
 				t.Fatalf("%v: flush: %v", fam, err)
 			}
 		}
-		if ok, _ := e.tabs(fam).ChainExists(table, "WEBKNOCK"); ok {
+		if ok, _ := e.tabs(fam).ChainExists(ctx0, table, "WEBKNOCK"); ok {
 			t.Errorf("%v: chain still there", fam)
 		}
-		input, _ := e.tabs(fam).List(table, "INPUT")
+		input, _ := e.tabs(fam).List(ctx0, table, "INPUT")
 		for _, l := range input {
 			if strings.Contains(l, "WEBKNOCK") {
 				t.Errorf("%v: jump still there: %q", fam, input)
 			}
 		}
 	}
-	if input, _ := e.v4.List(table, "INPUT"); !slices.Contains(input, "-A INPUT -s 192.0.2.99/32 -j DROP") {
+	if input, _ := e.v4.List(ctx0, table, "INPUT"); !slices.Contains(input, "-A INPUT -s 192.0.2.99/32 -j DROP") {
 		t.Errorf("flush touched a rule not ours: %q", input)
 	}
 }

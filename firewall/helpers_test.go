@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,16 +18,19 @@ import (
 // t0 is the fake clock's start; grants in the tests end after it.
 var t0 = time.Date(2026, 11, 22, 19, 1, 34, 0, time.UTC)
 
-// fakeClock moves only when Advance is called.
+// fakeClock moves only when Advance or Jump is called. Like the real
+// clock it has two readings: the wall clock (Now) and a monotonic one that
+// After runs on; Advance moves both, Jump only the wall clock.
 type fakeClock struct {
 	mu      sync.Mutex
-	now     time.Time
+	now     time.Time     // wall clock
+	mono    time.Duration // monotonic clock
 	waiters []fakeWaiter
 	added   chan time.Duration // the duration of each After, while there is room
 }
 
 type fakeWaiter struct {
-	at time.Time
+	at time.Duration // on the monotonic clock
 	ch chan time.Time
 }
 
@@ -50,7 +54,7 @@ func (c *fakeClock) After(d time.Duration) <-chan time.Time {
 		ch <- c.now
 		return ch
 	}
-	c.waiters = append(c.waiters, fakeWaiter{at: c.now.Add(d), ch: ch})
+	c.waiters = append(c.waiters, fakeWaiter{at: c.mono + d, ch: ch})
 	select {
 	case c.added <- d:
 	default:
@@ -63,15 +67,24 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
+	c.mono += d
 	kept := c.waiters[:0]
 	for _, w := range c.waiters {
-		if w.at.After(c.now) {
+		if w.at > c.mono {
 			kept = append(kept, w)
 			continue
 		}
 		w.ch <- c.now
 	}
 	c.waiters = kept
+}
+
+// Jump sets the wall clock forward or back, as an administrator or NTP
+// would; no waiter fires.
+func (c *fakeClock) Jump(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
 }
 
 // syncBuffer is a log sink the worker and the test share.
@@ -176,6 +189,26 @@ func (f *fw) waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// checkUntil advances the clock by a check interval at a time until cond
+// holds. Each advance fires the check timer, or finds the worker busy: both
+// end with the worker idle.
+func (f *fw) checkUntil(t *testing.T, clk *fakeClock, what string, cond func() bool) {
+	t.Helper()
+	select {
+	case <-f.idle: // stale
+	default:
+	}
+	deadline := time.After(10 * time.Second)
+	for !cond() {
+		clk.Advance(f.o.CheckInterval)
+		select {
+		case <-f.idle:
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
 func (e *env) tabs(fam family) *memTables {
 	if fam == ipv6 {
 		return e.v6
@@ -186,7 +219,7 @@ func (e *env) tabs(fam family) *memTables {
 // chain returns `iptables -S WEBKNOCK` of a family.
 func (e *env) chain(fam family) []string {
 	e.t.Helper()
-	lines, err := e.tabs(fam).List(table, "WEBKNOCK")
+	lines, err := e.tabs(fam).List(ctx0, table, "WEBKNOCK")
 	if err != nil {
 		e.t.Fatalf("list: %v", err)
 	}
@@ -197,8 +230,8 @@ func (e *env) chain(fam family) []string {
 func (e *env) plant(fam family, chain string, specs ...string) {
 	e.t.Helper()
 	m := e.tabs(fam)
-	if ok, _ := m.ChainExists(table, chain); !ok {
-		if err := m.NewChain(table, chain); err != nil {
+	if ok, _ := m.ChainExists(ctx0, table, chain); !ok {
+		if err := m.NewChain(ctx0, table, chain); err != nil {
 			e.t.Fatal(err)
 		}
 	}
@@ -207,7 +240,7 @@ func (e *env) plant(fam family, chain string, specs ...string) {
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		if err := m.Append(table, chain, words...); err != nil {
+		if err := m.Append(ctx0, table, chain, words...); err != nil {
 			e.t.Fatalf("plant %q: %v", s, err)
 		}
 	}
@@ -265,6 +298,16 @@ func newTextLogger(w *syncBuffer) *slog.Logger {
 
 // setFail sets the fail hook.
 func (m *memTables) setFail(fn func(op, chain string, spec []string) error) {
+	if fn == nil {
+		m.setFailCtx(nil)
+		return
+	}
+	m.setFailCtx(func(_ context.Context, op, chain string, spec []string) error { return fn(op, chain, spec) })
+}
+
+// setFailCtx sets a fail hook that sees the call's context: one that
+// blocks until the context ends is an iptables that hangs until killed.
+func (m *memTables) setFailCtx(fn func(ctx context.Context, op, chain string, spec []string) error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.fail = fn
@@ -282,4 +325,16 @@ func (m *memTables) snapshots(chain string) []memChange {
 		}
 	}
 	return out
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// execSelf returns a command that runs the test binary again, for the tests
+// matching run, with env added.
+func execSelf(t *testing.T, run string, env ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run", run, "-test.count=1")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	return cmd
 }

@@ -2,12 +2,16 @@ package firewall
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -207,6 +211,48 @@ func insideNetns(t *testing.T, env string) {
 	fw.waitFor(t, "the IPv4 grant to expire", func() bool { return len(fw.Grants()) == 0 })
 	want4 = chainOnly(tail4...)
 	check("after revoke and expiry")
+
+	// Others' hands on our chains, repaired by the integrity check, which
+	// the fake clock drives.
+	later := clk.Now().Add(time.Hour).Truncate(time.Second)
+	if err := fw.Grant(ctx0, Grant{IP: v4, Sequence: "ssh", Ports: []Port{ssh}, Until: later}); err != nil {
+		t.Fatal(err)
+	}
+	want4 = chainOnly(append([]string{grantLine("192.0.2.7/32", ssh, "ssh", later)}, tail4...)...)
+	reload := "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+	for _, tc := range []struct {
+		name string
+		cmds []string
+		fams uint64
+	}{
+		{"chain flushed", []string{"iptables -F WEBKNOCK"}, 1},
+		{"jump deleted", []string{"ip6tables -D INPUT -j WEBKNOCK"}, 1},
+		{"chain deleted", []string{"iptables -D INPUT -j WEBKNOCK", "iptables -F WEBKNOCK", "iptables -X WEBKNOCK"}, 1},
+		{"firewall reloaded", []string{"iptables-restore", "ip6tables-restore"}, 2},
+	} {
+		before := fw.Health().Repairs
+		for _, c := range tc.cmds {
+			f := strings.Fields(c)
+			cmd := exec.Command(f[0], f[1:]...)
+			cmd.Stdin = strings.NewReader(reload)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v: %s", c, err, out)
+			}
+		}
+		now := clk.Now()
+		fw.checkUntil(t, clk, tc.name+" repaired", func() bool {
+			h := fw.Health()
+			return h.Repairs == before+tc.fams && h.Checked.After(now)
+		})
+		if d := clk.Now().Sub(now); d != n.CheckInterval {
+			t.Errorf("%s: repaired after %v, want one check interval", tc.name, d)
+		}
+		check(tc.name + " and repaired")
+	}
+	if err := fw.Revoke(ctx0, v4); err != nil {
+		t.Fatal(err)
+	}
+	want4 = chainOnly(tail4...)
 	fw.Close()
 
 	if err := Flush(ctx0, o); err != nil {
@@ -224,4 +270,184 @@ func insideNetns(t *testing.T, env string) {
 	if err := Flush(ctx0, o); err != nil {
 		t.Errorf("Flush of nothing: %v", err)
 	}
+
+	wrapped(t, in, o)
+}
+
+// wrapped runs the firewall on an iptables wrapper, first on PATH, that
+// misbehaves before it runs the real iptables: retries, kills and the
+// suspension against the real kernel.
+func wrapped(t *testing.T, in inside, o Options) {
+	real, err := exec.LookPath("iptables")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	// While dir/left holds a number above 0, each insert (-I) counts it
+	// down and fails as dir/mode says: "lock" as with the xtables lock
+	// held, "hang" for ever, after a byte to dir/fifo.
+	script := `#!/bin/sh
+d='` + dir + `'
+case " $* " in *" -I "*) insert=1 ;; esac
+if [ -n "$insert" ] && [ "$(cat "$d/left")" -gt 0 ]; then
+	echo $(($(cat "$d/left") - 1)) >"$d/left"
+	case "$(cat "$d/mode")" in
+	lock)
+		echo 'Another app is currently holding the xtables lock. Stopped waiting after 1s.' >&2
+		exit 4 ;;
+	hang)
+		echo $$ >>"$d/pids"
+		printf x >"$d/fifo"
+		exec sleep 3600 ;;
+	esac
+fi
+exec '` + real + `' "$@"
+`
+	if err := os.WriteFile(filepath.Join(dir, "iptables"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	misbehave := func(mode string, times int) {
+		t.Helper()
+		os.WriteFile(filepath.Join(dir, "mode"), []byte(mode), 0o600)
+		if err := os.WriteFile(filepath.Join(dir, "left"), []byte(strconv.Itoa(times)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	misbehave("none", 0)
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0) // no EOF between hangs
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	defer r.Close()
+	hung := make(chan struct{}, 16)
+	go func() {
+		b := make([]byte, 1)
+		for {
+			if _, err := r.Read(b); err != nil {
+				return
+			}
+			hung <- struct{}{}
+		}
+	}()
+
+	o.LockWait = time.Second
+	n, err := o.normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := newFakeClock(time.Now())
+	n.Clock = clk
+	path := os.Getenv("PATH")
+	os.Setenv("PATH", dir+string(os.PathListSeparator)+path)
+	tabs, err := n.tables()
+	os.Setenv("PATH", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tabs[ipv4].(*execTables).path != filepath.Join(dir, "iptables") {
+		t.Fatalf("the firewall runs %s, not the wrapper", tabs[ipv4].(*execTables).path)
+	}
+	idle := make(chan struct{}, 1)
+	ff := newFirewall(n, tabs)
+	ff.idle = func() {
+		select {
+		case idle <- struct{}{}:
+		default:
+		}
+	}
+	exited := make(chan struct{}, 16)
+	ff.rt.exited = func() { exited <- struct{}{} }
+	if err := ff.start(ctx0); err != nil {
+		t.Fatal(err)
+	}
+	f := &fw{ff, idle}
+	defer f.Close()
+	e := &env{t: t, clk: clk}
+	until := time.Now().Add(time.Hour).Truncate(time.Second)
+	grant := func(ip string) error {
+		return f.Grant(ctx0, Grant{IP: mustAddr(ip), Sequence: "ssh", Ports: []Port{ssh}, Until: until})
+	}
+	var lines []string
+	expect := func(ips ...string) {
+		t.Helper()
+		lines = nil
+		for _, ip := range ips {
+			lines = append([]string{grantLine(ip+"/32", ssh, "ssh", until)}, lines...)
+		}
+		in.expect("iptables -S WEBKNOCK", chainOnly(append(lines, tail4(o)...)...))
+	}
+
+	t.Log("the xtables lock held twice: retried, applied")
+	misbehave("lock", 2)
+	waits, err := e.drive(f, nil, nil, func() error { return grant("192.0.2.7") })
+	if err != nil || !slices.Equal(waits, defaultDelays) {
+		t.Fatalf("Grant = %v after waits %v, want success after %v", err, waits, defaultDelays)
+	}
+	if h := f.Health(); h.LockBusy != 2 || h.Failures != 2 {
+		t.Errorf("Health() = %+v, want two lock failures", h)
+	}
+	expect("192.0.2.7")
+
+	t.Log("one call hangs: killed, retried, applied")
+	misbehave("hang", 1)
+	if _, err := e.drive(f, hung, exited, func() error { return grant("192.0.2.8") }); err != nil {
+		t.Fatalf("Grant = %v", err)
+	}
+	if h := f.Health(); h.TimedOut != 1 || h.Stuck != 0 {
+		t.Errorf("Health() = %+v, want one timeout, nothing stuck", h)
+	}
+	expect("192.0.2.7", "192.0.2.8")
+
+	t.Log("every call hangs: two killed, then calls suspended; no rule")
+	misbehave("hang", 100)
+	_, err = e.drive(f, hung, exited, func() error { return grant("192.0.2.9") })
+	if !errors.Is(err, errSuspended) {
+		t.Fatalf("Grant = %v, want errSuspended", err)
+	}
+	if h := f.Health(); h.TimedOut != 3 || h.Stuck != 0 || !h.Suspended || h.InSync {
+		t.Errorf("Health() = %+v, want 3 timeouts, suspended", h)
+	}
+	misbehave("none", 0)
+	expect("192.0.2.7", "192.0.2.8")
+	pids, _ := os.ReadFile(filepath.Join(dir, "pids"))
+	for _, pid := range strings.Fields(string(pids)) {
+		stat, err := os.ReadFile("/proc/" + pid + "/stat")
+		if _, rest, ok := strings.Cut(string(stat), ") "); err == nil && ok && !strings.HasPrefix(rest, "Z") {
+			t.Errorf("hung iptables %s survived its kill: %s", pid, stat)
+		}
+	}
+
+	t.Log("a call timeout later, iptables answers again")
+	f.checkUntil(t, clk, "the end of the suspension", func() bool { return f.Health().InSync })
+	if err := grant("192.0.2.9"); err != nil {
+		t.Fatalf("Grant after the suspension = %v", err)
+	}
+	expect("192.0.2.7", "192.0.2.8", "192.0.2.9")
+	f.Close()
+	if err := Flush(ctx0, o); err != nil {
+		t.Errorf("Flush: %v", err)
+	}
+}
+
+// tail4 is the IPv4 protect tail of o, as iptables -S prints it.
+func tail4(o Options) []string {
+	n, _ := o.normalize()
+	var out []string
+	for _, r := range tailRules(tail{protect: n.Protect, allow: n.AlwaysAllow, ports: n.Ports}, ipv4) {
+		m := newMemTables(ipv4, nil)
+		m.NewChain(ctx0, table, "WEBKNOCK")
+		m.Append(ctx0, table, "WEBKNOCK", r.args()...)
+		lines, _ := m.List(ctx0, table, "WEBKNOCK")
+		out = append(out, lines[1])
+	}
+	return out
 }

@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -22,10 +23,11 @@ type memTables struct {
 	mu     sync.Mutex
 	chains map[string]*memChain
 
-	// For the tests. fail, when set, is asked before each call; an error
-	// it returns is the call's result, and the call changes nothing. With
+	// For the tests. fail, when set, is asked before each call, outside
+	// the lock (it may block, as a hung iptables would); an error it
+	// returns is the call's result, and the call changes nothing. With
 	// record, history keeps each change with the chain's rules after it.
-	fail    func(op, chain string, spec []string) error
+	fail    func(ctx context.Context, op, chain string, spec []string) error
 	record  bool
 	history []memChange
 }
@@ -62,26 +64,40 @@ type memError struct {
 	cmd, msg string
 }
 
+const msgNoChain = "No chain/target/match by that name."
+
 func (e *memError) Error() string { return fmt.Sprintf("running %s: %s", e.cmd, e.msg) }
+
+// Is makes the missing chain errNoChain, as execTables does.
+func (e *memError) Is(target error) bool { return target == errNoChain && e.msg == msgNoChain }
 
 func (m *memTables) cmd(args ...string) string {
 	return m.fam.command() + " -t " + table + " " + strings.Join(args, " ")
 }
 
-// begin locks m, and checks the table, the fail hook and the chain.
-func (m *memTables) begin(op, tbl, chain string, spec []string, args ...string) (*memChain, error) {
+// begin asks the fail hook, locks m, and checks the table and the chain.
+// It returns with m locked, whatever the error.
+func (m *memTables) begin(ctx context.Context, op, tbl, chain string, spec []string, args ...string) (*memChain, error) {
+	m.mu.Lock()
+	fail := m.fail
+	m.mu.Unlock()
+	if fail != nil {
+		if err := fail(ctx, op, chain, spec); err != nil {
+			m.mu.Lock()
+			return nil, err
+		}
+	}
 	m.mu.Lock()
 	if tbl != table {
 		return nil, &memError{m.cmd(args...), "can't initialize table `" + tbl + "'"}
 	}
-	if m.fail != nil {
-		if err := m.fail(op, chain, spec); err != nil {
-			return nil, err
-		}
-	}
 	c := m.chains[chain]
-	if c == nil && op != "newchain" && op != "chainexists" && op != "clearanddelete" {
-		return nil, &memError{m.cmd(args...), "No chain/target/match by that name."}
+	switch op {
+	case "newchain", "chainexists", "clearanddelete", "exists", "deleteifexists":
+	default:
+		if c == nil {
+			return nil, &memError{m.cmd(args...), msgNoChain}
+		}
 	}
 	return c, nil
 }
@@ -163,8 +179,8 @@ func (m *memTables) canon(cmd string, spec []string) (string, error) {
 	return strings.Join(out, " "), nil
 }
 
-func (m *memTables) List(tbl, chain string) ([]string, error) {
-	c, err := m.begin("list", tbl, chain, nil, "-S", chain)
+func (m *memTables) List(ctx context.Context, tbl, chain string) ([]string, error) {
+	c, err := m.begin(ctx, "list", tbl, chain, nil, "-S", chain)
 	defer m.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -181,15 +197,15 @@ func (m *memTables) List(tbl, chain string) ([]string, error) {
 	return out, nil
 }
 
-func (m *memTables) ChainExists(tbl, chain string) (bool, error) {
-	c, err := m.begin("chainexists", tbl, chain, nil, "-S", chain, "1")
+func (m *memTables) ChainExists(ctx context.Context, tbl, chain string) (bool, error) {
+	c, err := m.begin(ctx, "chainexists", tbl, chain, nil, "-S", chain, "1")
 	defer m.mu.Unlock()
 	return c != nil, err
 }
 
-func (m *memTables) NewChain(tbl, chain string) error {
+func (m *memTables) NewChain(ctx context.Context, tbl, chain string) error {
 	args := []string{"-N", chain}
-	c, err := m.begin("newchain", tbl, chain, nil, args...)
+	c, err := m.begin(ctx, "newchain", tbl, chain, nil, args...)
 	defer m.mu.Unlock()
 	switch {
 	case err != nil:
@@ -202,9 +218,9 @@ func (m *memTables) NewChain(tbl, chain string) error {
 	return nil
 }
 
-func (m *memTables) ClearAndDeleteChain(tbl, chain string) error {
+func (m *memTables) ClearAndDeleteChain(ctx context.Context, tbl, chain string) error {
 	args := []string{"-X", chain}
-	c, err := m.begin("clearanddelete", tbl, chain, nil, args...)
+	c, err := m.begin(ctx, "clearanddelete", tbl, chain, nil, args...)
 	defer m.mu.Unlock()
 	if err != nil || c == nil {
 		return err
@@ -224,11 +240,11 @@ func (m *memTables) ClearAndDeleteChain(tbl, chain string) error {
 	return nil
 }
 
-func (m *memTables) Exists(tbl, chain string, spec ...string) (bool, error) {
+func (m *memTables) Exists(ctx context.Context, tbl, chain string, spec ...string) (bool, error) {
 	args := append([]string{"-C", chain}, spec...)
-	c, err := m.begin("exists", tbl, chain, spec, args...)
+	c, err := m.begin(ctx, "exists", tbl, chain, spec, args...)
 	defer m.mu.Unlock()
-	if err != nil {
+	if err != nil || c == nil { // iptables -C: exit status 1, as for a missing rule
 		return false, err
 	}
 	r, err := m.canon(m.cmd(args...), spec)
@@ -238,21 +254,21 @@ func (m *memTables) Exists(tbl, chain string, spec ...string) (bool, error) {
 	return slices.Contains(c.rules, r), nil
 }
 
-func (m *memTables) Insert(tbl, chain string, pos int, spec ...string) error {
-	return m.add(tbl, chain, pos, spec, append([]string{"-I", chain, strconv.Itoa(pos)}, spec...))
+func (m *memTables) Insert(ctx context.Context, tbl, chain string, pos int, spec ...string) error {
+	return m.add(ctx, tbl, chain, pos, spec, append([]string{"-I", chain, strconv.Itoa(pos)}, spec...))
 }
 
-func (m *memTables) Append(tbl, chain string, spec ...string) error {
-	return m.add(tbl, chain, 0, spec, append([]string{"-A", chain}, spec...))
+func (m *memTables) Append(ctx context.Context, tbl, chain string, spec ...string) error {
+	return m.add(ctx, tbl, chain, 0, spec, append([]string{"-A", chain}, spec...))
 }
 
 // add puts a rule at position pos (1-based), or at the end when pos is 0.
-func (m *memTables) add(tbl, chain string, pos int, spec, args []string) error {
+func (m *memTables) add(ctx context.Context, tbl, chain string, pos int, spec, args []string) error {
 	op := "insert"
 	if pos == 0 {
 		op = "append"
 	}
-	c, err := m.begin(op, tbl, chain, spec, args...)
+	c, err := m.begin(ctx, op, tbl, chain, spec, args...)
 	defer m.mu.Unlock()
 	if err != nil {
 		return err
@@ -272,20 +288,25 @@ func (m *memTables) add(tbl, chain string, pos int, spec, args []string) error {
 	return nil
 }
 
-func (m *memTables) Delete(tbl, chain string, spec ...string) error {
-	return m.delete("delete", tbl, chain, spec, false)
+func (m *memTables) Delete(ctx context.Context, tbl, chain string, spec ...string) error {
+	return m.delete(ctx, "delete", tbl, chain, spec, false)
 }
 
-func (m *memTables) DeleteIfExists(tbl, chain string, spec ...string) error {
-	return m.delete("deleteifexists", tbl, chain, spec, true)
+func (m *memTables) DeleteIfExists(ctx context.Context, tbl, chain string, spec ...string) error {
+	return m.delete(ctx, "deleteifexists", tbl, chain, spec, true)
 }
 
-func (m *memTables) delete(op, tbl, chain string, spec []string, ifExists bool) error {
+func (m *memTables) delete(ctx context.Context, op, tbl, chain string, spec []string, ifExists bool) error {
 	args := append([]string{"-D", chain}, spec...)
-	c, err := m.begin(op, tbl, chain, spec, args...)
+	c, err := m.begin(ctx, op, tbl, chain, spec, args...)
 	defer m.mu.Unlock()
-	if err != nil {
+	switch {
+	case err != nil:
 		return err
+	case c == nil && ifExists:
+		return nil
+	case c == nil:
+		return &memError{m.cmd(args...), msgNoChain}
 	}
 	r, err := m.canon(m.cmd(args...), spec)
 	if err != nil {
@@ -303,9 +324,9 @@ func (m *memTables) delete(op, tbl, chain string, spec []string, ifExists bool) 
 	return nil
 }
 
-func (m *memTables) DeleteById(tbl, chain string, id int) error {
+func (m *memTables) DeleteById(ctx context.Context, tbl, chain string, id int) error {
 	args := []string{"-D", chain, strconv.Itoa(id)}
-	c, err := m.begin("deletebyid", tbl, chain, nil, args...)
+	c, err := m.begin(ctx, "deletebyid", tbl, chain, nil, args...)
 	defer m.mu.Unlock()
 	if err != nil {
 		return err

@@ -85,11 +85,11 @@ func TestRuleRoundTrip(t *testing.T) {
 		}
 		fam := familyOf(tc.want.src.Addr())
 		m := newMemTables(fam, nil)
-		m.NewChain(table, "WEBKNOCK")
-		if err := m.Append(table, "WEBKNOCK", tc.want.args()...); err != nil {
+		m.NewChain(ctx0, table, "WEBKNOCK")
+		if err := m.Append(ctx0, table, "WEBKNOCK", tc.want.args()...); err != nil {
 			t.Fatalf("%s: append: %v", tc.name, err)
 		}
-		lines, _ := m.List(table, "WEBKNOCK")
+		lines, _ := m.List(ctx0, table, "WEBKNOCK")
 		if !strings.Contains(tc.line, "--comment webknock") && lines[1] != tc.line {
 			t.Errorf("%s: printed %q, want %q", tc.name, lines[1], tc.line)
 		}
@@ -137,14 +137,14 @@ func FuzzParseRule(f *testing.F) {
 			fam = ipv4
 		}
 		m := newMemTables(fam, nil)
-		m.NewChain(table, "WEBKNOCK")
-		if err := m.Append(table, "WEBKNOCK", l.r.args()...); err != nil {
+		m.NewChain(ctx0, table, "WEBKNOCK")
+		if err := m.Append(ctx0, table, "WEBKNOCK", l.r.args()...); err != nil {
 			if l.r.src.Addr().Is4In6() {
 				return // ip6tables takes no mapped address: neither do we
 			}
 			t.Fatalf("append %v: %v", l.r.args(), err)
 		}
-		lines, _ := m.List(table, "WEBKNOCK")
+		lines, _ := m.List(ctx0, table, "WEBKNOCK")
 		back, ok := parseListed("WEBKNOCK", lines[1])
 		if !ok || !back.ours || back.r != l.r {
 			t.Fatalf("%q parsed to %+v, printed as %q, parsed back to %+v", line, l.r, lines[1], back.r)

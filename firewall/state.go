@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // State file names in StateDir. The dry run keeps its own, so that its
@@ -59,7 +60,7 @@ func saveState(path string, gs []Grant) error {
 	}
 	b = append(b, '\n')
 	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
+	tmp, err := os.CreateTemp(dir, filepath.Base(path)+tempSuffix+"*")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
@@ -97,4 +98,29 @@ func saveState(path string, gs []Grant) error {
 		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
+}
+
+// tempSuffix marks saveState's temporary files: path + tempSuffix + random.
+const tempSuffix = ".tmp"
+
+// removeTemps removes the temporary files a killed saveState left beside
+// path, and returns their names. loadState never reads them; they would
+// only pile up.
+func removeTemps(path string) []string {
+	dir, prefix := filepath.Dir(path), filepath.Base(path)+tempSuffix
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var removed []string
+	for _, e := range entries {
+		if !e.Type().IsRegular() || !strings.HasPrefix(e.Name(), prefix) {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if os.Remove(p) == nil {
+			removed = append(removed, p)
+		}
+	}
+	return removed
 }

@@ -1,32 +1,44 @@
 package firewall
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"time"
 
 	"github.com/coreos/go-iptables/iptables"
 )
 
-// tables is the part of go-iptables that firewall uses, for one family.
-// memTables implements it in memory for the dry-run backend and the tests.
+// tables is the part of go-iptables that firewall uses, for one family,
+// with a context that ends the call: a hung iptables must not hold the
+// worker. execTables implements it with iptables itself; memTables in
+// memory, for the dry-run backend and the tests.
 type tables interface {
-	List(table, chain string) ([]string, error)
-	ChainExists(table, chain string) (bool, error)
-	NewChain(table, chain string) error
-	ClearAndDeleteChain(table, chain string) error
-	Exists(table, chain string, rulespec ...string) (bool, error)
-	Insert(table, chain string, pos int, rulespec ...string) error
-	Append(table, chain string, rulespec ...string) error
-	Delete(table, chain string, rulespec ...string) error
-	DeleteIfExists(table, chain string, rulespec ...string) error
-	DeleteById(table, chain string, id int) error
+	List(ctx context.Context, table, chain string) ([]string, error)
+	ChainExists(ctx context.Context, table, chain string) (bool, error)
+	NewChain(ctx context.Context, table, chain string) error
+	ClearAndDeleteChain(ctx context.Context, table, chain string) error
+	Exists(ctx context.Context, table, chain string, rulespec ...string) (bool, error)
+	Insert(ctx context.Context, table, chain string, pos int, rulespec ...string) error
+	Append(ctx context.Context, table, chain string, rulespec ...string) error
+	Delete(ctx context.Context, table, chain string, rulespec ...string) error
+	DeleteIfExists(ctx context.Context, table, chain string, rulespec ...string) error
+	DeleteById(ctx context.Context, table, chain string, id int) error
 }
 
-var _ tables = (*iptables.IPTables)(nil)
+// Kinds of failure the tables report, for errors.Is.
+var (
+	// errNoChain: the chain named (or jumped to) does not exist. An
+	// answer, not a failure: it is never retried.
+	errNoChain = errors.New("no such chain")
+	// errLocked: another program held the xtables lock longer than
+	// LockWait.
+	errLocked = errors.New("xtables lock held by another program")
+)
 
 // family is IPv4 (iptables) or IPv6 (ip6tables).
 type family int
@@ -45,7 +57,7 @@ func (fam family) String() string {
 	return "IPv4"
 }
 
-// command is the name of the family's iptables program, for messages.
+// command is the name of the family's iptables program.
 func (fam family) command() string {
 	if fam == ipv6 {
 		return "ip6tables"
@@ -62,29 +74,74 @@ func familyOf(a netip.Addr) family {
 	return ipv6
 }
 
-// newIPTables returns go-iptables for both families. IPv6 is left out, with a
-// warning from the caller, when ip6tables is not installed or the kernel has
-// IPv6 disabled: a host without IPv6 still wants its IPv4 knocks.
-func newIPTables(lockWait time.Duration) (tabs [2]tables, v6off error, err error) {
-	secs := int((lockWait + time.Second - 1) / time.Second)
-	if secs < 1 {
-		secs = 1
-	}
-	v4, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(secs))
+// newIPTables returns the iptables backend for both families. IPv6 is left
+// out, with a warning from the caller, when ip6tables is not installed or
+// the kernel has IPv6 disabled: a host without IPv6 still wants its IPv4
+// knocks.
+func newIPTables(lockWait, timeout time.Duration) (tabs [2]tables, v6off error, err error) {
+	v4, err := newExecTables(ipv4, lockWait, timeout)
 	if err != nil {
-		return tabs, nil, fmt.Errorf("iptables: %w", err)
+		return tabs, nil, err
 	}
 	tabs[ipv4] = v4
 	if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
 		return tabs, errors.New("the kernel has IPv6 disabled"), nil
 	}
-	v6, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv6), iptables.Timeout(secs))
+	v6, err := newExecTables(ipv6, lockWait, timeout)
 	switch {
 	case errors.Is(err, exec.ErrNotFound):
 		return tabs, errors.New("ip6tables is not installed"), nil
 	case err != nil:
-		return tabs, nil, fmt.Errorf("ip6tables: %w", err)
+		return tabs, nil, err
 	}
 	tabs[ipv6] = v6
 	return tabs, nil, nil
 }
+
+// newExecTables finds the family's program on PATH and asks go-iptables
+// which version it is, to pass the lock wait in the form that version
+// understands.
+func newExecTables(fam family, lockWait, timeout time.Duration) (*execTables, error) {
+	path, err := exec.LookPath(fam.command())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", fam.command(), err)
+	}
+	proto := iptables.ProtocolIPv4
+	if fam == ipv6 {
+		proto = iptables.ProtocolIPv6
+	}
+	// go-iptables runs `iptables --version` without a deadline: wait for
+	// it here. Should it hang, Open fails and one goroutine is left.
+	type probe struct {
+		ipt *iptables.IPTables
+		err error
+	}
+	done := make(chan probe, 1)
+	go func() {
+		ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Path(path))
+		done <- probe{ipt, err}
+	}()
+	var p probe
+	select {
+	case p = <-done:
+	case <-time.After(timeout):
+		p.err = fmt.Errorf("%s --version: no answer within %s", path, timeout)
+	}
+	if p.err != nil {
+		return nil, fmt.Errorf("%s: %w", fam.command(), p.err)
+	}
+	v := version(p.ipt.GetIptablesVersion())
+	if v < version(1, 4, 11) {
+		return nil, fmt.Errorf("%s: version %d.%d.%d is older than 1.4.11, which has -C", path, v>>16, v>>8&0xff, v&0xff)
+	}
+	t := &execTables{fam: fam, path: path}
+	switch secs := max(1, int((lockWait+time.Second-1)/time.Second)); {
+	case v >= version(1, 6, 0):
+		t.wait = []string{"-w", strconv.Itoa(secs)}
+	case v >= version(1, 4, 20):
+		t.wait = []string{"-w"} // waits for ever; the call's deadline ends it
+	}
+	return t, nil
+}
+
+func version(a, b, c int) int { return a<<16 | b<<8 | c }

@@ -338,8 +338,16 @@ func write(t testing.TB, path, text string) {
 	}
 }
 
-// config writes the daemon's configuration with the given window.
+// config writes the daemon's configuration with the given window and no
+// web server.
 func (e *e2e) config(window string) string {
+	e.t.Helper()
+	return e.configWeb(window, `""`)
+}
+
+// configWeb writes the configuration with web.listen set to listen and the
+// token file token in the scratch directory.
+func (e *e2e) configWeb(window, listen string) string {
 	e.t.Helper()
 	path := filepath.Join(e.dir, "webknock.yaml")
 	write(e.t, path, fmt.Sprintf(`log:
@@ -358,8 +366,9 @@ sequences:
     window: %s
     ports: [22/tcp]
 web:
-  listen: ""
-`, e.log, filepath.Join(e.dir, "state"), window))
+  listen: %s
+  token_file: %s
+`, e.log, filepath.Join(e.dir, "state"), window, listen, filepath.Join(e.dir, "token")))
 	return path
 }
 
@@ -886,4 +895,77 @@ func TestE2ETenKills(t *testing.T) {
 		}
 	}
 	e.assertOpen(cliV4[:4]...)
+}
+
+// TestE2ERepair: another tool flushing our chain, deleting our jump or
+// deleting the chain (a firewall reload) is repaired by the daemon within
+// seconds, live grants included.
+func TestE2ERepair(t *testing.T) {
+	e := newE2E(t, "nginx")
+	e.startNginx()
+	e.startListener()
+	d := e.startDaemon(e.config("10m"))
+	e.knock(cliV4[0], fullKnock...)
+	d.wait(t, "grant", cliV4[0])
+	ipt := func(args ...string) {
+		t.Helper()
+		e.must("ip", append([]string{"netns", "exec", e.srv, "iptables", "-w", "5"}, args...)...)
+	}
+	for _, damage := range []struct {
+		name string
+		do   func()
+	}{
+		{"flush our chain", func() { ipt("-F", "WEBKNOCK") }},
+		{"delete our jump", func() { ipt("-D", "INPUT", "-j", "WEBKNOCK") }},
+		{"delete our chain", func() { ipt("-D", "INPUT", "-j", "WEBKNOCK"); ipt("-F", "WEBKNOCK"); ipt("-X", "WEBKNOCK") }},
+	} {
+		damage.do()
+		start := time.Now()
+		d.wait(t, "firewall repaired", "")
+		t.Logf("%s: repaired after %v", damage.name, time.Since(start).Round(10*time.Millisecond))
+		e.assertOpen(cliV4[0])
+		if r := e.grantRules("iptables"); len(r) != 1 {
+			t.Errorf("after %s: grant rules %q, want one", damage.name, r)
+		}
+	}
+}
+
+// TestE2EStatusAndRevoke: `webknock status` lists a live grant through the
+// daemon's API, `webknock revoke` ends it at once (with the token, and not
+// without it), and the port is closed again.
+func TestE2EStatusAndRevoke(t *testing.T) {
+	e := newE2E(t, "nginx")
+	e.startNginx()
+	e.startListener()
+	write(t, filepath.Join(e.dir, "token"), "0123456789abcdef0123456789abcdef\n")
+	cfg := e.configWeb("10m", "127.0.0.1:7080")
+	d := e.startDaemon(cfg)
+	e.knock(cliV4[0], fullKnock...)
+	d.wait(t, "grant", cliV4[0])
+	e.assertOpen(cliV4[0])
+
+	wk := func(args ...string) (string, error) {
+		out, err := e.in(e.srv, webknockBinary(t), args...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := wk("status", "-c", cfg)
+	if err != nil || !strings.Contains(out, cliV4[0]) || !strings.Contains(out, "22/tcp") {
+		t.Fatalf("webknock status: %v\n%s", err, out)
+	}
+	write(t, filepath.Join(e.dir, "wrong-token"), "not-the-token-not-the-token\n")
+	bad := filepath.Join(e.dir, "bad.yaml")
+	raw, _ := os.ReadFile(cfg)
+	write(t, bad, strings.Replace(string(raw), filepath.Join(e.dir, "token"), filepath.Join(e.dir, "wrong-token"), 1))
+	if out, err := wk("revoke", "-c", bad, cliV4[0]); err == nil {
+		t.Fatalf("revoke with a wrong token succeeded:\n%s", out)
+	}
+	e.assertOpen(cliV4[0])
+	if out, err := wk("revoke", "-c", cfg, cliV4[0]); err != nil {
+		t.Fatalf("webknock revoke: %v\n%s", err, out)
+	}
+	d.wait(t, "grant removed", cliV4[0])
+	e.assertOpen()
+	if out, _ := wk("status", "-c", cfg); !strings.Contains(out, "no active grants") {
+		t.Errorf("status after revoke:\n%s", out)
+	}
 }

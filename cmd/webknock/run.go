@@ -80,7 +80,7 @@ type daemon struct {
 	fw       *firewall.Firewall
 	follower *weblog.Follower
 	events   []knock.Event
-	warned   bool // about knocks from loopback
+	warned   bool        // about knocks from loopback
 	web      *web.Server // nil when web.listen is empty
 	stats    trackerStats
 }

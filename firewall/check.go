@@ -1,0 +1,176 @@
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// The integrity check repairs what others do to our rules: an
+// `iptables -F WEBKNOCK`, a deleted jump or chain, a firewall reload by
+// another tool (iptables-restore). Every CheckInterval (3 s) the worker ends
+// the grants whose until has passed, then lists the hook and our chain of
+// each family and compares them with the grants and the protect tail; on a
+// difference it runs the reconcile logic for that family and logs
+// "firewall repaired".
+//
+// Cost: two iptables runs per family and check (-S HOOK, -S CHAIN), four
+// in all with IPv6, and nothing else while the chains are intact. Measured
+// with iptables-nft 1.8.9, the two runs of one family take about 2 ms of
+// CPU with an empty chain, 4 ms with 100 rules, 12 ms with 1000, 130 ms
+// with 10000: iptables-nft reads the whole table each time. Every 3 s that
+// is 0.1 % of a CPU for a quiet host; a check that takes longer than a
+// tenth of the interval puts the next one off (checkWait).
+
+// drift is what the check found wrong with one family.
+type drift struct {
+	noChain bool // our chain is gone
+	noJump  bool // the hook does not jump to it
+	missing int  // grant rules missing
+	extra   int  // rules that are not there to stay
+	tail    bool // the protect tail is not at the end
+}
+
+func (d drift) clean() bool { return d == drift{} }
+
+// fixes says what repairing d does.
+func (d drift) fixes() []string {
+	var out []string
+	if d.noChain {
+		out = append(out, "chain recreated")
+	}
+	if d.missing > 0 {
+		out = append(out, fmt.Sprintf("%d grant rules restored", d.missing))
+	}
+	if d.tail {
+		out = append(out, "protect rules restored")
+	}
+	if d.extra > 0 {
+		out = append(out, fmt.Sprintf("%d unexpected rules deleted", d.extra))
+	}
+	if d.noJump {
+		out = append(out, "jump restored")
+	}
+	return out
+}
+
+// check is the periodic integrity check; its outcome goes into Health.
+func (f *Firewall) check(ctx context.Context) {
+	f.expire(ctx, f.clock.Now())
+	var errs []error
+	for _, fam := range families {
+		if f.tabs[fam] != nil {
+			if err := f.checkFamily(ctx, fam); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	err := errors.Join(errs...)
+	// Said once, not every interval.
+	switch {
+	case err != nil && (f.checkErr == nil || err.Error() != f.checkErr.Error()):
+		f.log.Error("firewall check failed", keyErr, err)
+	case err == nil && f.checkErr != nil:
+		f.log.Info("firewall check passes again")
+	}
+	f.checkErr = err
+	if err == nil {
+		f.unsynced = false // the kernel holds what the grants say
+		f.checked = f.clock.Now()
+		f.rt.mu.Lock()
+		f.rt.lastErr = ""
+		f.rt.mu.Unlock()
+	}
+}
+
+// checkFamily inspects one family and repairs it if need be.
+func (f *Firewall) checkFamily(ctx context.Context, fam family) error {
+	d, err := f.inspect(ctx, fam)
+	if err != nil {
+		return err
+	}
+	if d.clean() {
+		return nil
+	}
+	if err := f.repair(ctx, fam, d); err != nil {
+		return fmt.Errorf("%s: repair (%s): %w", fam.command(), strings.Join(d.fixes(), ", "), err)
+	}
+	f.repairs.Add(1)
+	f.log.Warn("firewall repaired", keyFamily, fam, keyFixed, d.fixes())
+	return nil
+}
+
+// inspect lists the hook and our chain: two iptables runs.
+func (f *Firewall) inspect(ctx context.Context, fam family) (drift, error) {
+	var d drift
+	hook, err := f.listHook(ctx, fam)
+	if err != nil {
+		return d, err
+	}
+	d.noJump = f.jumps(hook) == 0
+	want := map[rule]bool{}
+	for _, g := range f.grants {
+		if familyOf(g.IP) == fam {
+			for _, r := range grantRules(g) {
+				want[r] = true
+			}
+		}
+	}
+	tail := tailRules(f.cur, fam)
+	have, err := f.list(ctx, fam)
+	switch {
+	case errors.Is(err, errNoChain):
+		d.noChain, d.missing, d.tail = true, len(want), len(tail) > 0
+		return d, nil
+	case err != nil:
+		return d, err
+	}
+	doomed := map[rule]bool{}
+	for _, dr := range f.doomed {
+		if dr.fam == fam {
+			doomed[dr.r] = true
+		}
+	}
+	n := len(have)
+	switch {
+	case tailAtEnd(have, tail):
+		n -= len(tail)
+	case len(tail) > 0:
+		d.tail = true
+	}
+	seen := map[rule]bool{}
+	for _, l := range have[:n] {
+		switch {
+		case l.ours && want[l.r] && !seen[l.r]:
+			seen[l.r] = true
+		case l.ours && doomed[l.r]:
+			// Its delete is retried on its own schedule.
+		case l.ours && l.r.kind != kindGrant && d.tail:
+			// Part of a tail out of place: the repair replaces it.
+		default:
+			d.extra++
+		}
+	}
+	d.missing = len(want) - len(seen)
+	return d, nil
+}
+
+// repair brings one family in line: the chain, then its rules, then the
+// jump, so that traffic reaches the chain only when it is complete.
+func (f *Firewall) repair(ctx context.Context, fam family, d drift) error {
+	if d.noChain {
+		if err := f.ensureChain(ctx, fam); err != nil {
+			return err
+		}
+	}
+	if d.noChain || d.missing > 0 || d.extra > 0 || d.tail {
+		if err := f.reconcileFamily(ctx, fam); err != nil {
+			return err
+		}
+	}
+	if d.noJump {
+		return f.ensureJump(ctx, fam)
+	}
+	return nil
+}
