@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -18,6 +19,10 @@ import (
 	"github.com/webknock/webknock/knock"
 	"github.com/webknock/webknock/weblog"
 )
+
+// replayMemoryLimit is the soft memory limit of a replay (GOMEMLIMIT
+// overrides it).
+const replayMemoryLimit = 40 << 20
 
 func replayFlags(fs *pflag.FlagSet) {
 	fs.Bool("json", false, "print events as JSON lines")
@@ -31,6 +36,10 @@ func runReplay(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 	cfg, err := loadConfig(env, fs)
 	if err != nil {
 		return err
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// A replay is a batch job: collect garbage sooner rather than grow.
+		debug.SetMemoryLimit(replayMemoryLimit)
 	}
 	asJSON, _ := fs.GetBool("json")
 	parseAll, _ := fs.GetBool("parse-all")
