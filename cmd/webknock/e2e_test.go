@@ -156,7 +156,7 @@ func requireE2E(t testing.TB, programs ...string) {
 	if len(missing) == 0 {
 		return
 	}
-	msg := fmt.Sprintf("end-to-end test needs %s (run as root with nginx-light, apache2, iptables and curl installed; .ci/run does)", strings.Join(missing, ", "))
+	msg := fmt.Sprintf("end-to-end test needs %s (run as root with nginx-light, apache2, iptables, curl, squid and chromium installed; .ci/run does)", strings.Join(missing, ", "))
 	if os.Getenv("WK_E2E") == "require" {
 		t.Fatal(msg)
 	}
@@ -233,10 +233,22 @@ func (e *e2e) background(cmd *exec.Cmd) {
 	if err := cmd.Start(); err != nil {
 		e.t.Fatalf("start %v: %v", cmd.Args, err)
 	}
-	e.t.Cleanup(func() {
+	e.t.Cleanup(func() { stop(cmd) })
+}
+
+// stop ends a process the way its service manager would: SIGTERM, so that
+// nginx, Apache and squid take their workers down with them (and a daemon
+// built with -cover writes its data), then SIGKILL after a grace period.
+func stop(cmd *exec.Cmd) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
 		cmd.Process.Kill()
-		cmd.Wait()
-	})
+		<-done
+	}
 }
 
 // startListener starts the SSH stand-in on port 22 of the server.
@@ -273,6 +285,12 @@ func (e *e2e) waitHTTP() {
 
 func (e *e2e) startNginx() {
 	e.t.Helper()
+	e.startNginxWith("")
+}
+
+// startNginxWith starts nginx with extra directives in its server block.
+func (e *e2e) startNginxWith(server string) {
+	e.t.Helper()
 	conf := filepath.Join(e.dir, "nginx.conf")
 	write(e.t, conf, fmt.Sprintf(`worker_processes 1;
 daemon off;
@@ -287,9 +305,10 @@ http {
     listen %[3]s:80;
     listen [%[4]s]:80;
     root %[1]s/www;
+    %[5]s
   }
 }
-`, e.dir, e.log, srvV4, srvV6))
+`, e.dir, e.log, srvV4, srvV6, server))
 	e.background(e.in(e.srv, "nginx", "-c", conf))
 	e.waitHTTP()
 }
@@ -391,18 +410,7 @@ func (e *e2e) startDaemon(cfg string) *daemonProc {
 	if err := cmd.Start(); err != nil {
 		e.t.Fatalf("start webknock: %v", err)
 	}
-	e.t.Cleanup(func() {
-		// SIGTERM, so that a daemon built with -cover writes its data.
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
+	e.t.Cleanup(func() { stop(cmd) })
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
@@ -975,4 +983,129 @@ func TestE2EStatusAndRevoke(t *testing.T) {
 	if out, _ := wk("status", "-c", cfg); !strings.Contains(out, "no active grants") {
 		t.Errorf("status after revoke:\n%s", out)
 	}
+}
+
+// chromium runs headless Chromium in namespace ns and returns what it
+// printed (--dump-dom) or wrote.
+func (e *e2e) chromium(ns string, args ...string) string {
+	e.t.Helper()
+	profile, err := os.MkdirTemp(e.dir, "chromium-")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	base := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync",
+		"--disable-default-apps", "--user-data-dir=" + profile}
+	cmd := e.in(ns, "chromium", append(base, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	done := make(chan error, 1)
+	if err := cmd.Start(); err != nil {
+		e.t.Fatalf("chromium: %v", err)
+	}
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			e.t.Fatalf("chromium %q: %v\n%s", args, err, stderr.String())
+		}
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		e.t.Fatalf("chromium %q did not finish within 60s\n%s", args, stderr.String())
+	}
+	return stdout.String()
+}
+
+// startSquid runs squid in the client namespace as the corporate proxy on
+// 127.0.0.1:3128, going out from proxyAddr, and returns its access log.
+func (e *e2e) startSquid(proxyAddr string) string {
+	e.t.Helper()
+	dir := filepath.Join(e.dir, "squid")
+	e.must("mkdir", "-p", dir)
+	e.must("chown", "proxy:proxy", dir)
+	conf := filepath.Join(e.dir, "squid.conf")
+	write(e.t, conf, fmt.Sprintf(`http_port 127.0.0.1:3128
+acl localnet src 127.0.0.0/8
+http_access allow localnet
+http_access deny all
+tcp_outgoing_address %[2]s
+cache_effective_user proxy
+pid_filename %[1]s/squid.pid
+access_log stdio:%[1]s/access.log
+cache_log %[1]s/cache.log
+cache_store_log none
+coredump_dir %[1]s
+cache_mem 8 MB
+# Like many corporate proxies, cache error answers too: only the knock
+# paths' no-store keeps a second knock from being answered here.
+negative_ttl 5 minutes
+shutdown_lifetime 1 second
+`, dir, proxyAddr))
+	e.background(e.in(e.cli, "squid", "-N", "-f", conf))
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if e.in(e.cli, "curl", "-s", "-o", "/dev/null", "--max-time", "2", "--proxy", "http://127.0.0.1:3128", "http://"+srvV4+"/squid-ready").Run() == nil {
+			return filepath.Join(dir, "access.log")
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-e.t.Context().Done():
+		}
+	}
+	e.t.Fatal("squid did not answer within 20s")
+	return ""
+}
+
+// TestE2EBrowserThroughProxy is the user's story: a browser that may only
+// use the corporate proxy opens the knock URLs; the port opens for the
+// proxy's address. A second knock through the caching proxy reaches the log
+// too, because the shipped nginx snippet marks knock answers no-store. Then
+// the admin's status page, rendered by Chromium, shows the grant.
+func TestE2EBrowserThroughProxy(t *testing.T) {
+	e := newE2E(t, "nginx", "squid", "chromium")
+	snippet, err := filepath.Abs("../../config/examples/nginx-webknock.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.startNginxWith("include " + snippet + ";")
+	e.startListener()
+	write(t, filepath.Join(e.dir, "token"), "0123456789abcdef0123456789abcdef\n")
+	d := e.startDaemon(e.configWeb("10m", "127.0.0.1:7080"))
+	proxy := cliV4[2]
+	e.startSquid(proxy)
+	e.assertOpen()
+
+	browse := func() {
+		for _, p := range fullKnock {
+			e.chromium(e.cli, "--proxy-server=http://127.0.0.1:3128", "--dump-dom", "http://"+srvV4+p)
+		}
+	}
+	browse()
+	first := untilOf(t, d.wait(t, "grant", proxy))
+	e.assertOpen(proxy)
+
+	// The same URLs again, through the same caching proxy: they reach nginx.
+	browse()
+	second := untilOf(t, d.wait(t, "grant", proxy))
+	if !second.After(first) && !second.Equal(first) {
+		t.Errorf("second grant until %v, before the first %v", second, first)
+	}
+	raw, _ := os.ReadFile(e.log)
+	for _, p := range fullKnock {
+		if n := strings.Count(string(raw), proxy+` - - `); n < 8 || strings.Count(string(raw), "GET "+p+" ") != 2 {
+			t.Errorf("nginx logged %q %d times (want 2; %d lines from the proxy):\n%s", p, strings.Count(string(raw), "GET "+p+" "), n, raw)
+		}
+	}
+
+	dom := e.chromium(e.srv, "--dump-dom", "http://127.0.0.1:7080/")
+	if !strings.Contains(dom, proxy) || !strings.Contains(dom, "ssh") {
+		t.Errorf("the status page does not show the grant of %s:\n%s", proxy, dom)
+	}
+	shot := filepath.Join(os.TempDir(), "webknock-artifacts", "status-page.png")
+	e.must("mkdir", "-p", filepath.Dir(shot))
+	e.chromium(e.srv, "--screenshot="+shot, "--window-size=420,900", "http://127.0.0.1:7080/")
+	if fi, err := os.Stat(shot); err != nil || fi.Size() == 0 {
+		t.Errorf("no screenshot of the status page: %v", err)
+	}
+	t.Logf("status page screenshot: %s", shot)
 }

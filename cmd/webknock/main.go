@@ -45,7 +45,8 @@ type command struct {
 	usage   string
 	example string
 	run     func(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error
-	flags   func(fs *pflag.FlagSet)
+	flags   func(fs *pflag.FlagSet) // the command's own flags, if any
+	config  bool                    // takes -c FILE and the configuration override flags
 }
 
 // environment is what a command may touch besides its arguments.
@@ -63,6 +64,7 @@ var commands = []*command{
 		example: "webknock replay -c /etc/webknock/webknock.yaml /var/log/nginx/access.log.1 /var/log/nginx/access.log",
 		flags:   replayFlags,
 		run:     runReplay,
+		config:  true,
 	},
 	{
 		name:    "run",
@@ -71,38 +73,47 @@ var commands = []*command{
 		example: "webknock run -c /etc/webknock/webknock.yaml",
 		flags:   runFlags,
 		run:     runRun,
+		config:  true,
 	},
 	{
 		name:    "flush",
 		summary: "remove webknock's firewall chains and jumps",
 		usage:   "webknock flush -c FILE",
 		example: "webknock flush -c /etc/webknock/webknock.yaml",
-		flags:   func(*pflag.FlagSet) {},
 		run:     runFlush,
+		config:  true,
 	},
 	{
 		name:    "status",
 		summary: "list the live grants of the running daemon (via web.listen)",
 		usage:   "webknock status -c FILE",
 		example: "webknock status -c /etc/webknock/webknock.yaml",
-		flags:   func(*pflag.FlagSet) {},
 		run:     runStatus,
+		config:  true,
 	},
 	{
 		name:    "revoke",
 		summary: "end an address's access now (via web.listen, with the token of web.token_file)",
 		usage:   "webknock revoke -c FILE IP",
 		example: "webknock revoke -c /etc/webknock/webknock.yaml 203.0.113.7",
-		flags:   func(*pflag.FlagSet) {},
 		run:     runRevoke,
+		config:  true,
 	},
 	{
 		name:    "check",
 		summary: "validate the configuration; exit 1 listing every problem",
 		usage:   "webknock check -c FILE",
 		example: "webknock check -c /etc/webknock/webknock.yaml",
-		flags:   func(*pflag.FlagSet) {},
 		run:     runCheck,
+		config:  true,
+	},
+	{
+		name:    "init",
+		summary: "print random knock paths as a sequences: block; optionally write a token",
+		usage:   "webknock init [--name NAME] [--steps N] [--prefix /k/] [--ports 22/tcp] [--bytes 12] [--token FILE]",
+		example: "webknock init --name ssh --steps 3 --ports 22/tcp --token /etc/webknock/token",
+		flags:   initFlags,
+		run:     runInit,
 	},
 	{
 		name:    "version",
@@ -139,9 +150,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fs := pflag.NewFlagSet("webknock "+cmd.name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
-	if cmd.flags != nil {
+	if cmd.config {
 		fs.StringP("config", "c", "", "configuration `FILE` (YAML)")
+	}
+	if cmd.flags != nil {
 		cmd.flags(fs)
+	}
+	if cmd.config {
 		config.RegisterFlags(fs)
 	}
 	fs.Usage = func() {
