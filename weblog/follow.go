@@ -75,6 +75,9 @@ type FollowOptions struct {
 	Grace    time.Duration // how long a replaced file is still read after its successor appears; 0 means 30s
 	Logger   *slog.Logger  // nil discards
 	Clock    Clock         // nil is real time
+	// OnRotate, if set, is called from the follower's goroutine when a file
+	// is replaced (rotated, deleted and re-created) or truncated.
+	OnRotate func(path string)
 }
 
 // Line is one line of a followed file.
@@ -635,6 +638,7 @@ func (f *Follower) truncated(g *gen) {
 	g.ackEpoch, g.ackOff = g.epoch, 0
 	f.ackMu.Unlock()
 	f.count(g.e.name, func(s *FileStats) { s.Truncations++ })
+	f.rotated(g.e.name)
 	f.scheduleSave()
 }
 
@@ -711,6 +715,7 @@ func (f *Follower) check(e *entry) {
 	e.cur = f.newGen(e, fh, fi, 0)
 	if rotated {
 		f.count(e.name, func(s *FileStats) { s.Rotations++ })
+		f.rotated(e.name)
 		f.log.Info("log rotated; reading the new file, and the old one for the grace period", keyPath, e.name, "grace", f.opts.Grace)
 	} else {
 		f.log.Info("log appeared; reading it from its beginning", keyPath, e.name)
@@ -869,5 +874,11 @@ func (f *Follower) closeFiles() {
 			}
 			g.f.Close()
 		}
+	}
+}
+
+func (f *Follower) rotated(name string) {
+	if f.opts.OnRotate != nil {
+		f.opts.OnRotate(name)
 	}
 }

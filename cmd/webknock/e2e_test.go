@@ -671,7 +671,7 @@ func TestE2ERotation(t *testing.T) {
 	e := newE2E(t, "nginx")
 	e.startNginx()
 	e.startListener()
-	d := e.startDaemon(e.config("10m"))
+	d := e.startDaemon(e.configWeb("10m", "127.0.0.1:7080"))
 
 	// rename + create: steps before, the rest after the rename but before
 	// nginx reopens (so into the renamed file), another client after.
@@ -703,6 +703,26 @@ func TestE2ERotation(t *testing.T) {
 	d.wait(t, "grant", cliV4[3])
 
 	e.assertOpen(cliV4[0], cliV4[1], cliV4[2], cliV4[3])
+
+	// The daemon's metrics count what happened.
+	metrics, err := e.in(e.srv, "curl", "-s", "--max-time", "5", "http://127.0.0.1:7080/metrics").Output()
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	for _, want := range []string{
+		`webknock_events_total{event="grant"} 4`,
+		`webknock_log_rotations_total{file="` + e.log + `"} 3`,
+		`webknock_grants_active 4`,
+		`webknock_following 1`,
+		`webknock_lines_total{file="` + e.log + `",result="parsed"}`,
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if out, err := e.in(e.srv, "curl", "-s", "-f", "--max-time", "5", "http://127.0.0.1:7080/healthz").CombinedOutput(); err != nil {
+		t.Errorf("GET /healthz: %v %s", err, out)
+	}
 }
 
 // BenchmarkE2EKnockToOpen measures, through real nginx and iptables, the

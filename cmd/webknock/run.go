@@ -135,20 +135,23 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, hup <-c
 	}
 	d.fw = fw
 	defer d.fw.Close()
-	if d.follower, err = weblog.Follow(ctx, followOptions(cfg, logger)); err != nil {
-		return fmt.Errorf("follow logs: %w", err)
-	}
-	d.stats.follow.Store(true)
-	defer func() { d.stats.follow.Store(false); d.follower.Close() }()
 	if cfg.Web.Listen != "" {
+		// Made before the follower, which reports rotations to it.
 		srv, err := web.New(web.Options{Listen: cfg.Web.Listen, TokenFile: cfg.Web.TokenFile, Logger: logger,
 			Following: d.stats.follow.Load, Tracker: &d.stats}, fw)
 		if err != nil {
 			return fmt.Errorf("web: %w", err)
 		}
 		d.web = srv
+	}
+	if d.follower, err = weblog.Follow(ctx, d.followOptions(cfg)); err != nil {
+		return fmt.Errorf("follow logs: %w", err)
+	}
+	d.stats.follow.Store(true)
+	defer func() { d.stats.follow.Store(false); d.follower.Close() }()
+	if d.web != nil {
 		webDone := make(chan error, 1)
-		go func() { webDone <- srv.Serve(ctx) }()
+		go func() { webDone <- d.web.Serve(ctx) }()
 		defer func() {
 			if err := <-webDone; err != nil {
 				logger.Error("web server", keyErr, err)
@@ -290,11 +293,11 @@ func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)
 	if !slices.Equal(cfg.Log.Paths, old.Log.Paths) {
 		// Close first: it saves the positions the new follower resumes from.
 		d.follower.Close()
-		next, err := weblog.Follow(ctx, followOptions(cfg, d.log))
+		next, err := weblog.Follow(ctx, d.followOptions(cfg))
 		if err != nil {
 			d.log.Error("reload: cannot follow the new log paths; following the old ones", keyErr, err)
 			cfg.Log.Paths = old.Log.Paths
-			if next, err = weblog.Follow(ctx, followOptions(old, d.log)); err != nil {
+			if next, err = weblog.Follow(ctx, d.followOptions(old)); err != nil {
 				d.log.Error("cannot follow the old log paths either", keyErr, err)
 			}
 		}
@@ -323,8 +326,14 @@ func firewallOptions(cfg *config.Config, logger *slog.Logger) firewall.Options {
 	}
 }
 
-func followOptions(cfg *config.Config, logger *slog.Logger) weblog.FollowOptions {
-	return weblog.FollowOptions{Paths: cfg.Log.Paths, Start: cfg.Log.Start, StateDir: cfg.StateDir, Logger: logger}
+func (d *daemon) followOptions(cfg *config.Config) weblog.FollowOptions {
+	return weblog.FollowOptions{Paths: cfg.Log.Paths, Start: cfg.Log.Start, StateDir: cfg.StateDir, Logger: d.log,
+		OnRotate: func(path string) {
+			// d.web is set before any follower starts and never changes.
+			if d.web != nil {
+				d.web.Rotation(path)
+			}
+		}}
 }
 
 // runFlush is `webknock flush`: remove our chains and jumps.
