@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/webknock/webknock/internal/realtest"
 )
 
 // netnsEnv tells the re-executed test binary the network namespace it runs
@@ -30,20 +32,15 @@ func TestIPTablesNetns(t *testing.T) {
 		insideNetns(t, v)
 		return
 	}
+	realtest.Require(t, "the real-iptables test", "ip", "iptables", "ip6tables")
+	// As root with the programs, not being able to make a namespace is the
+	// environment's fault: skip, unless the real tests are mandatory.
 	unable := func(format string, args ...any) {
 		t.Helper()
-		if os.Getenv("WK_E2E") == "require" {
-			t.Fatalf(format+" (WK_E2E=require makes this test mandatory)", args...)
+		if os.Getenv(realtest.Env) == "require" {
+			t.Fatalf(format, args...)
 		}
-		t.Skipf("skipping: "+format+"; set WK_E2E=require to make this a failure", args...)
-	}
-	if os.Geteuid() != 0 {
-		unable("the real-iptables test needs root to create a network namespace")
-	}
-	for _, p := range []string{"ip", "iptables", "ip6tables"} {
-		if _, err := exec.LookPath(p); err != nil {
-			unable("the real-iptables test needs %s: %v", p, err)
-		}
+		t.Skipf("skipping: "+format, args...)
 	}
 	parent, err := os.Readlink("/proc/self/ns/net")
 	if err != nil {

@@ -154,10 +154,7 @@ func TestMainBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "webknock")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := webknockBinary(t)
 	cmd := exec.Command(bin, "replay", "-c", "../../testdata/example.yaml", "../../testdata/example.log")
 	out, err := cmd.Output()
 	if err != nil || strings.Count(string(out), "grant") != 3 {

@@ -28,6 +28,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/webknock/webknock/internal/realtest"
 )
 
 const (
@@ -47,7 +49,11 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv(helperEnv); mode != "" {
 		os.Exit(helper(mode, os.Args[len(os.Args)-1]))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if builtBin != "" {
+		os.RemoveAll(filepath.Dir(builtBin))
+	}
+	os.Exit(code)
 }
 
 // helper runs one tool: "listen" accepts TCP connections on the address
@@ -124,7 +130,7 @@ func webknockBinary(t testing.TB) string {
 			return
 		}
 		builtBin = filepath.Join(dir, "webknock")
-		args := []string{"build", "-o", builtBin}
+		args := []string{"build", "-buildvcs=false", "-o", builtBin}
 		if os.Getenv("GOCOVERDIR") != "" {
 			// bench/coverage.sh: the daemons write coverage data there.
 			args = append(args, "-cover", "-coverpkg=github.com/webknock/webknock/...")
@@ -140,27 +146,11 @@ func webknockBinary(t testing.TB) string {
 	return builtBin
 }
 
-// requireE2E skips (or, with WK_E2E=require, fails) when the test
-// cannot run here.
+// requireE2E skips (or, with WK_E2E=require, fails) when the test cannot
+// run here.
 func requireE2E(t testing.TB, programs ...string) {
 	t.Helper()
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	for _, p := range append([]string{"ip", "iptables", "ip6tables", "curl"}, programs...) {
-		if _, err := exec.LookPath(p); err != nil {
-			missing = append(missing, p)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := fmt.Sprintf("end-to-end test needs %s (run as root with nginx-light, apache2, iptables, curl, squid and chromium installed; .ci/run does)", strings.Join(missing, ", "))
-	if os.Getenv("WK_E2E") == "require" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	realtest.Require(t, "end-to-end test", append([]string{"ip", "iptables", "ip6tables", "curl"}, programs...)...)
 }
 
 // e2e is one test's world: a server and a client namespace joined by veth.

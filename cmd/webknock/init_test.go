@@ -23,6 +23,8 @@ import (
 	"github.com/webknock/webknock/config"
 	"github.com/webknock/webknock/web"
 	"github.com/webknock/webknock/weblog"
+
+	"github.com/webknock/webknock/internal/realtest"
 )
 
 // initCmd runs `webknock init ARGS` with the flag set main builds for a
@@ -247,26 +249,11 @@ func TestInitExampleConfig(t *testing.T) {
 // Cache-Control: no-store, even where the site has its own 404 page, and the
 // access log has lines webknock reads into a grant. Only 127.0.0.1 is used.
 func TestExampleSnippets(t *testing.T) {
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	for _, p := range []string{"nginx", "apache2"} {
-		if _, err := exec.LookPath(p); err != nil {
-			missing = append(missing, p)
-		}
-	}
+	realtest.Require(t, "snippet test", "nginx", "apache2")
 	for _, m := range []string{"mod_headers.so", "mod_alias.so", "mod_remoteip.so"} {
 		if _, err := os.Stat(filepath.Join(apacheModules, m)); err != nil {
-			missing = append(missing, m)
+			t.Fatalf("apache2 is installed but lacks %s: %v", m, err)
 		}
-	}
-	if len(missing) > 0 {
-		msg := fmt.Sprintf("snippet test needs %s (run as root with nginx-light and apache2 installed; .ci/run does)", strings.Join(missing, ", "))
-		if os.Getenv("WK_E2E") == "require" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
 	}
 	for _, server := range []string{"nginx", "apache2"} {
 		t.Run(server, func(t *testing.T) {
