@@ -53,7 +53,10 @@ func (e *execError) notExist() bool {
 func (t *execTables) run(ctx context.Context, stdout *bytes.Buffer, args ...string) error {
 	argv := append(append([]string{}, t.wait...), args...)
 	cmd := exec.CommandContext(ctx, t.path, argv...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group, so that a timeout kills a wrapper's children
+	// too; and killed with webknock, so that a call of a daemon that died
+	// (kill -9) cannot finish after the next one has reconciled the chain.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = killDelay
 	var stderr bytes.Buffer
