@@ -85,8 +85,9 @@ type daemon struct {
 	stats    trackerStats
 }
 
-// trackerStats lets the web server read the tracker's counters, which the
-// daemon's goroutine alone may touch, without a lock on every line.
+// trackerStats lets the web server read what the daemon's goroutine alone
+// may touch (the tracker's counters, whether logs are followed) without a
+// lock on every line.
 type trackerStats struct {
 	clients atomic.Int64
 	evicted atomic.Uint64
@@ -358,7 +359,7 @@ func runStatus(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 	if len(args) > 0 {
 		return usagef(env, fs, "unexpected argument %q", args[0])
 	}
-	base, err := webBase(env, fs)
+	_, base, err := webBase(env, fs)
 	if err != nil {
 		return err
 	}
@@ -391,13 +392,9 @@ func runRevoke(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 	if err != nil {
 		return usagef(env, fs, "%q is not an IP address", args[0])
 	}
-	cfg, err := loadConfig(env, fs)
+	cfg, base, err := webBase(env, fs)
 	if err != nil {
 		return err
-	}
-	base, err := web.BaseURL(cfg.Web.Listen)
-	if err != nil {
-		return fmt.Errorf("revoke: web.listen: %w", err)
 	}
 	token, err := web.ReadToken(cfg.Web.TokenFile)
 	if err != nil {
@@ -410,14 +407,18 @@ func runRevoke(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 	return err
 }
 
-// webBase is the daemon's web address from the configuration.
-func webBase(env *environment, fs *pflag.FlagSet) (string, error) {
+// webBase loads the configuration and returns the daemon's web address.
+func webBase(env *environment, fs *pflag.FlagSet) (*config.Config, string, error) {
 	cfg, err := loadConfig(env, fs)
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
 	if cfg.Web.Listen == "" {
-		return "", fmt.Errorf("web.listen is empty in %s: the daemon serves no API", cfg.File)
+		return nil, "", fmt.Errorf("web.listen is empty in %s: the daemon serves no API", cfg.File)
 	}
-	return web.BaseURL(cfg.Web.Listen)
+	base, err := web.BaseURL(cfg.Web.Listen)
+	if err != nil {
+		return nil, "", fmt.Errorf("web.listen: %w", err)
+	}
+	return cfg, base, nil
 }
