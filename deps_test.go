@@ -11,15 +11,17 @@ import (
 )
 
 // TestDependencyDirection lists each package's dependencies inside the
-// module: leaf packages import none, web only knock and firewall.
+// module: leaf packages import none but internal/statedir (the one owner of
+// state files), web only knock and firewall.
 func TestDependencyDirection(t *testing.T) {
 	const mod = "github.com/webknock/webknock/"
 	allowed := map[string][]string{
-		"weblog":   nil,
-		"knock":    nil,
-		"firewall": nil,
-		"config":   nil,
-		"web":      {"knock", "firewall"},
+		"weblog":            {"internal/statedir"},
+		"knock":             nil,
+		"firewall":          {"internal/statedir"},
+		"config":            nil,
+		"web":               {"knock", "firewall", "internal/statedir"},
+		"internal/statedir": nil,
 	}
 	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Deps}} {{.}}{{end}}`, "./...").Output()
 	if err != nil {
