@@ -307,6 +307,9 @@ type Health struct {
 	Refused   uint64    // grants refused because the table was full
 	Repairs   uint64    // times the integrity check repaired a family
 	LastError string    // the last failed call or check; "" after a check that passed
+	// Problems says in a few words each why the firewall is not in sync
+	// (a family stuck, grants pending), for /healthz; empty when InSync.
+	Problems []string
 	Checked   time.Time // the end of the last integrity check that passed (or repaired)
 }
 

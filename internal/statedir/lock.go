@@ -44,7 +44,7 @@ func Acquire(dir string) (*Lock, error) {
 	}
 	fi, err := f.Stat()
 	if err == nil {
-		err = trusted(path, fi, false)
+		err = trusted(fileWhat, path, fi)
 	}
 	if err != nil {
 		f.Close()

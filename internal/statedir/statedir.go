@@ -30,14 +30,7 @@ func Check(dir string) error {
 	if !filepath.IsAbs(dir) {
 		return fmt.Errorf("state directory %q is relative; want an absolute path like /var/lib/webknock", dir)
 	}
-	fi, err := os.Lstat(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("state directory: %w", err)
-	}
-	return trusted(dir, fi, true)
+	return Owned("state directory", dir, false)
 }
 
 // Prepare checks dir as Check does and creates it, mode 0700, if missing.
@@ -45,33 +38,48 @@ func Prepare(dir string) error {
 	if err := Check(dir); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return fmt.Errorf("state directory: %w", err)
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("state directory: %w", err)
-	}
-	return Check(dir)
+	return Owned("state directory", dir, true)
 }
 
-// trusted refuses what another user owns or may write.
-func trusted(name string, fi fs.FileInfo, wantDir bool) error {
+// Owned checks that dir, if it exists, is a directory (not a link) owned by
+// the effective user that no one else may write. With create, a missing dir
+// is made with mode 0700 (its parents 0755). what names dir in errors.
+func Owned(what, dir string, create bool) error {
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, fs.ErrNotExist) && create {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		fi, err = os.Lstat(dir)
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return trusted(what, dir, fi)
+}
+
+// trusted refuses what another user owns or may write; what says what
+// name is ("state file", "state directory").
+func trusted(what, name string, fi fs.FileInfo) error {
+	wantDir := what != "state file"
 	switch {
 	case wantDir && !fi.IsDir():
-		return fmt.Errorf("state directory %s is not a directory: %w", name, ErrUntrusted)
+		return fmt.Errorf("%s %s is not a directory: %w", what, name, ErrUntrusted)
 	case !wantDir && !fi.Mode().IsRegular():
-		return fmt.Errorf("state file %s is not a regular file (%s): %w", name, fi.Mode().Type(), ErrUntrusted)
-	}
-	what := "state file"
-	if wantDir {
-		what = "state directory"
+		return fmt.Errorf("%s %s is not a regular file (%s): %w", what, name, fi.Mode().Type(), ErrUntrusted)
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
 		return fmt.Errorf("%s %s: no owner information: %w", what, name, ErrUntrusted)
 	}
 	if uid := os.Geteuid(); int(st.Uid) != uid {
-		return fmt.Errorf("%s %s is owned by uid %d, not by webknock's uid %d; chown it or choose another state_dir: %w",
+		return fmt.Errorf("%s %s is owned by uid %d, not by webknock's uid %d; chown it or choose another: %w",
 			what, name, st.Uid, uid, ErrUntrusted)
 	}
 	if fi.Mode().Perm()&0o022 != 0 {
@@ -97,7 +105,7 @@ func ReadFile(path string, max int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := trusted(path, fi, false); err != nil {
+	if err := trusted(fileWhat, path, fi); err != nil {
 		return nil, err
 	}
 	if fi.Size() > max {
@@ -112,6 +120,9 @@ func ReadFile(path string, max int64) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// fileWhat names state files in errors.
+const fileWhat = "state file"
 
 // tempSuffix marks WriteFile's temporary files: path + tempSuffix + random.
 const tempSuffix = ".tmp"
