@@ -21,6 +21,8 @@ type Config struct {
 	Sequences []Sequence
 	Lockout   Lockout
 	Web       Web
+	// Warnings are risky choices that are allowed (check prints them).
+	Warnings []*FieldError
 }
 
 // Log says which access logs to follow and how to read them.
@@ -38,6 +40,9 @@ type Firewall struct {
 	Hook        string
 	Protect     bool
 	AlwaysAllow []netip.Prefix
+	// IPv6 false leaves IPv6 unmanaged, knowingly: without it, a host with
+	// IPv6 and protect on needs a working IPv6 firewall.
+	IPv6 bool
 }
 
 // Sequence is one secret sequence of URL paths and the ports it opens.
@@ -75,6 +80,7 @@ type Lockout struct {
 type Web struct {
 	Listen    string
 	TokenFile string
+	Socket    string // the admin API's unix socket; empty disables it
 }
 
 // Options says where Load finds the configuration.
@@ -85,6 +91,14 @@ type Options struct {
 	// CheckFormat optionally validates log.format further (main plugs in the
 	// log parser's compiler); its error becomes a problem on log.format.
 	CheckFormat func(format string) error
+	// Check optionally applies the checks of the packages that will use
+	// the configuration (firewall names, key files, log directories); it
+	// runs whenever the file could be parsed, so it must bear values that
+	// Load itself refused (problems on values that did not decode are
+	// dropped). Each problem's Field is a path
+	// like "firewall.chain" or "sequences[1].ports[0]"; Load fills in its
+	// source and line.
+	Check func(cfg *Config) (errs, warnings []*FieldError)
 }
 
 // defaults returns the configuration used for every key the file, the
@@ -102,6 +116,7 @@ func defaults() Config {
 			Chain:   "WEBKNOCK",
 			Hook:    "INPUT",
 			Protect: true,
+			IPv6:    true,
 		},
 		Lockout: Lockout{
 			Failures: 5,
@@ -111,6 +126,7 @@ func defaults() Config {
 		Web: Web{
 			Listen:    "127.0.0.1:7080",
 			TokenFile: "/etc/webknock/token",
+			Socket:    "/run/webknock/webknock.sock",
 		},
 	}
 }

@@ -40,6 +40,7 @@ func goodConfig() Config {
 			Chain:       "WK-CHAIN",
 			Hook:        "DOCKER-USER",
 			Protect:     false,
+			IPv6:        false,
 			AlwaysAllow: prefixes("198.51.100.0/24", "::1/128", "192.0.2.9/32"),
 		},
 		Sequences: []Sequence{
@@ -66,7 +67,7 @@ func goodConfig() Config {
 			},
 		},
 		Lockout: Lockout{Failures: 3, Period: 5 * time.Minute, Duration: time.Hour},
-		Web:     Web{Listen: "[::1]:9090", TokenFile: "/etc/webknock/other-token"},
+		Web:     Web{Listen: "[::1]:9090", TokenFile: "/etc/webknock/other-token", Socket: "/run/wk/admin.sock"},
 	}
 }
 
@@ -81,7 +82,7 @@ func minimalConfig() Config {
 			Start:  "saved",
 		},
 		StateDir: "/var/lib/webknock",
-		Firewall: Firewall{Backend: "iptables", Chain: "WEBKNOCK", Hook: "INPUT", Protect: true},
+		Firewall: Firewall{Backend: "iptables", Chain: "WEBKNOCK", Hook: "INPUT", Protect: true, IPv6: true},
 		Sequences: []Sequence{{
 			Name:       "ssh",
 			Steps:      []string{"/k/a"},
@@ -93,7 +94,7 @@ func minimalConfig() Config {
 			Ports:      []Port{{22, "tcp"}},
 		}},
 		Lockout: Lockout{Failures: 5, Period: 10 * time.Minute, Duration: 15 * time.Minute},
-		Web:     Web{Listen: "127.0.0.1:7080", TokenFile: "/etc/webknock/token"},
+		Web:     Web{Listen: "127.0.0.1:7080", TokenFile: "/etc/webknock/token", Socket: "/run/webknock/webknock.sock"},
 	}
 }
 
@@ -149,7 +150,7 @@ func TestLoad(t *testing.T) {
 				c.Firewall = Firewall{Backend: "iptables", Chain: "KNOCK", Hook: "FORWARD", Protect: true,
 					AlwaysAllow: prefixes("10.9.0.0/16", "10.8.0.1/32")}
 				c.Lockout = Lockout{Failures: 7, Period: time.Minute, Duration: 2 * time.Hour}
-				c.Web = Web{TokenFile: "/run/token"}
+				c.Web = Web{TokenFile: "/run/token", Socket: "/run/wk/admin.sock"}
 			},
 		},
 		{
@@ -378,25 +379,11 @@ func TestValidation(t *testing.T) {
 				"config.yaml:2: log.trusted_proxies[2]: bad CIDR \"fe80::1%eth0\": want an IP address or CIDR like \"192.0.2.0/24\" or \"2001:db8::/32\"\n" +
 				"config.yaml:2: log.trusted_proxies[3]: bad CIDR \"proxy\": want an IP address or CIDR like \"192.0.2.0/24\" or \"2001:db8::/32\""},
 
-		// state_dir, firewall
-		{name: "empty state dir", yaml: "state_dir:\n" + seq,
-			want: `config.yaml:1: state_dir: must not be empty; want a directory like "/var/lib/webknock"`},
-		{name: "bad backend", yaml: "firewall:\n  backend: nft\n" + seq,
-			want: `config.yaml:2: firewall.backend: bad backend "nft": want iptables or dry-run`},
+		// firewall
 		{name: "bad always_allow", yaml: "firewall:\n  always_allow: [\"2001:db8::/129\"]\n" + seq,
 			want: `config.yaml:2: firewall.always_allow[0]: bad CIDR "2001:db8::/129": want an IP address or CIDR like "192.0.2.0/24" or "2001:db8::/32"`},
-		{name: "empty chain", yaml: "firewall:\n  chain: \"\"\n" + seq,
-			want: `config.yaml:2: firewall.chain: bad chain "": want 1 to 28 characters of A-Z a-z 0-9 _ -`},
-		{name: "chain too long", yaml: "firewall:\n  chain: " + strings.Repeat("C", 29) + "\n" + seq,
-			want: `config.yaml:2: firewall.chain: bad chain "` + strings.Repeat("C", 29) + `": want 1 to 28 characters of A-Z a-z 0-9 _ -`},
-		{name: "built-in chain", yaml: "firewall:\n  chain: OUTPUT\n" + seq,
-			want: `config.yaml:2: firewall.chain: chain "OUTPUT" is built in; want a chain of our own like "WEBKNOCK"`},
-		{name: "chain is the hook", yaml: "firewall:\n  chain: DOCKER-USER\n  hook: DOCKER-USER\n" + seq,
-			want: `config.yaml:2: firewall.chain: chain "DOCKER-USER" is also the hook; want a chain of our own like "WEBKNOCK"`},
-		{name: "empty hook", yaml: "firewall:\n  hook: \"\"\n" + seq,
-			want: `config.yaml:2: firewall.hook: must not be empty; want the chain that jumps to ours, like "INPUT" or "DOCKER-USER"`},
-		{name: "bad hook", yaml: "firewall:\n  hook: in put\n" + seq,
-			want: `config.yaml:2: firewall.hook: bad hook "in put": want 1 to 28 characters of A-Z a-z 0-9 _ -`},
+		{name: "bad ipv6", yaml: "firewall:\n  ipv6: off\n" + seq,
+			want: `config.yaml:2: firewall.ipv6: want true or false, got "off"`},
 
 		// lockout, web
 		{name: "negative failures", yaml: "lockout:\n  failures: -1\n" + seq,
@@ -422,29 +409,25 @@ func TestValidation(t *testing.T) {
 			want: `WEBKNOCK_SEQUENCES__0__NAME: sequences: cannot be set from the environment; define sequences in the file`},
 		{name: "bad env values", yaml: seq,
 			env: []string{"WEBKNOCK_FIREWALL__PROTECT=maybe", "WEBKNOCK_LOCKOUT__FAILURES=many", "WEBKNOCK_LOCKOUT__PERIOD=10",
-				"WEBKNOCK_LOG__TRUSTED_PROXIES=10.0.0.0/8 10.0.0.0/33", "WEBKNOCK_LOG__PATHS=", "WEBKNOCK_FIREWALL__HOOK=INPUT!"},
-			want: "WEBKNOCK_FIREWALL__HOOK: firewall.hook: bad hook \"INPUT!\": want 1 to 28 characters of A-Z a-z 0-9 _ -\n" +
-				"WEBKNOCK_FIREWALL__PROTECT: firewall.protect: want true or false, got \"maybe\"\n" +
+				"WEBKNOCK_LOG__TRUSTED_PROXIES=10.0.0.0/8 10.0.0.0/33", "WEBKNOCK_LOG__PATHS="},
+			want: "WEBKNOCK_FIREWALL__PROTECT: firewall.protect: want true or false, got \"maybe\"\n" +
 				"WEBKNOCK_LOCKOUT__FAILURES: lockout.failures: want an integer, got \"many\"\n" +
 				"WEBKNOCK_LOCKOUT__PERIOD: lockout.period: bad duration \"10\": missing unit; want e.g. \"30s\", \"10m\", \"1h30m\"\n" +
 				"WEBKNOCK_LOG__PATHS: log.paths: at least one path required\n" +
 				"WEBKNOCK_LOG__TRUSTED_PROXIES: log.trusted_proxies[1]: bad CIDR \"10.0.0.0/33\": want an IP address or CIDR like \"192.0.2.0/24\" or \"2001:db8::/32\""},
 		{name: "problems of file, env and flags sorted together", yaml: "log:\n  start: middle\n" + seq + "    window: 0s\n",
-			env:  []string{"WEBKNOCK_STATE_DIR=", "WEBKNOCK_LOG__FROMAT=x"},
+			env:  []string{"WEBKNOCK_LOG__FROMAT=x"},
 			args: []string{"--log-format="},
 			want: "--log-format: log.format: must not be empty; want combined, common, vhost_combined or an nginx log_format string\n" +
 				// The file's absolute path sorts before the variables.
 				"config.yaml:2: log.start: bad start \"middle\": want saved, end or beginning\n" +
 				"config.yaml:7: sequences[0].window: want a positive duration like \"30s\", got \"0s\"\n" +
-				"WEBKNOCK_LOG__FROMAT: log.fromat: unknown key\n" +
-				"WEBKNOCK_STATE_DIR: state_dir: must not be empty; want a directory like \"/var/lib/webknock\""},
+				"WEBKNOCK_LOG__FROMAT: log.fromat: unknown key"},
 		{name: "bad flag values", yaml: "log:\n  start: middle\n" + seq,
 			env:  []string{"WEBKNOCK_WEB__LISTEN=nowhere"},
-			args: []string{"--log-start=later", "--web-listen=:99999", "--log-paths=", "--firewall-backend=pf", "--state-dir="},
-			want: "--firewall-backend: firewall.backend: bad backend \"pf\": want iptables or dry-run\n" +
-				"--log-paths: log.paths: at least one path required\n" +
+			args: []string{"--log-start=later", "--web-listen=:99999", "--log-paths="},
+			want: "--log-paths: log.paths: at least one path required\n" +
 				"--log-start: log.start: bad start \"later\": want saved, end or beginning\n" +
-				"--state-dir: state_dir: must not be empty; want a directory like \"/var/lib/webknock\"\n" +
 				"--web-listen: web.listen: bad listen \":99999\": want host:port like \"127.0.0.1:7080\", or empty to disable"},
 	}
 	for _, tt := range tests {
@@ -574,5 +557,54 @@ func TestRegisterFlagsKeys(t *testing.T) {
 	})
 	if n != len(flagKeys) {
 		t.Errorf("RegisterFlags defined %d flags, want %d", n, len(flagKeys))
+	}
+}
+
+// TestCheckPlacement: problems found by Options.Check (the other packages'
+// rules) are reported where their value came from, like Load's own.
+func TestCheckPlacement(t *testing.T) {
+	const seq = "sequences:\n  - name: ssh\n    steps: [/k/a]\n    knock_page: /k/open\n    ports: [22/tcp, 2222]\n"
+	check := func(c *Config) (errs, warnings []*FieldError) {
+		errs = append(errs, &FieldError{Field: "firewall.chain", Message: fmt.Sprintf("bad chain %q", c.Firewall.Chain)})
+		errs = append(errs, &FieldError{Field: "sequences[0].ports[1]", Message: "port checked"})
+		warnings = append(warnings, &FieldError{Field: "state_dir", Message: "risky"})
+		return errs, warnings
+	}
+	tests := []struct {
+		name     string
+		yaml     string
+		env      []string
+		args     []string
+		want     string
+		warnings string
+	}{
+		{name: "file lines", yaml: "firewall:\n  chain: -WK\n" + seq,
+			want:     "config.yaml:2: firewall.chain: bad chain \"-WK\"\nconfig.yaml:7: sequences[0].ports[1]: port checked",
+			warnings: "config.yaml: state_dir: risky"},
+		{name: "environment and flag", yaml: seq, env: []string{"WEBKNOCK_FIREWALL__CHAIN=X"}, args: []string{"--state-dir=rel"},
+			want:     "config.yaml:5: sequences[0].ports[1]: port checked\nWEBKNOCK_FIREWALL__CHAIN: firewall.chain: bad chain \"X\"",
+			warnings: "--state-dir: state_dir: risky"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, _ := loadString(t, tt.yaml, Options{Environ: tt.env, Check: check}, tt.args)
+			if got != tt.want {
+				t.Errorf("Load(%q) errors:\n%s\nwant:\n%s", tt.yaml, got, tt.want)
+			}
+			_, c := loadString(t, tt.yaml, Options{Environ: tt.env, Check: func(c *Config) (e, w []*FieldError) {
+				_, w = check(c)
+				return nil, w
+			}}, tt.args)
+			if c == nil {
+				t.Fatal("Load with warnings only failed")
+			}
+			var ws []string
+			for _, w := range c.Warnings {
+				ws = append(ws, strings.ReplaceAll(w.Error(), filepath.Dir(c.File)+string(filepath.Separator), ""))
+			}
+			if g := strings.Join(ws, "\n"); g != tt.warnings {
+				t.Errorf("warnings:\n%s\nwant:\n%s", g, tt.warnings)
+			}
+		})
 	}
 }

@@ -47,6 +47,8 @@ func (l *loader) decodeRoot(a loc, root map[string]any) {
 					l.setBool(a, v, &l.cfg.Firewall.Protect)
 				case "always_allow":
 					l.setPrefixes(a, v, &l.cfg.Firewall.AlwaysAllow)
+				case "ipv6":
+					l.setBool(a, v, &l.cfg.Firewall.IPv6)
 				default:
 					l.unknown(a)
 				}
@@ -73,6 +75,8 @@ func (l *loader) decodeRoot(a loc, root map[string]any) {
 					l.setString(a, v, &l.cfg.Web.Listen)
 				case "token_file":
 					l.setString(a, v, &l.cfg.Web.TokenFile)
+				case "socket":
+					l.setString(a, v, &l.cfg.Web.Socket)
 				default:
 					l.unknown(a)
 				}

@@ -35,11 +35,13 @@ var envKeys = map[string]bool{
 	"firewall.hook":         false,
 	"firewall.protect":      false,
 	"firewall.always_allow": true,
+	"firewall.ipv6":         false,
 	"lockout.failures":      false,
 	"lockout.period":        false,
 	"lockout.duration":      false,
 	"web.listen":            false,
 	"web.token_file":        false,
+	"web.socket":            false,
 }
 
 // source is where a value came from.
@@ -93,6 +95,18 @@ func Load(o Options) (*Config, error) {
 	if !l.broken {
 		l.validate(o.CheckFormat)
 	}
+	if !l.broken && o.Check != nil {
+		errs, warnings := o.Check(&l.cfg)
+		for _, e := range errs {
+			if !l.skipped(parseFieldPath(e.Field)) { // reported already
+				l.errs = append(l.errs, l.place(e))
+			}
+		}
+		for _, w := range warnings {
+			l.cfg.Warnings = append(l.cfg.Warnings, l.place(w))
+		}
+		Errors(l.cfg.Warnings).sort()
+	}
 
 	if len(l.errs) > 0 {
 		l.errs.sort()
@@ -109,6 +123,25 @@ func (l *loader) addf(a loc, format string, args ...any) {
 		e.Line = lineOf(l.doc, a.p)
 	}
 	l.errs = append(l.errs, e)
+}
+
+// place fills in where the value of e.Field came from: its source and,
+// for the file, its line.
+func (l *loader) place(e *FieldError) *FieldError {
+	out := *e
+	if out.Source != "" || out.Field == "" {
+		if out.Source == "" {
+			out.Source = l.file.name
+		}
+		return &out
+	}
+	p := parseFieldPath(out.Field)
+	src := l.sourceOf(p)
+	out.Source = src.name
+	if src.file {
+		out.Line = lineOf(l.doc, p)
+	}
+	return &out
 }
 
 // failf records a problem with a value that could not be decoded; later

@@ -32,6 +32,25 @@ func (p fieldPath) String() string {
 	return b.String()
 }
 
+// parseFieldPath reads a path written as String writes it.
+func parseFieldPath(s string) fieldPath {
+	var p fieldPath
+	for _, part := range strings.Split(s, ".") {
+		name, rest, _ := strings.Cut(part, "[")
+		if name != "" {
+			p = append(p, name)
+		}
+		for rest != "" {
+			num, after, _ := strings.Cut(rest, "]")
+			if i, err := strconv.Atoi(num); err == nil {
+				p = append(p, i)
+			}
+			_, rest, _ = strings.Cut(after, "[")
+		}
+	}
+	return p
+}
+
 // keyPath returns the path up to its first index ("log.paths" for
 // "log.paths[1]"): the granularity at which the environment and flags set values.
 func (p fieldPath) keyPath() string {

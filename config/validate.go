@@ -14,15 +14,12 @@ import (
 const (
 	maxPathLen = 200
 	nameRule   = "1 to 32 characters of A-Z a-z 0-9 _ -"
-	chainRule  = "1 to 28 characters of A-Z a-z 0-9 _ -"
 )
 
 var (
 	// A sequence name goes into iptables rule comments.
 	nameRe   = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
-	chainRe  = regexp.MustCompile(`^[A-Za-z0-9_-]{1,28}$`)
 	methodRe = regexp.MustCompile(`^[A-Z]+$`)
-	builtin  = []string{"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"}
 )
 
 // validate checks the decoded configuration, skipping values that could
@@ -60,26 +57,8 @@ func (l *loader) validate(checkFormat func(string) error) {
 	}
 	oneOf(bad, at("log", "start"), "start", c.Log.Start, "saved", "end", "beginning")
 
-	if c.StateDir == "" {
-		bad(at("state_dir"), "must not be empty; want a directory like \"/var/lib/webknock\"")
-	}
-
-	// firewall
-	oneOf(bad, at("firewall", "backend"), "backend", c.Firewall.Backend, "iptables", "dry-run")
-	switch fw := c.Firewall; {
-	case !chainRe.MatchString(fw.Chain):
-		bad(at("firewall", "chain"), "bad chain %q: want %s", fw.Chain, chainRule)
-	case slices.Contains(builtin, fw.Chain):
-		bad(at("firewall", "chain"), "chain %q is built in; want a chain of our own like \"WEBKNOCK\"", fw.Chain)
-	case fw.Chain == fw.Hook:
-		bad(at("firewall", "chain"), "chain %q is also the hook; want a chain of our own like \"WEBKNOCK\"", fw.Chain)
-	}
-	switch hook := c.Firewall.Hook; {
-	case hook == "":
-		bad(at("firewall", "hook"), "must not be empty; want the chain that jumps to ours, like \"INPUT\" or \"DOCKER-USER\"")
-	case !chainRe.MatchString(hook):
-		bad(at("firewall", "hook"), "bad hook %q: want %s", hook, chainRule)
-	}
+	// state_dir and the firewall's names are checked by the packages that
+	// use them (Options.Check), so check and run apply one rule.
 
 	l.validateSequences(at, bad)
 
