@@ -1,6 +1,7 @@
 package web
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -10,12 +11,14 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/webknock/webknock/firewall"
+	"github.com/webknock/webknock/knock"
 )
 
 // MinTokenBytes is the shortest token accepted.
@@ -57,17 +60,26 @@ func ReadToken(path string) (string, error) {
 
 const contentSecurityPolicy = "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
-func (s *Server) routes() http.Handler {
+// routes is the API of the TCP listener, or with socket that of the admin
+// socket: the same reads, and writes that need no token.
+func (s *Server) routes(socket bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", s.page)
 	mux.HandleFunc("GET /static/style.css", serveCSS)
 	mux.HandleFunc("GET /api/grants", s.grants)
-	mux.HandleFunc("DELETE /api/grants/{ip}", s.revoke)
+	mux.HandleFunc("GET /api/lockouts", s.lockouts)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{
 		ErrorLog: errorLogger{s}, ErrorHandling: promhttp.ContinueOnError,
 	}))
 	mux.HandleFunc("GET /healthz", s.healthz)
-	return securityHeaders(mux)
+	if socket {
+		mux.HandleFunc("DELETE /api/grants/{ip}", s.revoke)
+		mux.HandleFunc("POST /api/grants", s.grant)
+		mux.HandleFunc("DELETE /api/lockouts/{ip}", s.unlock)
+	} else {
+		mux.HandleFunc("DELETE /api/grants/{ip}", s.revokeWithToken)
+	}
+	return mux
 }
 
 // securityHeaders are set on every answer, errors from the mux included.
@@ -92,40 +104,111 @@ type grantJSON struct {
 	Until    string          `json:"until"`
 }
 
+func toGrantJSON(g firewall.Grant) grantJSON {
+	ports := g.Ports
+	if ports == nil {
+		ports = []firewall.Port{}
+	}
+	return grantJSON{IP: g.IP.String(), Sequence: g.Sequence, Ports: ports, Until: g.Until.UTC().Format(time.RFC3339)}
+}
+
+func (w grantJSON) grant() (firewall.Grant, error) {
+	ip, err := netip.ParseAddr(w.IP)
+	if err != nil {
+		return firewall.Grant{}, err
+	}
+	until, err := time.Parse(time.RFC3339, w.Until)
+	if err != nil {
+		return firewall.Grant{}, err
+	}
+	return firewall.Grant{IP: ip, Sequence: w.Sequence, Ports: w.Ports, Until: until}, nil
+}
+
+// lockoutJSON is a locked-out client on the wire.
+type lockoutJSON struct {
+	IP    string `json:"ip"`
+	Until string `json:"until"`
+}
+
 func (s *Server) grants(w http.ResponseWriter, _ *http.Request) {
 	gs := s.fw.Grants()
 	out := make([]grantJSON, 0, len(gs))
 	for _, g := range gs {
-		ports := g.Ports
-		if ports == nil {
-			ports = []firewall.Port{}
-		}
-		out = append(out, grantJSON{IP: g.IP.String(), Sequence: g.Sequence, Ports: ports, Until: g.Until.UTC().Format(time.RFC3339)})
+		out = append(out, toGrantJSON(g))
 	}
+	s.writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) lockouts(w http.ResponseWriter, _ *http.Request) {
+	if s.opts.Admin == nil {
+		noAdmin(w)
+		return
+	}
+	ls := s.sortedLockouts()
+	out := make([]lockoutJSON, 0, len(ls))
+	for _, l := range ls {
+		out = append(out, lockoutJSON{IP: l.Client.String(), Until: l.Until.UTC().Format(time.RFC3339)})
+	}
+	s.writeJSON(w, http.StatusOK, out)
+}
+
+// sortedLockouts are the Admin's lockouts, soonest end first.
+func (s *Server) sortedLockouts() []knock.Locked {
+	if s.opts.Admin == nil {
+		return nil
+	}
+	ls := slices.Clone(s.opts.Admin.Lockouts())
+	slices.SortStableFunc(ls, func(a, b knock.Locked) int {
+		return cmp.Or(a.Until.Compare(b.Until), a.Client.Compare(b.Client))
+	})
+	return ls
+}
+
+func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
-	if err := json.NewEncoder(w).Encode(out); err != nil {
-		s.log.Debug("web: write grants", keyErr, err)
+	w.WriteHeader(status)
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		s.log.Debug("web: write JSON", keyErr, err)
 	}
 }
 
-func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
-	if s.token == "" {
+// pathIP is the {ip} of the request's path; it answers 400 itself when
+// that is not a single address.
+func pathIP(w http.ResponseWriter, r *http.Request) (netip.Addr, bool) {
+	return parseIP(w, r.PathValue("ip"))
+}
+
+func parseIP(w http.ResponseWriter, raw string) (netip.Addr, bool) {
+	ip, err := netip.ParseAddr(raw)
+	if err != nil || ip.Zone() != "" {
+		http.Error(w, fmt.Sprintf("bad IP address %q", raw), http.StatusBadRequest)
+		return netip.Addr{}, false
+	}
+	return ip.Unmap(), true
+}
+
+// revokeWithToken is DELETE /api/grants/{ip} over TCP.
+func (s *Server) revokeWithToken(w http.ResponseWriter, r *http.Request) {
+	token := s.currentToken()
+	if token == "" {
 		http.Error(w, "revoking is disabled: the server has no usable token file (web.token_file, at least 16 bytes); see its log", http.StatusForbidden)
 		return
 	}
-	if !s.authorized(r) {
+	if !authorized(r, token) {
 		s.log.Warn("web: revoke refused: missing or wrong token", keyRemote, r.RemoteAddr)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="webknock"`)
 		http.Error(w, "missing or wrong bearer token", http.StatusUnauthorized)
 		return
 	}
-	raw := r.PathValue("ip")
-	ip, err := netip.ParseAddr(raw)
-	if err != nil || ip.Zone() != "" {
-		http.Error(w, fmt.Sprintf("bad IP address %q", raw), http.StatusBadRequest)
+	s.revoke(w, r)
+}
+
+// revoke is DELETE /api/grants/{ip}, once the caller is known to be allowed.
+func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
+	ip, ok := pathIP(w, r)
+	if !ok {
 		return
 	}
-	ip = ip.Unmap()
 	switch err := s.fw.Revoke(r.Context(), ip); {
 	case errors.Is(err, firewall.ErrNoGrant):
 		http.Error(w, fmt.Sprintf("%s holds no grant", ip), http.StatusNotFound)
@@ -133,49 +216,60 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("web: revoke failed", keyIP, ip, keyErr, err)
 		http.Error(w, "revoke failed; see the server's log", http.StatusInternalServerError)
 	default:
-		s.log.Info("revoked over HTTP", keyIP, ip, keyRemote, r.RemoteAddr)
+		s.log.Info("revoked over HTTP", append([]any{keyIP, ip}, who(r)...)...)
 		w.WriteHeader(http.StatusNoContent)
 	}
 }
 
 // authorized compares the bearer token in constant time: both sides are
 // hashed first, so not even the length leaks.
-func (s *Server) authorized(r *http.Request) bool {
+func authorized(r *http.Request, token string) bool {
 	scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return false
 	}
 	a := sha256.Sum256([]byte(strings.TrimSpace(got)))
-	b := sha256.Sum256([]byte(s.token))
+	b := sha256.Sum256([]byte(token))
 	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
 }
 
-// health says whether the daemon is well, and if not, why.
-func (s *Server) health() (ok bool, reason string) {
+// problems says what is wrong with the daemon now; none when it is well.
+func (s *Server) problems() []string {
 	var why []string
 	if s.opts.Following != nil && !s.opts.Following() {
 		why = append(why, "not following the access logs")
 	}
+	if s.opts.Problems != nil {
+		for _, p := range s.opts.Problems() {
+			if p = strings.TrimSpace(p); p != "" {
+				why = append(why, p)
+			}
+		}
+	}
 	switch h := s.fw.Health(); {
+	case len(h.Problems) > 0:
+		for _, p := range h.Problems {
+			why = append(why, "firewall: "+p)
+		}
 	case h.InSync:
 	case h.Pending > 0:
 		why = append(why, fmt.Sprintf("firewall out of sync: %d rule deletes pending", h.Pending))
 	default:
 		why = append(why, "firewall out of sync")
 	}
-	if len(why) > 0 {
-		return false, strings.Join(why, "; ")
-	}
-	return true, "ok"
+	return why
 }
 
+// healthz is 200 "ok", or 503 with every problem, one a line.
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
-	ok, reason := s.health()
+	why := s.problems()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if !ok {
-		w.WriteHeader(http.StatusServiceUnavailable)
+	if len(why) == 0 {
+		io.WriteString(w, "ok\n")
+		return
 	}
-	io.WriteString(w, reason+"\n")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	io.WriteString(w, strings.Join(why, "\n")+"\n")
 }
 
 // errorLogger sends promhttp's errors to the server's log.

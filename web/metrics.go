@@ -19,6 +19,8 @@ type metrics struct {
 
 	reloadOK, reloadFailed prometheus.Counter
 
+	refusedTotal, refusedPerAddr prometheus.Counter
+
 	mu    sync.RWMutex
 	files map[string]*fileCounters
 }
@@ -53,9 +55,19 @@ func newMetrics(s *Server) (*metrics, error) {
 	}, []string{"result"})
 	m.reloadOK = reloads.WithLabelValues("ok")
 	m.reloadFailed = reloads.WithLabelValues("failed")
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "webknock_web_connections_refused_total",
+		Help: "TCP connections to web.listen closed on accept, by the limit they exceeded: total or per_address.",
+	}, []string{"limit"})
+	m.refusedTotal = refused.WithLabelValues(limitTotal)
+	m.refusedPerAddr = refused.WithLabelValues(limitPerAddr)
+	open := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "webknock_web_connections_open",
+		Help: "TCP connections to web.listen open now.",
+	}, func() float64 { return float64(s.conns.Open()) })
 
 	for _, c := range []prometheus.Collector{
-		m.lines, m.skipped, m.rotations, events, reloads,
+		m.lines, m.skipped, m.rotations, events, reloads, refused, open,
 		stateCollector{s},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -65,6 +77,14 @@ func newMetrics(s *Server) (*metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// refused is the counter of connections refused for limit.
+func (m *metrics) refused(limit string) prometheus.Counter {
+	if limit == limitTotal {
+		return m.refusedTotal
+	}
+	return m.refusedPerAddr
 }
 
 // file returns the counters of one log file, creating them on its first line.

@@ -40,7 +40,10 @@ type pageView struct {
 	Now, NowISO string
 	Healthy     bool
 	Health      string
+	Problems    []string
 	Grants      []grantView
+	Lockouts    []lockoutView
+	HasAdmin    bool // lockouts are known
 	Events      []eventView
 	RecentMax   int
 	Counters    []pair
@@ -48,6 +51,8 @@ type pageView struct {
 }
 
 type grantView struct{ IP, Sequence, Ports, Until, UntilISO, Left string }
+
+type lockoutView struct{ IP, Until, UntilISO, Left string }
 
 type eventView struct{ Time, TimeISO, Event, IP, Sequence, Detail string }
 
@@ -72,7 +77,11 @@ func serveCSS(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) view() pageView {
 	now := s.now()
 	v := pageView{Now: now.UTC().Format(timeLayout), NowISO: now.UTC().Format(isoLayout), RecentMax: s.opts.RecentEvents}
-	v.Healthy, v.Health = s.health()
+	v.Problems = s.problems()
+	v.Healthy, v.Health = len(v.Problems) == 0, "ok"
+	if !v.Healthy {
+		v.Health = "unhealthy"
+	}
 	for _, g := range s.fw.Grants() {
 		v.Grants = append(v.Grants, grantView{
 			IP:       g.IP.String(),
@@ -81,6 +90,15 @@ func (s *Server) view() pageView {
 			Until:    g.Until.UTC().Format(timeLayout),
 			UntilISO: g.Until.UTC().Format(isoLayout),
 			Left:     timeLeft(g.Until.Sub(now)),
+		})
+	}
+	v.HasAdmin = s.opts.Admin != nil
+	for _, l := range s.sortedLockouts() {
+		v.Lockouts = append(v.Lockouts, lockoutView{
+			IP:       l.Client.String(),
+			Until:    l.Until.UTC().Format(timeLayout),
+			UntilISO: l.Until.UTC().Format(isoLayout),
+			Left:     timeLeft(l.Until.Sub(now)),
 		})
 	}
 	for _, e := range s.recent.newestFirst() {
@@ -115,14 +133,21 @@ func (s *Server) view() pageView {
 		fwState = "out of sync"
 	}
 	revoke := "enabled"
-	if s.token == "" {
+	if s.currentToken() == "" {
 		revoke = "disabled (no token)"
 	}
+	socket := "off"
+	s.mu.Lock()
+	if p := s.lns.Socket(); p != "" {
+		socket = p
+	}
+	s.mu.Unlock()
 	v.Checks = []pair{
 		{"following logs", following},
 		{"firewall", fwState},
 		{"pending rule deletes", strconv.Itoa(h.Pending)},
 		{"revoke over HTTP", revoke},
+		{"admin socket", socket},
 	}
 	return v
 }

@@ -1,9 +1,13 @@
-// Package web serves webknock's status page, its JSON API (list and revoke
-// grants), Prometheus metrics and a health check, and holds the small client
-// the command line uses to talk to a running daemon.
+// Package web serves webknock's status page, its JSON API, Prometheus
+// metrics and a health check over TCP (web.listen) and the admin unix socket
+// (web.socket), and holds the client the command line talks to the daemon
+// with over that socket.
 //
-// It only reads the firewall's and the knock tracker's state, through the
-// small interfaces below; the one write is Revoke, behind a bearer token.
+// Over TCP it only reads, apart from revoking with the bearer token; it
+// answers only to its own address in the Host header (no DNS rebinding) and
+// bounds the connections it holds. The admin socket adds granting and
+// unlocking without a token: the socket's mode and the peer's kernel
+// credentials (root or the daemon's own user) are the authentication.
 package web
 
 import (
@@ -12,7 +16,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -28,11 +31,16 @@ import (
 
 // Attribute keys of the log.
 const (
-	keyIP     = "ip"
-	keyAddr   = "addr"
-	keyRemote = "remote"
-	keyFile   = "file"
-	keyErr    = "err"
+	keyIP       = "ip"
+	keyAddr     = "addr"
+	keyRemote   = "remote"
+	keyFile     = "file"
+	keyErr      = "err"
+	keyPath     = "path"
+	keyUID      = "uid"
+	keyPID      = "pid"
+	keySequence = "sequence"
+	keyUntil    = "until"
 )
 
 // DefaultRecentEvents is how many events the status page keeps when
@@ -68,119 +76,150 @@ type Tracker interface {
 	Evicted() uint64
 }
 
+// Admin is what the daemon does for the admin socket beyond the firewall's
+// Revoke. Its methods are called from request goroutines, concurrently:
+// the daemon hands them to the goroutine that owns the knock tracker.
+type Admin interface {
+	// Grant opens the ports of sequence ("" for the daemon's default
+	// sequence) to ip for d (positive) and returns the grant as applied.
+	// An unknown sequence is an error wrapping ErrUnknownSequence; a
+	// request the daemon refuses for another reason of its own (a duration
+	// beyond what it allows) wraps ErrBadRequest; both are answered 400.
+	Grant(ctx context.Context, ip netip.Addr, sequence string, d time.Duration) (firewall.Grant, error)
+	// Lockouts lists the clients locked out now (also read by the status
+	// page and GET /api/lockouts over TCP).
+	Lockouts() []knock.Locked
+	// Unlock ends ip's lockout and forgets its failures; false when ip
+	// was not locked out.
+	Unlock(ctx context.Context, ip netip.Addr) (bool, error)
+}
+
+// Errors an Admin wraps to have a request answered 400 with its message.
+var (
+	ErrUnknownSequence = errors.New("unknown sequence")
+	ErrBadRequest      = errors.New("bad request")
+)
+
 // Options configure a Server.
 type Options struct {
-	Listen    string // host:port for Serve
-	TokenFile string // bearer token for DELETE; missing, empty or short: writes are refused
+	// Listeners are what Serve serves on, from Bind; Serve owns them
+	// (closing them before Serve is the caller's). nil: nothing until Rebind.
+	Listeners *Listeners
+	TokenFile string // bearer token for DELETE over TCP; missing, empty or short: refused
 	Logger    *slog.Logger
 	Clock     func() time.Time // nil: time.Now
 	// Following reports whether the log follower is running; it is called
-	// from request goroutines. nil: not reported, health depends on the
-	// firewall alone.
+	// from request goroutines. nil: not reported.
 	Following func() bool
-	Tracker   Tracker // nil: the knock metrics read 0
+	// Problems lists what is wrong with the daemon's inputs now (a log
+	// file missing, a file whose lines none parse, ...), one short
+	// sentence each; any makes /healthz 503. Called from request
+	// goroutines. nil: none.
+	Problems func() []string
+	Tracker  Tracker // nil: the knock metrics read 0
+	// Admin grants, lists lockouts and unlocks for the admin socket.
+	// nil: those endpoints answer 503 and the page shows no lockouts.
+	Admin Admin
 	// RecentEvents bounds the list of events on the status page; 0 means
 	// DefaultRecentEvents.
 	RecentEvents int
+	// MaxConns and MaxConnsPerAddr bound the TCP connections open at once,
+	// in total and per remote address; 0 means DefaultMaxConns and
+	// DefaultMaxConnsPerAddr. Connections over them are closed at once.
+	MaxConns, MaxConnsPerAddr int
 }
 
 // Server is the HTTP side of webknock. The recording methods (LineRead,
 // Event, ...) are safe for concurrent use and cheap enough to call for every
 // log line.
 type Server struct {
-	opts    Options
-	log     *slog.Logger
-	now     func() time.Time
-	fw      Firewall
-	token   string // empty: writes refused
-	handler http.Handler
-	m       *metrics
-	recent  *ring
+	opts   Options
+	log    *slog.Logger
+	now    func() time.Time
+	fw     Firewall
+	token  atomic.Pointer[string] // nil: revoking over TCP refused
+	tcpMux http.Handler           // routes of the TCP listener, before the Host check
+	admin  http.Handler           // the admin socket's handler
+	m      *metrics
+	recent *ring
+	conns  *connLimit
 
 	// Totals for the status page; the labelled series live in m.
 	read, parsed, skipped atomic.Uint64
 	kinds                 [kindCount]atomic.Uint64
+
+	mu      sync.Mutex
+	lns     *Listeners  // bound now; nil: none
+	serving bool        // Serve runs: listeners are served as they come
+	eps     []*endpoint // one per listener served
+	fatal   chan error  // an endpoint that failed ends Serve
+	wg      sync.WaitGroup
 }
 
-// New reads the token and builds the metrics registry and the handler. A
-// token file that cannot be used is not an error: writes are refused and a
-// warning is logged.
+// New reads the token and builds the metrics registry and the handlers. A
+// token file that cannot be used is not an error: revoking over TCP is
+// refused and a warning is logged.
 func New(o Options, fw Firewall) (*Server, error) {
 	if fw == nil {
 		return nil, errors.New("web: no firewall")
 	}
-	if o.RecentEvents < 0 {
+	switch {
+	case o.RecentEvents < 0:
 		return nil, fmt.Errorf("web: recent events %d: want 0 or more", o.RecentEvents)
+	case o.MaxConns < 0 || o.MaxConnsPerAddr < 0:
+		return nil, fmt.Errorf("web: connection limits %d, %d: want 0 (the default) or more", o.MaxConns, o.MaxConnsPerAddr)
 	}
 	if o.RecentEvents == 0 {
 		o.RecentEvents = DefaultRecentEvents
 	}
-	s := &Server{opts: o, log: o.Logger, now: o.Clock, fw: fw, recent: newRing(o.RecentEvents)}
+	if o.MaxConns == 0 {
+		o.MaxConns = DefaultMaxConns
+	}
+	if o.MaxConnsPerAddr == 0 {
+		o.MaxConnsPerAddr = DefaultMaxConnsPerAddr
+	}
+	s := &Server{opts: o, log: o.Logger, now: o.Clock, fw: fw, recent: newRing(o.RecentEvents), lns: o.Listeners}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if s.now == nil {
 		s.now = time.Now
 	}
-	token, err := ReadToken(o.TokenFile)
-	if err != nil {
-		s.log.Warn("revoking over HTTP is disabled: no usable token", keyErr, err)
-	} else {
-		s.token = token
-		if fi, err := os.Stat(o.TokenFile); err == nil && fi.Mode().Perm()&0o004 != 0 {
-			s.log.Warn("the token file is readable by every user; chmod o-r it", keyFile, o.TokenFile)
-		}
-	}
+	s.SetTokenFile(o.TokenFile) // logs why when there is no usable token
+	s.conns = newConnLimit(o.MaxConns, o.MaxConnsPerAddr, func(limit string) { s.m.refused(limit).Inc() })
+	var err error
 	if s.m, err = newMetrics(s); err != nil {
 		return nil, err
 	}
-	s.handler = s.routes()
+	s.tcpMux = s.routes(false)
+	s.admin = securityHeaders(s.withPeer(s.routes(true)))
 	return s, nil
 }
 
-// Handler returns the server's handler: every endpoint, with the security headers.
-func (s *Server) Handler() http.Handler { return s.handler }
-
-// Serve listens on Options.Listen and serves until ctx ends, then shuts down
-// gracefully (in-flight requests get a few seconds) and returns nil.
-func (s *Server) Serve(ctx context.Context) error {
-	ln, err := net.Listen("tcp", s.opts.Listen)
+// SetTokenFile reads the bearer token for revoking over TCP from path
+// again, for a reload: the previous token stops working at once, also when
+// the new file cannot be used (then revoking over TCP is refused until a
+// usable one is set). The reason is logged and returned.
+func (s *Server) SetTokenFile(path string) error {
+	token, err := ReadToken(path)
 	if err != nil {
-		return fmt.Errorf("web: %w", err)
+		s.token.Store(nil)
+		s.log.Warn("revoking over HTTP is disabled: no usable token", keyErr, err)
+		return err
 	}
-	return s.serve(ctx, ln)
+	s.token.Store(&token)
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o004 != 0 {
+		s.log.Warn("the token file is readable by every user; chmod o-r it", keyFile, path)
+	}
+	return nil
 }
 
-func (s *Server) serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{
-		Handler:           s.handler,
-		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readTimeout,
-		WriteTimeout:      writeTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+// currentToken is the bearer token; "" when revoking over TCP is refused.
+func (s *Server) currentToken() string {
+	if p := s.token.Load(); p != nil {
+		return *p
 	}
-	addr := ln.Addr().String()
-	s.log.Info("web listening", keyAddr, addr)
-	if ap, err := netip.ParseAddrPort(addr); err == nil && !ap.Addr().IsLoopback() {
-		s.log.Warn("web listens beyond loopback without TLS: the status page is public and the token travels in clear; put a TLS proxy in front", keyAddr, addr)
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("web: serve on %s: %w", addr, err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		s.log.Warn("web: requests still running at shutdown; closed", keyErr, err)
-		srv.Close()
-	}
-	<-errc // http.ErrServerClosed
-	return nil
+	return ""
 }
 
 // LineRead counts a line read from file.

@@ -4,9 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
+	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -65,6 +64,54 @@ func (f *fakeFirewall) Revoke(_ context.Context, ip netip.Addr) error {
 	return nil
 }
 
+// fakeAdmin knows the sequences ssh (the default) and admin.
+type fakeAdmin struct {
+	mu       sync.Mutex
+	locked   []knock.Locked
+	grantErr error
+	calls    []string // `ip "sequence" d` of each Grant, as asked
+}
+
+var _ Admin = (*fakeAdmin)(nil)
+
+func (a *fakeAdmin) Grant(_ context.Context, ip netip.Addr, sequence string, d time.Duration) (firewall.Grant, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.calls = append(a.calls, fmt.Sprintf("%s %q %s", ip, sequence, d))
+	if a.grantErr != nil {
+		return firewall.Grant{}, a.grantErr
+	}
+	if sequence == "" {
+		sequence = "ssh"
+	}
+	if sequence != "ssh" && sequence != "admin" {
+		return firewall.Grant{}, fmt.Errorf("%w %q: known are admin, ssh", ErrUnknownSequence, sequence)
+	}
+	return firewall.Grant{IP: ip, Sequence: sequence, Ports: []firewall.Port{{Proto: "tcp", Number: 22}}, Until: t0.Add(d)}, nil
+}
+
+func (a *fakeAdmin) Lockouts() []knock.Locked {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.locked)
+}
+
+func (a *fakeAdmin) Unlock(_ context.Context, ip netip.Addr) (bool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := len(a.locked)
+	a.locked = slices.DeleteFunc(a.locked, func(l knock.Locked) bool { return l.Client == ip })
+	return len(a.locked) < n, nil
+}
+
+// testLockouts are out of order: the server sorts them, soonest end first.
+func testLockouts() []knock.Locked {
+	return []knock.Locked{
+		{Client: netip.MustParseAddr("198.51.100.66"), Until: t0.Add(15 * time.Minute)},
+		{Client: netip.MustParseAddr("2001:db8::66"), Until: t0.Add(4*time.Minute + 30*time.Second)},
+	}
+}
+
 type fakeTracker struct{}
 
 func (fakeTracker) Clients() int    { return 42 }
@@ -89,22 +136,24 @@ func writeToken(t *testing.T, token string) string {
 }
 
 type fixture struct {
-	s   *Server
-	fw  *fakeFirewall
-	log *bytes.Buffer
+	s     *Server
+	fw    *fakeFirewall
+	admin *fakeAdmin
+	log   *syncWriter
 }
 
 func newFixture(t *testing.T, tokenFile string, mod func(*Options)) *fixture {
 	t.Helper()
 	fw := &fakeFirewall{grants: testGrants(), health: firewall.Health{InSync: true, Failures: 3}}
-	var log bytes.Buffer
+	admin := &fakeAdmin{locked: testLockouts()}
+	log := &syncWriter{w: &bytes.Buffer{}}
 	o := Options{
-		Listen:    "127.0.0.1:0",
 		TokenFile: tokenFile,
-		Logger:    slog.New(slog.NewTextHandler(&syncWriter{w: &log}, nil)),
+		Logger:    slog.New(slog.NewTextHandler(log, nil)),
 		Clock:     func() time.Time { return t0 },
 		Following: func() bool { return true },
 		Tracker:   fakeTracker{},
+		Admin:     admin,
 	}
 	if mod != nil {
 		mod(&o)
@@ -113,18 +162,38 @@ func newFixture(t *testing.T, tokenFile string, mod func(*Options)) *fixture {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	return &fixture{s: s, fw: fw, log: &log}
+	return &fixture{s: s, fw: fw, admin: admin, log: log}
 }
 
 type syncWriter struct {
 	mu sync.Mutex
-	w  io.Writer
+	w  *bytes.Buffer
 }
 
 func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.String()
+}
+
+func (s *syncWriter) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Len()
+}
+
+// tcpHandler is the TCP API without the Host check, which needs a listener.
+func tcpHandler(s *Server) http.Handler { return securityHeaders(s.tcpMux) }
+
+// asPeer makes r look like it came over the admin socket from uid.
+func asPeer(r *http.Request, uid int) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), peerKey{}, peerResult{p: peer{uid: uid, pid: 4242}}))
 }
 
 func do(t *testing.T, h http.Handler, method, target string, header http.Header) *httptest.ResponseRecorder {
@@ -135,6 +204,15 @@ func do(t *testing.T, h http.Handler, method, target string, header http.Header)
 	}
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, r)
+	return w
+}
+
+// doAdmin sends a request to the admin socket's handler as root.
+func doAdmin(t *testing.T, s *Server, method, target, body string) *httptest.ResponseRecorder {
+	t.Helper()
+	r := asPeer(httptest.NewRequest(method, target, strings.NewReader(body)), 0)
+	w := httptest.NewRecorder()
+	s.admin.ServeHTTP(w, r)
 	return w
 }
 
@@ -162,6 +240,10 @@ func TestEndpoints(t *testing.T) {
 		{name: "grants", method: "GET", path: "/api/grants", want: 200, wantBody: `"ip":"203.0.113.7"`,
 			wantHeader: map[string]string{"Content-Type": "application/json"}},
 		{name: "grants POST", method: "POST", path: "/api/grants", want: 405},
+		{name: "lockouts", method: "GET", path: "/api/lockouts", want: 200, wantBody: `"ip":"2001:db8::66"`,
+			wantHeader: map[string]string{"Content-Type": "application/json"}},
+		{name: "unlock over TCP", method: "DELETE", path: "/api/lockouts/198.51.100.66", header: bearer(testToken), want: 404},
+		{name: "lockouts DELETE", method: "DELETE", path: "/api/lockouts", header: bearer(testToken), want: 405},
 		{name: "grants PUT", method: "PUT", path: "/api/grants", want: 405},
 		{name: "grants DELETE all", method: "DELETE", path: "/api/grants", header: bearer(testToken), want: 405},
 		{name: "grant GET", method: "GET", path: "/api/grants/203.0.113.7", want: 405,
@@ -196,7 +278,7 @@ func TestEndpoints(t *testing.T) {
 				tokenFile = ""
 			}
 			f := newFixture(t, tokenFile, nil)
-			w := do(t, f.s.Handler(), tt.method, tt.path, tt.header)
+			w := do(t, tcpHandler(f.s), tt.method, tt.path, tt.header)
 			if w.Code != tt.want {
 				t.Fatalf("%s %s = %d, want %d; body %q", tt.method, tt.path, w.Code, tt.want, w.Body)
 			}
@@ -221,6 +303,9 @@ func TestEndpoints(t *testing.T) {
 			if csp := w.Header().Get("Content-Security-Policy"); !strings.HasPrefix(csp, "default-src 'none'") {
 				t.Errorf("%s %s: Content-Security-Policy %q", tt.method, tt.path, csp)
 			}
+			if n := len(f.admin.Lockouts()); n != 2 {
+				t.Errorf("%s %s: %d lockouts left, want 2: TCP never unlocks", tt.method, tt.path, n)
+			}
 			var revoked []string
 			for _, ip := range f.fw.revoked {
 				revoked = append(revoked, ip.String())
@@ -235,7 +320,7 @@ func TestEndpoints(t *testing.T) {
 func TestRevokeFailure(t *testing.T) {
 	f := newFixture(t, writeToken(t, testToken), nil)
 	f.fw.revokeErr = errors.New("iptables: boom")
-	w := do(t, f.s.Handler(), "DELETE", "/api/grants/203.0.113.7", bearer(testToken))
+	w := do(t, tcpHandler(f.s), "DELETE", "/api/grants/203.0.113.7", bearer(testToken))
 	if w.Code != 500 || strings.Contains(w.Body.String(), "boom") {
 		t.Errorf("revoke with a failing firewall = %d %q, want 500 without the error's text", w.Code, w.Body)
 	}
@@ -251,8 +336,8 @@ func TestNoTokenWarns(t *testing.T) {
 		if !strings.Contains(f.log.String(), "level=WARN") || !strings.Contains(f.log.String(), "revoking over HTTP is disabled") {
 			t.Errorf("token file %q: log %q, want a warning", path, f.log)
 		}
-		if f.s.token != "" {
-			t.Errorf("token file %q: token %q, want none", path, f.s.token)
+		if tok := f.s.currentToken(); tok != "" {
+			t.Errorf("token file %q: token %q, want none", path, tok)
 		}
 	}
 }
@@ -263,8 +348,8 @@ func TestWorldReadableTokenWarns(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := newFixture(t, path, nil)
-	if f.s.token != testToken || !strings.Contains(f.log.String(), "readable by every user") {
-		t.Errorf("world-readable token file: token %q, log %q; want the token and a warning", f.s.token, f.log)
+	if f.s.currentToken() != testToken || !strings.Contains(f.log.String(), "readable by every user") {
+		t.Errorf("world-readable token file: token %q, log %q; want the token and a warning", f.s.currentToken(), f.log)
 	}
 	if f := newFixture(t, writeToken(t, testToken), nil); f.log.Len() != 0 {
 		t.Errorf("token file 0600: log %q, want nothing", f.log)
@@ -277,7 +362,7 @@ func TestUnknownKind(t *testing.T) {
 	if n := len(f.s.recent.newestFirst()); n != 1 {
 		t.Errorf("recent events = %d, want 1", n)
 	}
-	if w := do(t, f.s.Handler(), "GET", "/metrics", nil); w.Code != 200 {
+	if w := do(t, tcpHandler(f.s), "GET", "/metrics", nil); w.Code != 200 {
 		t.Errorf("GET /metrics after an unknown kind = %d", w.Code)
 	}
 }
@@ -316,16 +401,16 @@ func TestReadToken(t *testing.T) {
 
 func TestGrantsJSON(t *testing.T) {
 	f := newFixture(t, "", nil)
-	w := do(t, f.s.Handler(), "GET", "/api/grants", nil)
+	w := do(t, tcpHandler(f.s), "GET", "/api/grants", nil)
 	golden.Check(t, "testdata/grants.golden", w.Body.Bytes())
 
 	f.fw.grants = nil
-	w = do(t, f.s.Handler(), "GET", "/api/grants", nil)
+	w = do(t, tcpHandler(f.s), "GET", "/api/grants", nil)
 	if got := w.Body.String(); got != "[]\n" {
 		t.Errorf("GET /api/grants without grants = %q, want %q", got, "[]\n")
 	}
 	f.fw.grants = []firewall.Grant{{IP: netip.MustParseAddr("203.0.113.7"), Sequence: "ssh", Until: t0}}
-	w = do(t, f.s.Handler(), "GET", "/api/grants", nil)
+	w = do(t, tcpHandler(f.s), "GET", "/api/grants", nil)
 	if got, want := w.Body.String(), `[{"ip":"203.0.113.7","sequence":"ssh","ports":[],"until":"2026-11-22T19:02:22Z"}]`+"\n"; got != want {
 		t.Errorf("GET /api/grants, grant without ports = %q, want %q", got, want)
 	}
@@ -350,7 +435,7 @@ func TestMetrics(t *testing.T) {
 	s.Reload(false)
 	f.fw.health = firewall.Health{InSync: false, Pending: 2, Failures: 5}
 
-	w := do(t, s.Handler(), "GET", "/metrics", nil)
+	w := do(t, tcpHandler(s), "GET", "/metrics", nil)
 	if w.Code != 200 {
 		t.Fatalf("GET /metrics = %d", w.Code)
 	}
@@ -402,7 +487,7 @@ func runtimeProcess() bool {
 
 func TestMetricsWithoutTracker(t *testing.T) {
 	f := newFixture(t, "", func(o *Options) { o.Tracker, o.Following = nil, nil })
-	body := do(t, f.s.Handler(), "GET", "/metrics", nil).Body.String()
+	body := do(t, tcpHandler(f.s), "GET", "/metrics", nil).Body.String()
 	for _, want := range []string{"webknock_knock_clients 0\n", "webknock_knock_evictions_total 0\n"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("GET /metrics without tracker lacks %q", want)
@@ -425,7 +510,7 @@ func TestPage(t *testing.T) {
 	s.LineRead("a")
 	s.LineSkipped("a", "format")
 
-	w := do(t, s.Handler(), "GET", "/", nil)
+	w := do(t, tcpHandler(s), "GET", "/", nil)
 	page := w.Body.String()
 	if w.Code != 200 {
 		t.Fatalf("GET / = %d", w.Code)
@@ -451,6 +536,9 @@ func TestPage(t *testing.T) {
 		"<dt>firewall failures</dt><dd>3</dd>",
 		"<dt>clients in progress</dt><dd>42</dd>",
 		`<p class="health ok">ok</p>`,
+		`<tr class="locked"><td data-label="IP">2001:db8::66</td><td data-label="Until"><time datetime="2026-11-22T19:06:52Z">2026-11-22 19:06:52</time></td><td data-label="Left">4m 30s</td></tr>`,
+		`<td data-label="IP">198.51.100.66</td><td data-label="Until"><time datetime="2026-11-22T19:17:22Z">2026-11-22 19:17:22</time></td><td data-label="Left">15m 0s</td>`,
+		`<dt>admin socket</dt><dd>off</dd>`,
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("GET / lacks %q", want)
@@ -468,12 +556,16 @@ func TestPage(t *testing.T) {
 			t.Errorf("GET / contains an external reference %q", bad)
 		}
 	}
+	// Lockouts soonest end first.
+	if a, b := strings.Index(page, `<td data-label="IP">2001:db8::66</td>`), strings.Index(page, `<td data-label="IP">198.51.100.66</td>`); a < 0 || a > b {
+		t.Errorf("lockouts not soonest end first: %d, %d", a, b)
+	}
 	// Newest first: grant, lockout, step.
 	g, l, st := strings.Index(page, `<tr class="grant">`), strings.Index(page, `<tr class="lockout">`), strings.Index(page, `<tr class="step">`)
 	if g < 0 || !(g < l && l < st) {
 		t.Errorf("events not newest first: grant at %d, lockout at %d, step at %d", g, l, st)
 	}
-	css := do(t, s.Handler(), "GET", "/static/style.css", nil).Body.String()
+	css := do(t, tcpHandler(s), "GET", "/static/style.css", nil).Body.String()
 	if strings.Contains(css, "url(") || strings.Contains(css, "@import") {
 		t.Errorf("style.css loads other resources")
 	}
@@ -482,41 +574,66 @@ func TestPage(t *testing.T) {
 func TestPageEmpty(t *testing.T) {
 	f := newFixture(t, "", nil)
 	f.fw.grants = nil
-	page := do(t, f.s.Handler(), "GET", "/", nil).Body.String()
-	for _, want := range []string{"No port is open to anyone.", "No event since start.", "<dt>revoke over HTTP</dt><dd>disabled (no token)</dd>"} {
+	f.admin.locked = nil
+	page := do(t, tcpHandler(f.s), "GET", "/", nil).Body.String()
+	for _, want := range []string{"No port is open to anyone.", "No event since start.", "No client is locked out.", "<dt>revoke over HTTP</dt><dd>disabled (no token)</dd>"} {
 		if !strings.Contains(page, want) {
-			t.Errorf("GET / without grants or events lacks %q", want)
+			t.Errorf("GET / without grants, lockouts or events lacks %q", want)
 		}
+	}
+	noAdmin := newFixture(t, "", func(o *Options) { o.Admin = nil })
+	if page := do(t, tcpHandler(noAdmin.s), "GET", "/", nil).Body.String(); !strings.Contains(page, "Lockouts are not reported.") {
+		t.Errorf("GET / without Admin does not say lockouts are not reported")
 	}
 }
 
 func TestHealthz(t *testing.T) {
 	yes, no := func() bool { return true }, func() bool { return false }
+	inputs := func(ps ...string) func() []string { return func() []string { return ps } }
 	tests := []struct {
 		name      string
 		following func() bool
+		problems  func() []string
 		health    firewall.Health
 		want      int
 		wantBody  string
 	}{
-		{"well", yes, firewall.Health{InSync: true}, 200, "ok\n"},
-		{"following not reported", nil, firewall.Health{InSync: true}, 200, "ok\n"},
-		{"not following", no, firewall.Health{InSync: true}, 503, "not following the access logs\n"},
-		{"pending deletes", yes, firewall.Health{Pending: 2}, 503, "firewall out of sync: 2 rule deletes pending\n"},
-		{"out of sync", yes, firewall.Health{}, 503, "firewall out of sync\n"},
-		{"both", no, firewall.Health{}, 503, "not following the access logs; firewall out of sync\n"},
+		{"well", yes, nil, firewall.Health{InSync: true}, 200, "ok\n"},
+		{"following not reported", nil, nil, firewall.Health{InSync: true}, 200, "ok\n"},
+		{"no input problems", yes, inputs(), firewall.Health{InSync: true}, 200, "ok\n"},
+		{"not following", no, nil, firewall.Health{InSync: true}, 503, "not following the access logs\n"},
+		{"pending deletes", yes, nil, firewall.Health{Pending: 2}, 503, "firewall out of sync: 2 rule deletes pending\n"},
+		{"out of sync", yes, nil, firewall.Health{}, 503, "firewall out of sync\n"},
+		{"both", no, nil, firewall.Health{}, 503, "not following the access logs\nfirewall out of sync\n"},
+		{"input problems", yes, inputs("/var/log/nginx/access.log: missing", "/var/log/x.log: no line parses (format combined?)"), firewall.Health{InSync: true}, 503,
+			"/var/log/nginx/access.log: missing\n/var/log/x.log: no line parses (format combined?)\n"},
+		{"firewall problems", yes, nil, firewall.Health{Pending: 2, Problems: []string{"IPv6 family stuck", "2 rule deletes pending"}}, 503,
+			"firewall: IPv6 family stuck\nfirewall: 2 rule deletes pending\n"},
+		{"every reason", no, inputs("/var/log/a.log: missing"), firewall.Health{Problems: []string{"iptables suspended"}}, 503,
+			"not following the access logs\n/var/log/a.log: missing\nfirewall: iptables suspended\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newFixture(t, "", func(o *Options) { o.Following = tt.following })
+			f := newFixture(t, "", func(o *Options) { o.Following, o.Problems = tt.following, tt.problems })
 			f.fw.health = tt.health
-			w := do(t, f.s.Handler(), "GET", "/healthz", nil)
+			w := do(t, tcpHandler(f.s), "GET", "/healthz", nil)
 			if w.Code != tt.want || w.Body.String() != tt.wantBody {
 				t.Errorf("GET /healthz = %d %q, want %d %q", w.Code, w.Body, tt.want, tt.wantBody)
 			}
-			page := do(t, f.s.Handler(), "GET", "/", nil).Body.String()
-			if !strings.Contains(page, strings.TrimSpace(tt.wantBody)) {
-				t.Errorf("GET / does not show the health %q", tt.wantBody)
+			page := do(t, tcpHandler(f.s), "GET", "/", nil).Body.String()
+			if tt.want == 200 {
+				if !strings.Contains(page, `<p class="health ok">ok</p>`) || strings.Contains(page, `class="problems`) {
+					t.Errorf("GET / of a well daemon does not say ok, or lists problems")
+				}
+				return
+			}
+			if !strings.Contains(page, `<p class="health bad">unhealthy</p>`) {
+				t.Errorf("GET / does not say unhealthy")
+			}
+			for p := range strings.Lines(tt.wantBody) {
+				if li := "<li>" + strings.TrimSpace(p) + "</li>"; !strings.Contains(page, li) {
+					t.Errorf("GET / lacks the problem %q", li)
+				}
 			}
 		})
 	}
@@ -542,7 +659,7 @@ func TestRingBounded(t *testing.T) {
 	if n := len(f.s.recent.buf); n != 3 {
 		t.Errorf("ring holds %d slots, want 3", n)
 	}
-	page := do(t, f.s.Handler(), "GET", "/", nil).Body.String()
+	page := do(t, tcpHandler(f.s), "GET", "/", nil).Body.String()
 	if n := strings.Count(page, `<tr class="step">`); n != 3 {
 		t.Errorf("GET / shows %d events, want 3", n)
 	}
@@ -572,136 +689,10 @@ func TestTimeLeft(t *testing.T) {
 	}
 }
 
-func TestServeShutsDown(t *testing.T) {
-	f := newFixture(t, "", nil)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.s.serve(ctx, ln) }()
-
-	resp, err := http.Get("http://" + ln.Addr().String() + "/healthz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET /healthz = %d", resp.StatusCode)
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("serve = %v, want nil after ctx ends", err)
-		}
-	case <-time.After(shutdownTimeout + 5*time.Second):
-		t.Fatal("serve did not return after ctx ended")
-	}
-	if _, err := http.Get("http://" + ln.Addr().String() + "/healthz"); err == nil {
-		t.Error("server still answers after shutdown")
-	}
-}
-
-func TestServe(t *testing.T) {
-	f := newFixture(t, "", nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	done := make(chan error, 1)
-	go func() { done <- f.s.Serve(ctx) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Serve on %s = %v, want nil", f.s.opts.Listen, err)
-		}
-	case <-time.After(shutdownTimeout + 5*time.Second):
-		t.Fatal("Serve did not return after ctx ended")
-	}
-
-	bad := newFixture(t, "", func(o *Options) { o.Listen = "256.0.0.1:http-nope" })
-	if err := bad.s.Serve(context.Background()); err == nil {
-		t.Error("Serve on a bad address = nil, want an error")
-	}
-}
-
-func TestClient(t *testing.T) {
-	f := newFixture(t, writeToken(t, testToken), nil)
-	srv := httptest.NewServer(f.s.Handler())
-	defer srv.Close()
-	ctx := context.Background()
-
-	got, err := FetchGrants(ctx, srv.URL+"/")
-	if err != nil {
-		t.Fatalf("FetchGrants: %v", err)
-	}
-	want := testGrants()
-	if len(got) != len(want) {
-		t.Fatalf("FetchGrants = %v, want %v", got, want)
-	}
-	for i := range want {
-		if got[i].IP != want[i].IP || got[i].Sequence != want[i].Sequence || !slices.Equal(got[i].Ports, want[i].Ports) ||
-			!got[i].Until.Equal(want[i].Until) || got[i].Until.Location() != time.UTC {
-			t.Errorf("FetchGrants[%d] = %+v, want %+v in UTC", i, got[i], want[i])
-		}
-	}
-
-	ip := netip.MustParseAddr("2001:db8::7")
-	if err := RevokeGrant(ctx, srv.URL, "wrong-token-0123456789", ip); !errors.Is(err, ErrUnauthorized) {
-		t.Errorf("RevokeGrant(wrong token) = %v, want ErrUnauthorized", err)
-	}
-	if err := RevokeGrant(ctx, srv.URL, "", ip); err == nil {
-		t.Error("RevokeGrant(no token) = nil, want an error")
-	}
-	if err := RevokeGrant(ctx, srv.URL, testToken, ip); err != nil {
-		t.Errorf("RevokeGrant = %v", err)
-	}
-	if err := RevokeGrant(ctx, srv.URL, testToken, ip); !errors.Is(err, firewall.ErrNoGrant) {
-		t.Errorf("RevokeGrant(again) = %v, want firewall.ErrNoGrant", err)
-	}
-	if got, _ := FetchGrants(ctx, srv.URL); len(got) != 1 {
-		t.Errorf("after revoke, FetchGrants = %v, want one grant", got)
-	}
-
-	f.fw.revokeErr = errors.New("boom")
-	if err := RevokeGrant(ctx, srv.URL, testToken, netip.MustParseAddr("203.0.113.7")); err == nil || !strings.Contains(err.Error(), "500 Internal Server Error: revoke failed") {
-		t.Errorf("RevokeGrant(failing firewall) = %v, want the status and message", err)
-	}
-
-	disabled := newFixture(t, "", nil)
-	srv2 := httptest.NewServer(disabled.s.Handler())
-	defer srv2.Close()
-	if err := RevokeGrant(ctx, srv2.URL, testToken, ip); !errors.Is(err, ErrRevokeDisabled) {
-		t.Errorf("RevokeGrant(server without token) = %v, want ErrRevokeDisabled", err)
-	}
-	if _, err := FetchGrants(ctx, srv2.URL+"/nope"); err == nil || !strings.Contains(err.Error(), "404") {
-		t.Errorf("FetchGrants(wrong URL) = %v, want a 404 error", err)
-	}
-}
-
-func TestBaseURL(t *testing.T) {
-	tests := []struct{ listen, want string }{
-		{"127.0.0.1:7080", "http://127.0.0.1:7080"},
-		{":7080", "http://127.0.0.1:7080"},
-		{"0.0.0.0:7080", "http://127.0.0.1:7080"},
-		{"[::]:7080", "http://[::1]:7080"},
-		{"[::1]:9090", "http://[::1]:9090"},
-		{"localhost:7080", "http://localhost:7080"},
-	}
-	for _, tt := range tests {
-		if got, err := BaseURL(tt.listen); err != nil || got != tt.want {
-			t.Errorf("BaseURL(%q) = %q, %v, want %q", tt.listen, got, err, tt.want)
-		}
-	}
-	if _, err := BaseURL("7080"); err == nil {
-		t.Error(`BaseURL("7080") = nil error, want one`)
-	}
-}
-
 // TestConcurrentUse runs the recorders and every page at once, for -race.
 func TestConcurrentUse(t *testing.T) {
 	f := newFixture(t, "", func(o *Options) { o.RecentEvents = 8 })
-	h := f.s.Handler()
+	h := tcpHandler(f.s)
 	var wg sync.WaitGroup
 	for g := range 4 {
 		wg.Add(1)
@@ -715,7 +706,7 @@ func TestConcurrentUse(t *testing.T) {
 			}
 		}()
 	}
-	for _, path := range []string{"/", "/metrics", "/api/grants", "/healthz"} {
+	for _, path := range []string{"/", "/metrics", "/api/grants", "/api/lockouts", "/healthz"} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -738,5 +729,8 @@ func TestNewRefuses(t *testing.T) {
 	}
 	if _, err := New(Options{RecentEvents: -1}, &fakeFirewall{}); err == nil {
 		t.Error("New with RecentEvents -1 = nil error")
+	}
+	if _, err := New(Options{MaxConns: -1}, &fakeFirewall{}); err == nil {
+		t.Error("New with MaxConns -1 = nil error")
 	}
 }
