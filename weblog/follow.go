@@ -14,12 +14,23 @@ package weblog
 //
 // Names are watched through their directories (creation, rename, deletion);
 // data through an inotify watch on each open inode (/proc/self/fd/N), which
-// keeps reporting writes after the file was renamed or deleted. Nothing
-// polls: an idle follower sleeps in one select, and timers exist only while
-// a grace period runs or positions wait to be saved.
+// keeps reporting writes after the file was renamed or deleted. A directory
+// that does not exist is waited for through its nearest existing ancestor,
+// one level at a time as directories appear. Nothing polls: an idle follower
+// sleeps in one select, and timers exist only while a grace period runs,
+// positions wait to be saved, or a path is missing (to say so again).
+//
+// Files are known by identity (device, inode, first line), not by name: a
+// file read before and shown again by a followed name (a glob matching
+// access.log.1) goes on from where reading stopped, never from its start.
+//
+// An unfinished line is buffered up to MaxLineBytes; beyond that it is
+// skipped to its newline and counted, so memory stays bounded whatever is
+// written.
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -37,6 +48,8 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+
+	"github.com/webknock/webknock/internal/statedir"
 )
 
 // Start modes (FollowOptions.Start).
@@ -47,10 +60,12 @@ const (
 )
 
 const (
-	defaultGrace = 30 * time.Second
-	saveDelay    = time.Second // an acknowledged position is saved at most this late
-	readChunk    = 64 << 10
-	keyPath      = "path"
+	defaultGrace           = 30 * time.Second
+	defaultMissingInterval = time.Minute
+	saveDelay              = time.Second // an acknowledged position is saved at most this late
+	readChunk              = 64 << 10
+	maxClosed              = 1000 // closed files remembered by identity (a year of daily rotations)
+	keyPath                = "path"
 )
 
 // Clock schedules the follower's grace periods and position saves.
@@ -75,6 +90,9 @@ type FollowOptions struct {
 	Grace    time.Duration // how long a replaced file is still read after its successor appears; 0 means 30s
 	Logger   *slog.Logger  // nil discards
 	Clock    Clock         // nil is real time
+	// MissingInterval is how often a path that does not exist is logged
+	// again (at ERROR) while it is missing; 0 means a minute.
+	MissingInterval time.Duration
 	// OnRotate, if set, is called from the follower's goroutine when a file
 	// is replaced (rotated, deleted and re-created) or truncated.
 	OnRotate func(path string)
@@ -82,7 +100,10 @@ type FollowOptions struct {
 
 // Line is one line of a followed file.
 type Line struct {
-	File string // the name it was followed as (absolute), also for lines of its rotated predecessor
+	// File is the name the line's file is followed as (absolute), also for
+	// a rotated predecessor during its grace period; after it, a rotated
+	// file that a glob matches (access.log.1) is followed under that name.
+	File string
 	Text []byte // without the newline; the follower never writes to it again
 
 	g     *gen
@@ -101,6 +122,7 @@ type FileStats struct {
 	Lines       int64 // lines delivered
 	Rotations   int64 // the name came to hold another file (rename or delete, then create)
 	Truncations int64 // the file shrank or was rewritten under us (copytruncate)
+	Overlong    int64 // lines longer than MaxLineBytes, skipped unread
 }
 
 // Follower follows access logs across rotation; see Follow.
@@ -115,9 +137,10 @@ type Follower struct {
 	done   chan struct{}
 	err    error // of the final save; read after done is closed
 
-	acked  chan struct{} // capacity 1: Ack was called since the loop last looked
-	timers chan func()   // Clock callbacks, run by the loop
-	probe  chan chan int // tests: read all that can be read, report lines not yet delivered
+	acked  chan struct{}         // capacity 1: Ack was called since the loop last looked
+	timers chan func()           // Clock callbacks, run by the loop
+	probe  chan chan probeResult // tests: read all that can be read, report what is held
+	pats   []string              // the configured paths, absolute; not changed after Follow
 
 	ackMu sync.Mutex // guards gen.ackEpoch and gen.ackOff
 
@@ -125,13 +148,28 @@ type Follower struct {
 	stats   FollowStats
 
 	// Owned by the loop goroutine (and by Follow before it starts).
-	dirs      map[string][]string // watched directory → file name patterns in it
-	entries   map[string]*entry   // by followed name
-	order     []*entry            // delivery round robin
-	next      int                 // where the round robin resumes
-	byWatch   map[string]*gen     // by inode watch name
-	buf       []byte
-	saveTimer Timer // non-nil while a save is scheduled
+	dirs         map[string][]string // directory of configured paths → file name patterns in it
+	dirOrder     []string            // the keys of dirs, in configuration order
+	present      map[string]bool     // directories of dirs that exist and are watched
+	watched      map[string]fileID   // directories watched (those present, ancestors of missing ones): which one
+	entries      map[string]*entry   // by followed name
+	order        []*entry            // delivery round robin
+	next         int                 // where the round robin resumes
+	byWatch      map[string]*gen     // by inode watch name
+	closed       map[fileID]*gen     // files read and closed that still exist
+	closedSeq    int64               // orders closed, to forget the oldest
+	buf          []byte
+	saveTimer    Timer    // non-nil while a save is scheduled
+	missingTimer Timer    // non-nil while a path is missing
+	reported     []string // missing paths logged at ERROR, to log when they appear
+	partialPeak  int      // the largest unfinished-line buffer so far (tests)
+}
+
+// probeResult is what the test probe reports.
+type probeResult struct {
+	pending     int // lines read, not yet delivered
+	partialPeak int // the largest capacity an unfinished-line buffer reached
+	graces      int // grace periods running
 }
 
 // entry is one followed name and the files that held it.
@@ -148,12 +186,19 @@ type gen struct {
 	id    fileID
 	watch string // /proc/self/fd/N: an inotify watch on the inode, whatever its name
 
-	off      int64  // next byte to read
-	last     byte   // the byte at off-1, to notice the file was rewritten under us
-	partial  []byte // an unfinished line, ending at off
-	pending  []Line // read, not yet delivered
-	readable bool   // there may be bytes after off
-	epoch    int64  // truncations so far
+	off       int64  // next byte to read
+	lineStart int64  // just after the last newline read: where the unfinished line starts
+	last      byte   // the byte at off-1, to notice the file was rewritten under us
+	partial   []byte // the unfinished line, from lineStart to off; at most MaxLineBytes
+	discard   bool   // the unfinished line is overlong: skipped to its newline
+	pending   []Line // read, not yet delivered
+	readable  bool   // there may be bytes after off
+	epoch     int64  // truncations so far
+
+	// Set when the file is closed but still exists (Follower.closed).
+	name string // where it was
+	hash string // firstLineHash
+	seq  int64  // when
 
 	graceStarted bool
 	grace        Timer
@@ -164,9 +209,13 @@ type gen struct {
 
 // Follow starts following o.Paths. Each file is positioned before Follow
 // returns (so what is written afterwards is delivered); files that appear
-// later, under a configured name or matching a glob, are read from their
-// beginning. A file renamed or deleted away is still read until Grace after
-// a new file takes its name. Stop with Close or by cancelling ctx.
+// later, under a configured name or matching a glob, also in a directory
+// that did not exist, are read from their beginning (a file read before
+// from where reading stopped). A missing file or directory is not an error:
+// it is logged, reported by Missing, and waited for. A file renamed or
+// deleted away is still read until Grace after a new file takes its name.
+// Follow fails on a positions file another user could have written
+// (errors.Is statedir.ErrUntrusted). Stop with Close or by cancelling ctx.
 func Follow(ctx context.Context, o FollowOptions) (*Follower, error) {
 	switch o.Start {
 	case StartSaved, StartEnd, StartBeginning:
@@ -185,6 +234,12 @@ func Follow(ctx context.Context, o FollowOptions) (*Follower, error) {
 	if o.Grace == 0 {
 		o.Grace = defaultGrace
 	}
+	if o.MissingInterval < 0 {
+		return nil, fmt.Errorf("follow: negative missing interval %v", o.MissingInterval)
+	}
+	if o.MissingInterval == 0 {
+		o.MissingInterval = defaultMissingInterval
+	}
 	f := &Follower{
 		opts:    o,
 		log:     o.Logger,
@@ -193,11 +248,14 @@ func Follow(ctx context.Context, o FollowOptions) (*Follower, error) {
 		done:    make(chan struct{}),
 		acked:   make(chan struct{}, 1),
 		timers:  make(chan func()),
-		probe:   make(chan chan int),
+		probe:   make(chan chan probeResult),
 		stats:   FollowStats{Files: map[string]FileStats{}},
 		dirs:    map[string][]string{},
+		present: map[string]bool{},
+		watched: map[string]fileID{},
 		entries: map[string]*entry{},
 		byWatch: map[string]*gen{},
+		closed:  map[fileID]*gen{},
 		buf:     make([]byte, readChunk),
 	}
 	if f.log == nil {
@@ -206,13 +264,31 @@ func Follow(ctx context.Context, o FollowOptions) (*Follower, error) {
 	if f.clock == nil {
 		f.clock = systemClock{}
 	}
+	var saved []position
+	if o.StateDir != "" {
+		// Refused whatever the start mode: the file is ours to write too,
+		// and one that another user could have written means tampering.
+		ps, err := loadPositions(o.StateDir)
+		if errors.Is(err, statedir.ErrUntrusted) {
+			return nil, fmt.Errorf("follow: %w", err)
+		}
+		if o.Start == StartSaved {
+			if err != nil {
+				f.log.Warn("saved positions unusable; every file starts at its end", "err", err)
+			}
+			saved = ps
+		}
+		for _, t := range statedir.RemoveTemps(filepath.Join(o.StateDir, positionsFile)) {
+			f.log.Info("removed the temporary file of an interrupted save", keyPath, t)
+		}
+	}
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, fmt.Errorf("follow: %w", err)
 	}
 	f.w = w
 	f.ctx, f.cancel = context.WithCancel(ctx)
-	if err := f.setup(); err != nil {
+	if err := f.setup(saved); err != nil {
 		f.cancel()
 		f.closeFiles()
 		w.Close()
@@ -252,6 +328,12 @@ func (f *Follower) Close() error {
 	return f.err
 }
 
+// Missing returns the configured paths that do not exist now: a file path
+// whose file (or directory) is missing, the directory of a glob whose
+// directory is missing (a glob that matches nothing is not missing). They
+// are followed once they appear.
+func (f *Follower) Missing() []string { return missingPaths(f.pats) }
+
 // Stats returns the counters so far.
 func (f *Follower) Stats() FollowStats {
 	f.statsMu.Lock()
@@ -261,41 +343,27 @@ func (f *Follower) Stats() FollowStats {
 	return s
 }
 
-func (f *Follower) setup() error {
-	var pats []string
+func (f *Follower) setup(saved []position) error {
 	for _, p := range f.opts.Paths {
-		abs, err := filepath.Abs(p)
+		abs, err := splitPath(p)
 		if err != nil {
-			return fmt.Errorf("follow %s: %w", p, err)
+			return fmt.Errorf("follow %w", err)
 		}
 		dir, base := filepath.Dir(abs), filepath.Base(abs)
-		if hasMeta(dir) {
-			return fmt.Errorf("follow %s: a pattern may only be in the file name", p)
-		}
-		if _, err := filepath.Match(base, ""); err != nil {
-			return fmt.Errorf("follow %s: %w", p, err)
-		}
 		if _, ok := f.dirs[dir]; !ok {
-			// Watched before it is listed, so that a file created in between is seen.
-			if err := f.w.Add(dir); err != nil {
-				return fmt.Errorf("follow %s: watch %s: %w", p, dir, err)
-			}
+			f.dirOrder = append(f.dirOrder, dir)
 		}
 		f.dirs[dir] = append(f.dirs[dir], base)
-		pats = append(pats, abs)
+		f.pats = append(f.pats, abs)
 	}
-	var saved []position
-	if f.opts.Start == StartSaved {
-		ps, err := loadPositions(f.opts.StateDir)
-		if err != nil {
-			f.log.Warn("saved positions unusable; every file starts at its end", "err", err)
-		}
-		saved = ps
+	// Watched before they are listed, so that a file created in between is seen.
+	if _, err := f.watchDirs(); err != nil {
+		return fmt.Errorf("follow: %w", err)
 	}
-	for _, abs := range pats {
+	for _, abs := range f.pats {
 		names := []string{abs}
 		if hasMeta(filepath.Base(abs)) {
-			names, _ = filepath.Glob(abs) // the pattern was checked above
+			names, _ = filepath.Glob(abs) // the pattern was checked by splitPath
 		}
 		for _, n := range names {
 			f.addEntry(n)
@@ -305,7 +373,279 @@ func (f *Follower) setup() error {
 		f.openInitial(e, saved)
 	}
 	f.resumeRotated(saved)
+	f.rememberSaved(saved)
+	f.reviewMissing(true)
 	return nil
+}
+
+// splitPath makes p absolute and checks that a pattern is only in its file
+// name and is well formed.
+func splitPath(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", p, err)
+	}
+	if hasMeta(filepath.Dir(abs)) {
+		return "", fmt.Errorf("%s: a pattern may only be in the file name", p)
+	}
+	if _, err := filepath.Match(filepath.Base(abs), ""); err != nil {
+		return "", fmt.Errorf("%s: %w", p, err)
+	}
+	return abs, nil
+}
+
+// CheckPaths checks log paths as `webknock check` reports them: a path
+// whose directory does not exist (most likely a typo), a pattern outside
+// the file name or a bad one, or a path that is not a regular file is an
+// error; a file not there yet in an existing directory (the web server may
+// not have written it), or a glob that matches nothing yet, is a warning.
+// Follow accepts all of them and waits.
+func CheckPaths(paths []string) (errs []error, warnings []string) {
+	for _, p := range paths {
+		abs, err := splitPath(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("log path %w", err))
+			continue
+		}
+		dir := filepath.Dir(abs)
+		fi, err := os.Stat(dir)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			errs = append(errs, fmt.Errorf("log path %s: directory %s does not exist", p, dir))
+			continue
+		case err != nil:
+			errs = append(errs, fmt.Errorf("log path %s: %w", p, err))
+			continue
+		case !fi.IsDir():
+			errs = append(errs, fmt.Errorf("log path %s: %s is not a directory", p, dir))
+			continue
+		}
+		if hasMeta(filepath.Base(abs)) {
+			if m, _ := filepath.Glob(abs); len(m) == 0 {
+				warnings = append(warnings, fmt.Sprintf("log path %s matches no file yet; files that appear are read from their beginning", p))
+			}
+			continue
+		}
+		fi, err = os.Stat(abs)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			warnings = append(warnings, fmt.Sprintf("log file %s does not exist yet (the web server may not have written it); it is read from its beginning once it appears", p))
+		case err != nil:
+			errs = append(errs, fmt.Errorf("log path %s: %w", p, err))
+		case !fi.Mode().IsRegular():
+			errs = append(errs, fmt.Errorf("log path %s: not a regular file (%s)", p, fi.Mode().Type()))
+		}
+	}
+	return errs, warnings
+}
+
+// missingPaths is Follower.Missing for the absolute configured paths pats.
+func missingPaths(pats []string) []string {
+	var out []string
+	add := func(p string) {
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	for _, p := range pats {
+		dir, glob := filepath.Dir(p), hasMeta(filepath.Base(p))
+		switch {
+		case !isDir(dir) && glob:
+			add(dir)
+		case !isDir(dir):
+			add(p)
+		case !glob:
+			if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+				add(p)
+			}
+		}
+	}
+	return out
+}
+
+func isDir(name string) bool {
+	fi, err := os.Stat(name)
+	return err == nil && fi.IsDir()
+}
+
+// existingDir is dir if it is a directory, else its nearest ancestor that is.
+func existingDir(dir string) string {
+	for {
+		if isDir(dir) {
+			return dir
+		}
+		up := filepath.Dir(dir)
+		if up == dir {
+			return dir
+		}
+		dir = up
+	}
+}
+
+// watchDirs watches each configured directory if it exists, else its
+// nearest existing ancestor, and drops watches no longer needed. It returns
+// the directories that came to exist. A directory created while it works is
+// found by looking again once the watch that would report it is in place.
+func (f *Follower) watchDirs() (appeared []string, err error) {
+	for range 100 { // each round goes deeper; a bound against a pathological race
+		changed := false
+		want := map[string]bool{}
+		for _, d := range f.dirOrder {
+			w := existingDir(d)
+			want[w] = true
+			if _, ok := f.watched[w]; !ok {
+				id, err := f.watchDir(w)
+				if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+					changed = true // gone again: look again
+					continue
+				}
+				if err != nil {
+					return appeared, err
+				}
+				f.watched[w] = id
+				changed = true
+			}
+			switch {
+			case w == d && !f.present[d]:
+				f.present[d] = true
+				appeared = append(appeared, d)
+			case w != d && f.present[d]:
+				f.present[d] = false
+				f.log.Warn("log directory gone; waiting for it to come back", keyPath, d)
+			}
+		}
+		for w := range f.watched {
+			if !want[w] {
+				f.unwatch(w)
+			}
+		}
+		if !changed {
+			return appeared, nil
+		}
+	}
+	return appeared, nil
+}
+
+// watchDir watches dir and returns its identity, which the watch is sure
+// to follow (the directory did not change while the watch was added).
+func (f *Follower) watchDir(dir string) (fileID, error) {
+	before, err := os.Stat(dir)
+	if err != nil {
+		return fileID{}, err
+	}
+	if err := f.w.Add(dir); err != nil {
+		return fileID{}, fmt.Errorf("watch %s: %w", dir, err)
+	}
+	after, err := os.Stat(dir)
+	if err == nil && idOf(after) != idOf(before) {
+		err = fmt.Errorf("watch %s: replaced while watched: %w", dir, fs.ErrNotExist)
+	}
+	if err != nil {
+		f.unwatch(dir)
+		return fileID{}, err
+	}
+	return idOf(after), nil
+}
+
+// verifyDirs notices watched directories that were removed or replaced.
+// The kernel does not always say: a removed directory holding a deleted
+// file still open (a log in its grace period) reports no deletion of
+// itself, and its parent may not be watched. Called on every change of
+// names and on the missing-path reminder, whose timer runs in that case
+// (the file is missing too).
+func (f *Follower) verifyDirs() {
+	stale := false
+	for dir, id := range f.watched {
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() || idOf(fi) != id {
+			stale = true
+			f.forgetDir(dir)
+		}
+	}
+	if stale {
+		f.dirsChanged()
+	}
+}
+
+// forgetDir drops the watch of a directory that went away; one that takes
+// its place is new (it appears).
+func (f *Follower) forgetDir(dir string) {
+	if f.present[dir] {
+		f.present[dir] = false
+		f.log.Warn("log directory gone or replaced", keyPath, dir)
+	}
+	f.unwatch(dir)
+}
+
+func (f *Follower) unwatch(dir string) {
+	delete(f.watched, dir)
+	if err := f.w.Remove(dir); err != nil && !errors.Is(err, fsnotify.ErrNonExistentWatch) {
+		f.log.Debug("remove watch", keyPath, dir, "err", err)
+	}
+}
+
+// dirsChanged watches directories again after one appeared or went away,
+// and reads the files in those that appeared from their beginning.
+func (f *Follower) dirsChanged() {
+	appeared, err := f.watchDirs()
+	if err != nil {
+		f.log.Warn("cannot watch log directory; tried again when its parent changes", "err", err)
+	}
+	for _, d := range appeared {
+		f.log.Info("log directory appeared", keyPath, d)
+		for _, p := range f.dirs[d] {
+			full := filepath.Join(d, p)
+			if !hasMeta(p) {
+				f.check(f.addEntry(full))
+				continue
+			}
+			names, _ := filepath.Glob(full)
+			for _, n := range names {
+				f.check(f.addEntry(n))
+			}
+		}
+	}
+}
+
+// leadsToMissing reports whether name is a directory we wait for, or one on
+// the way to it.
+func (f *Follower) leadsToMissing(name string) bool {
+	for _, d := range f.dirOrder {
+		if !f.present[d] && (d == name || strings.HasPrefix(d, name+string(filepath.Separator))) {
+			return true
+		}
+	}
+	return false
+}
+
+// reviewMissing logs paths that appeared (INFO, if they were reported),
+// with report those missing (ERROR), and keeps a timer to report them again
+// while any is missing.
+func (f *Follower) reviewMissing(report bool) {
+	now := missingPaths(f.pats)
+	f.reported = slices.DeleteFunc(f.reported, func(p string) bool {
+		if slices.Contains(now, p) {
+			return false
+		}
+		f.log.Info("log path appeared", keyPath, p)
+		return true
+	})
+	if report {
+		for _, p := range now {
+			f.log.Error("log path does not exist; followed once it appears", keyPath, p)
+		}
+		f.reported = now
+	}
+	switch {
+	case len(now) > 0 && f.missingTimer == nil:
+		f.missingTimer = f.clock.AfterFunc(f.opts.MissingInterval, f.post(func() {
+			f.missingTimer = nil
+			f.verifyDirs()
+			f.reviewMissing(true)
+		}))
+	case len(now) == 0 && f.missingTimer != nil:
+		f.missingTimer.Stop()
+		f.missingTimer = nil
+	}
 }
 
 func hasMeta(s string) bool { return strings.ContainsAny(s, `*?[\`) }
@@ -323,15 +663,15 @@ func (f *Follower) addEntry(name string) *entry {
 // openInitial opens a file present at start and positions it by Start.
 func (f *Follower) openInitial(e *entry, saved []position) {
 	fh, fi, err := openLog(e.name)
-	if errors.Is(err, fs.ErrNotExist) {
-		f.log.Info("log not there yet; read from its beginning once it appears", keyPath, e.name)
-		return
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return // reported by reviewMissing
 	}
 	if err != nil {
 		f.log.Warn("cannot open log; tried again when it changes", keyPath, e.name, "err", err)
 		return
 	}
-	if f.isOpen(idOf(fi)) {
+	id := idOf(fi)
+	if f.openGen(id) != nil {
 		fh.Close()
 		return
 	}
@@ -345,7 +685,9 @@ func (f *Follower) openInitial(e *entry, saved []position) {
 	}
 	if f.opts.Start == StartSaved {
 		ok, why := false, "no saved position"
-		i := slices.IndexFunc(saved, func(p position) bool { return p.Path == e.name && p.Rotated == "" })
+		// By identity, not by name: a glob may show under its own name a
+		// file that was read as another (access.log, now access.log.1).
+		i := slices.IndexFunc(saved, func(p position) bool { return fileID{p.Dev, p.Ino} == id })
 		if i >= 0 {
 			ok, why = resumable(saved[i], fh, fi)
 		}
@@ -364,7 +706,7 @@ func (f *Follower) openInitial(e *entry, saved []position) {
 func (f *Follower) resumeRotated(saved []position) {
 	for _, p := range saved {
 		e := f.entries[p.Path]
-		if p.Rotated == "" || e == nil {
+		if p.Rotated == "" || p.Closed || e == nil {
 			continue
 		}
 		fh, fi, err := openLog(p.Rotated)
@@ -372,7 +714,7 @@ func (f *Follower) resumeRotated(saved []position) {
 			f.log.Info("rotated log gone; its unread rest is lost", keyPath, p.Path, "rotated", p.Rotated, "err", err)
 			continue
 		}
-		if f.isOpen(idOf(fi)) {
+		if f.openGen(idOf(fi)) != nil {
 			fh.Close()
 			continue
 		}
@@ -387,6 +729,42 @@ func (f *Follower) resumeRotated(saved []position) {
 			f.startGrace(g)
 		}
 		f.log.Info("reading the rest of a rotated log", keyPath, p.Path, "rotated", p.Rotated, "offset", p.Offset)
+	}
+}
+
+// rememberSaved keeps the saved positions of files not opened that still
+// exist where they were saved, so that a followed name showing one later
+// goes on from its position.
+func (f *Follower) rememberSaved(saved []position) {
+	for _, p := range saved {
+		id, name := fileID{p.Dev, p.Ino}, p.Path
+		if p.Rotated != "" {
+			name = p.Rotated
+		}
+		if f.openGen(id) != nil || f.closed[id] != nil {
+			continue
+		}
+		if fi, err := os.Stat(name); err != nil || idOf(fi) != id {
+			continue
+		}
+		g := &gen{id: id, off: p.Offset, lineStart: p.Offset, ackOff: p.Offset, name: name, hash: p.FirstLine}
+		f.remember(g)
+	}
+}
+
+// remember adds the closed file g to f.closed, forgetting the oldest beyond maxClosed.
+func (f *Follower) remember(g *gen) {
+	f.closedSeq++
+	g.seq = f.closedSeq
+	f.closed[g.id] = g
+	if len(f.closed) > maxClosed {
+		var oldest *gen
+		for _, c := range f.closed {
+			if oldest == nil || c.seq < oldest.seq {
+				oldest = c
+			}
+		}
+		delete(f.closed, oldest.id)
 	}
 }
 
@@ -428,8 +806,16 @@ func lastLineEnd(r io.ReaderAt, size int64) (int64, error) {
 }
 
 func (f *Follower) newGen(e *entry, fh *os.File, fi os.FileInfo, off int64) *gen {
-	g := &gen{e: e, f: fh, id: idOf(fi), off: off, readable: true, ackOff: off}
-	if off > 0 {
+	g := &gen{id: idOf(fi), off: off, lineStart: off, ackOff: off}
+	f.attach(g, e, fh)
+	return g
+}
+
+// attach makes fh, positioned at g.off, the open file of g as a file of e.
+func (f *Follower) attach(g *gen, e *entry, fh *os.File) {
+	g.e, g.f, g.readable = e, fh, true
+	g.last = 0
+	if g.off > 0 {
 		g.last = '\n' // every start offset is just after a line
 	}
 	g.watch = "/proc/self/fd/" + strconv.FormatUint(uint64(fh.Fd()), 10)
@@ -438,18 +824,41 @@ func (f *Follower) newGen(e *entry, fh *os.File, fi os.FileInfo, off int64) *gen
 	}
 	f.byWatch[g.watch] = g
 	f.scheduleSave()
+}
+
+// reopen takes fh, a file that appeared under e.name, up again where reading
+// it stopped if it is one read and closed before. It returns nil for a file
+// not known.
+func (f *Follower) reopen(e *entry, fh *os.File, fi os.FileInfo) *gen {
+	g := f.closed[idOf(fi)]
+	if g == nil {
+		return nil
+	}
+	delete(f.closed, g.id)
+	p := position{Dev: g.id.Dev, Ino: g.id.Ino, Offset: g.lineStart, FirstLine: g.hash}
+	if ok, why := resumable(p, fh, fi); !ok {
+		f.log.Info("file read before has changed; reading it from its beginning", keyPath, e.name, "reason", why)
+		return nil
+	}
+	g.off, g.partial, g.discard, g.pending = g.lineStart, nil, false, nil
+	g.graceStarted, g.grace, g.expiring = false, nil, false
+	g.name, g.hash = "", ""
+	f.attach(g, e, fh)
+	f.log.Info("file read before appeared under a followed name; reading on from where reading stopped",
+		keyPath, e.name, "offset", g.off)
 	return g
 }
 
-func (f *Follower) isOpen(id fileID) bool {
+// openGen returns the open file with identity id, or nil.
+func (f *Follower) openGen(id fileID) *gen {
 	for _, e := range f.order {
 		for g := range e.all {
 			if g.id == id {
-				return true
+				return g
 			}
 		}
 	}
-	return false
+	return nil
 }
 
 // all yields the files of e, the oldest first.
@@ -513,13 +922,16 @@ func (f *Follower) loop() {
 				}
 			}
 			f.fill()
-			n := 0
+			r := probeResult{partialPeak: f.partialPeak}
 			for _, e := range f.order {
 				for g := range e.all {
-					n += len(g.pending)
+					r.pending += len(g.pending)
+					if g.grace != nil {
+						r.graces++
+					}
 				}
 			}
-			reply <- n
+			reply <- r
 		}
 	}
 }
@@ -540,6 +952,11 @@ func (f *Follower) fill() {
 	}
 	for _, g := range finished {
 		f.closeGen(g)
+		// Its new name may be followed (access.log* matches access.log.1):
+		// it goes on under that name from where reading stopped.
+		if f.closed[g.id] == g && f.followed(g.name) {
+			f.check(f.addEntry(g.name))
+		}
 	}
 }
 
@@ -596,35 +1013,74 @@ func (f *Follower) rewritten(g *gen, from int64) bool {
 	return err != nil || b[0] != g.last
 }
 
-// split appends the whole lines of data, read at g.off, to g.pending.
+// split appends the whole lines of data, read at g.off, to g.pending. Lines
+// longer than MaxLineBytes are skipped and counted, and an unfinished one
+// is buffered only up to that length.
 func (f *Follower) split(g *gen, data []byte) {
 	if len(data) == 0 {
 		return
 	}
+	at := g.off // of data[0]
 	g.off += int64(len(data))
 	g.last = data[len(data)-1]
+	if g.discard {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			return
+		}
+		g.discard = false
+		data, at = data[i+1:], at+int64(i)+1
+		g.lineStart = at
+	}
 	i := bytes.LastIndexByte(data, '\n')
 	if i < 0 {
-		g.partial = append(g.partial, data...)
+		f.keepPartial(g, data)
 		return
 	}
 	// One allocation for all lines of this read; each Text is capped so
 	// that appending to it cannot overwrite the next line.
 	chunk := make([]byte, 0, len(g.partial)+i+1)
 	chunk = append(append(chunk, g.partial...), data[:i+1]...)
-	base := g.off - int64(len(data)) - int64(len(g.partial))
-	g.partial = append(g.partial[:0], data[i+1:]...)
-	if len(g.partial) == 0 && cap(g.partial) > readChunk {
-		g.partial = nil // do not keep the buffer of one long line
-	}
+	base := g.lineStart
+	g.lineStart = at + int64(i) + 1
+	g.partial = g.partial[:0]
 	for pos := 0; pos < len(chunk); {
 		end := pos + bytes.IndexByte(chunk[pos:], '\n')
-		g.pending = append(g.pending, Line{
-			File: g.e.name, Text: chunk[pos:end:end],
-			g: g, epoch: g.epoch, end: base + int64(end) + 1,
-		})
+		if end-pos > MaxLineBytes {
+			f.overlong(g)
+		} else {
+			g.pending = append(g.pending, Line{
+				File: g.e.name, Text: chunk[pos:end:end],
+				g: g, epoch: g.epoch, end: base + int64(end) + 1,
+			})
+		}
 		pos = end + 1
 	}
+	f.keepPartial(g, data[i+1:])
+}
+
+// keepPartial appends data, without a newline, to the unfinished line; past
+// MaxLineBytes the line is dropped and the rest of it skipped.
+func (f *Follower) keepPartial(g *gen, data []byte) {
+	n := len(g.partial) + len(data)
+	if n > MaxLineBytes {
+		g.partial, g.discard = nil, true
+		f.overlong(g)
+		return
+	}
+	if n > cap(g.partial) {
+		// Grown by hand: append's doubling could pass the limit.
+		p := make([]byte, len(g.partial), min(MaxLineBytes, max(n, 2*cap(g.partial), 512)))
+		copy(p, g.partial)
+		g.partial = p
+	}
+	g.partial = append(g.partial, data...)
+	f.partialPeak = max(f.partialPeak, cap(g.partial))
+}
+
+func (f *Follower) overlong(g *gen) {
+	f.count(g.e.name, func(s *FileStats) { s.Overlong++ })
+	f.log.Debug("line longer than MaxLineBytes skipped", keyPath, g.e.name, "max", MaxLineBytes)
 }
 
 func (f *Follower) truncated(g *gen) {
@@ -632,7 +1088,7 @@ func (f *Follower) truncated(g *gen) {
 	if len(g.partial) > 0 {
 		f.log.Warn("unfinished line lost to truncation", keyPath, g.e.name, "bytes", len(g.partial))
 	}
-	g.off, g.last, g.partial = 0, 0, nil
+	g.off, g.lineStart, g.last, g.partial, g.discard = 0, 0, 0, nil, false
 	g.epoch++
 	f.ackMu.Lock()
 	g.ackEpoch, g.ackOff = g.epoch, 0
@@ -655,8 +1111,17 @@ func (f *Follower) handle(ev fsnotify.Event) {
 		// Deletion shows on the inode as a change of attributes (link count).
 		if ev.Has(fsnotify.Rename) || ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Chmod) {
 			f.check(g.e)
+			f.verifyDirs()
+			f.reviewMissing(false)
 		}
 		return
+	}
+	structural := ev.Has(fsnotify.Create) || ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename)
+	if structural {
+		defer func() {
+			f.verifyDirs()
+			f.reviewMissing(false)
+		}()
 	}
 	if e := f.entries[name]; e != nil {
 		// Writes are seen on the inode; the directory tells what the name holds.
@@ -665,13 +1130,26 @@ func (f *Follower) handle(ev fsnotify.Event) {
 		}
 		return
 	}
-	if _, ok := f.dirs[name]; ok && (ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename)) {
-		f.log.Warn("log directory gone; files created in it are no longer seen", keyPath, name)
+	if !structural {
+		return
+	}
+	if _, ok := f.watched[name]; ok && (ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename)) {
+		f.forgetDir(name)
+		f.dirsChanged()
+		return
+	}
+	if f.leadsToMissing(name) {
+		f.dirsChanged()
 		return
 	}
 	if ev.Has(fsnotify.Create) && f.matches(name) {
 		f.check(f.addEntry(name))
 	}
+}
+
+// followed reports whether name is a configured path or matches a glob.
+func (f *Follower) followed(name string) bool {
+	return name != "" && (f.entries[name] != nil || f.matches(name))
 }
 
 func (f *Follower) matches(name string) bool {
@@ -689,7 +1167,7 @@ func (f *Follower) matches(name string) bool {
 // previous one is read for the grace period.
 func (f *Follower) check(e *entry) {
 	fh, fi, err := openLog(e.name)
-	if errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		if e.cur != nil {
 			f.log.Info("log moved or deleted; still read until a new one appears and the grace period ends", keyPath, e.name)
 			f.retire(e)
@@ -700,8 +1178,7 @@ func (f *Follower) check(e *entry) {
 		f.log.Warn("cannot open log; tried again when it changes", keyPath, e.name, "err", err)
 		return
 	}
-	id := idOf(fi)
-	if f.isOpen(id) { // the same file, or one followed under another name
+	if f.openGen(idOf(fi)) != nil { // the same file, or one followed under another name
 		fh.Close()
 		return
 	}
@@ -712,12 +1189,18 @@ func (f *Follower) check(e *entry) {
 	for _, g := range e.old {
 		f.startGrace(g)
 	}
-	e.cur = f.newGen(e, fh, fi, 0)
-	if rotated {
+	known := f.reopen(e, fh, fi)
+	if known != nil {
+		e.cur = known
+	} else {
+		e.cur = f.newGen(e, fh, fi, 0)
+	}
+	switch {
+	case rotated:
 		f.count(e.name, func(s *FileStats) { s.Rotations++ })
 		f.rotated(e.name)
 		f.log.Info("log rotated; reading the new file, and the old one for the grace period", keyPath, e.name, "grace", f.opts.Grace)
-	} else {
+	case known == nil:
 		f.log.Info("log appeared; reading it from its beginning", keyPath, e.name)
 	}
 }
@@ -746,6 +1229,13 @@ func (f *Follower) closeGen(g *gen) {
 	e := g.e
 	if len(g.partial) > 0 {
 		f.log.Warn("unfinished last line of rotated log dropped", keyPath, e.name, "bytes", len(g.partial))
+	}
+	// Remembered while it exists, so that it is never read again from its start.
+	if target, err := os.Readlink(g.watch); err == nil && !strings.HasSuffix(target, " (deleted)") {
+		if h, err := firstLineHash(g.f); err == nil {
+			g.name, g.hash, g.partial = target, h, nil
+			f.remember(g)
+		}
 	}
 	if err := f.w.Remove(g.watch); err != nil && !errors.Is(err, fsnotify.ErrNonExistentWatch) {
 		f.log.Debug("remove watch", keyPath, e.name, "err", err)
@@ -795,6 +1285,22 @@ func (f *Follower) save() error {
 			}
 		}
 	}
+	// Closed files are forgotten once their name no longer shows them.
+	var closed []*gen
+	for id, g := range f.closed {
+		if fi, err := os.Stat(g.name); err != nil || idOf(fi) != id {
+			delete(f.closed, id)
+			continue
+		}
+		closed = append(closed, g)
+	}
+	slices.SortFunc(closed, func(a, b *gen) int { return cmp.Compare(a.seq, b.seq) })
+	for _, g := range closed {
+		f.ackMu.Lock()
+		off := g.ackOff
+		f.ackMu.Unlock()
+		ps = append(ps, position{Path: g.name, Dev: g.id.Dev, Ino: g.id.Ino, Offset: off, FirstLine: g.hash, Closed: true})
+	}
 	return savePositions(f.opts.StateDir, ps)
 }
 
@@ -827,6 +1333,8 @@ func (f *Follower) watchError(err error) {
 	}
 	// Events were lost: look at every name and file again.
 	f.log.Warn("file events overflowed; checking every log")
+	f.verifyDirs()
+	f.dirsChanged()
 	for dir, pats := range f.dirs {
 		for _, p := range pats {
 			if hasMeta(p) {
@@ -843,6 +1351,7 @@ func (f *Follower) watchError(err error) {
 			g.readable = true
 		}
 	}
+	f.reviewMissing(false)
 }
 
 func (f *Follower) count(name string, inc func(*FileStats)) {
@@ -858,6 +1367,10 @@ func (f *Follower) shutdown() error {
 	if f.saveTimer != nil {
 		f.saveTimer.Stop()
 		f.saveTimer = nil
+	}
+	if f.missingTimer != nil {
+		f.missingTimer.Stop()
+		f.missingTimer = nil
 	}
 	err := f.save()
 	f.closeFiles()

@@ -24,9 +24,10 @@ const waitFor = 10 * time.Second
 
 // fakeClock runs scheduled functions when the test advances it.
 type fakeClock struct {
-	mu     sync.Mutex
-	now    time.Duration
-	timers []*fakeTimer
+	mu      sync.Mutex
+	now     time.Duration
+	timers  []*fakeTimer
+	changed chan struct{} // closed (and replaced) when a timer is added
 }
 
 type fakeTimer struct {
@@ -40,7 +41,34 @@ func (c *fakeClock) AfterFunc(d time.Duration, fn func()) Timer {
 	defer c.mu.Unlock()
 	t := &fakeTimer{c: c, at: c.now + d, fn: fn}
 	c.timers = append(c.timers, t)
+	if c.changed != nil {
+		close(c.changed)
+		c.changed = nil
+	}
 	return t
+}
+
+// waitPending waits until n functions are scheduled.
+func (c *fakeClock) waitPending(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.After(waitFor)
+	for {
+		c.mu.Lock()
+		if len(c.timers) == n {
+			c.mu.Unlock()
+			return
+		}
+		if c.changed == nil {
+			c.changed = make(chan struct{})
+		}
+		ch := c.changed
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-deadline:
+			t.Fatalf("%d timers pending after %v, want %d", c.Pending(), waitFor, n)
+		}
+	}
 }
 
 func (t *fakeTimer) Stop() bool {
@@ -145,28 +173,36 @@ func expect(t *testing.T, f *Follower, want ...string) []Line {
 
 // quiet asserts that once the follower has read all it can, no line is
 // waiting to be delivered.
-func quiet(t *testing.T, f *Follower) {
+func quiet(t *testing.T, f *Follower) probeResult {
 	t.Helper()
-	reply := make(chan int, 1)
-	select {
-	case f.probe <- reply:
-	case <-time.After(waitFor):
-		t.Fatal("follower loop does not answer")
-	}
-	var n int
-	select {
-	case n = <-reply:
-	case <-time.After(waitFor):
-		t.Fatal("follower loop does not answer")
-	}
+	r := probeFollower(t, f)
 	select {
 	case l := <-f.Lines():
 		t.Fatalf("unexpected line %q from %s", l.Text, l.File)
 	default:
 	}
-	if n != 0 {
-		t.Fatalf("%d lines not delivered, want none", n)
+	if r.pending != 0 {
+		t.Fatalf("%d lines not delivered, want none", r.pending)
 	}
+	return r
+}
+
+// probeFollower makes the follower read all it can and report what it holds.
+func probeFollower(t *testing.T, f *Follower) probeResult {
+	t.Helper()
+	reply := make(chan probeResult, 1)
+	select {
+	case f.probe <- reply:
+	case <-time.After(waitFor):
+		t.Fatal("follower loop does not answer")
+	}
+	select {
+	case r := <-reply:
+		return r
+	case <-time.After(waitFor):
+		t.Fatal("follower loop does not answer")
+	}
+	return probeResult{}
 }
 
 func write(t *testing.T, w *os.File, lines ...string) {
@@ -230,14 +266,16 @@ func TestFollowLines(t *testing.T) {
 	write(t, w, "tial\n")
 	expect(t, f, "partial")
 
-	// Lines of any length arrive whole, and the next one normally.
+	// Lines up to MaxLineBytes arrive whole; a longer one is skipped and
+	// counted, and the next one arrives normally.
+	max := strings.Repeat("0123456789", MaxLineBytes/10) + strings.Repeat("x", MaxLineBytes%10)
 	long := strings.Repeat("0123456789", 20_000)
-	write(t, w, long+"\n", "after\n")
-	expect(t, f, long, "after")
+	write(t, w, max+"\n", long+"\n", "after\n")
+	expect(t, f, max, "after")
 	quiet(t, f)
 
-	if s := f.Stats(); s.Lines != 7 || s.Files[name].Lines != 7 {
-		t.Errorf("Stats = %+v, want 7 lines", s)
+	if s := f.Stats(); s.Lines != 7 || s.Files[name].Lines != 7 || s.Overlong != 1 || s.Files[name].Overlong != 1 {
+		t.Errorf("Stats = %+v, want 7 lines, 1 overlong", s)
 	}
 }
 
@@ -394,8 +432,11 @@ func TestFollowDeleteRecreate(t *testing.T) {
 	}
 	write(t, w1, "a2\n")
 	expect(t, f, "a2")
-	if n := clk.Pending(); n != 0 {
-		t.Errorf("%d timers pending before a new file appeared, want none", n)
+	if n := quiet(t, f).graces; n != 0 {
+		t.Errorf("%d grace periods running before a new file appeared, want none", n)
+	}
+	if m := f.Missing(); !slices.Equal(m, []string{name}) {
+		t.Errorf("Missing() = %q, want %q", m, name)
 	}
 
 	writeFile(t, name, "b1\nb2\n")
@@ -742,12 +783,482 @@ func TestFollowOptionsErrors(t *testing.T) {
 		{Start: StartEnd},
 		{Paths: []string{filepath.Join(dir, "*", "a.log")}, Start: StartEnd},
 		{Paths: []string{filepath.Join(dir, "[.log")}, Start: StartEnd},
-		{Paths: []string{filepath.Join(dir, "missing", "a.log")}, Start: StartEnd},
 		{Paths: []string{filepath.Join(dir, "a.log")}, Start: StartEnd, Grace: -time.Second},
+		{Paths: []string{filepath.Join(dir, "a.log")}, Start: StartEnd, MissingInterval: -time.Second},
 	} {
 		if f, err := Follow(t.Context(), o); err == nil {
 			f.Close()
 			t.Errorf("Follow(%+v) = nil error, want one", o)
+		}
+	}
+}
+
+// TestFollowOverlongBounded: 20 MB without a newline is skipped, never
+// buffered beyond MaxLineBytes, counted as one overlong line; the line
+// after its newline arrives normally. A line of exactly MaxLineBytes, written
+// in pieces, still arrives whole.
+func TestFollowOverlongBounded(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "access.log")
+	w := appendLog(t, name)
+	f, _ := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd})
+
+	piece := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB
+	for range 20 {
+		write(t, w, piece)
+		quiet(t, f) // read while it is written
+	}
+	if r := quiet(t, f); r.partialPeak > MaxLineBytes {
+		t.Errorf("unfinished-line buffer grew to %d bytes, want at most %d", r.partialPeak, MaxLineBytes)
+	}
+	if s := f.Stats(); s.Overlong != 1 || s.Files[name].Overlong != 1 || s.Lines != 0 {
+		t.Errorf("Stats = %+v, want 1 overlong line, none delivered", s)
+	}
+	write(t, w, "still the same line\n", "next\n")
+	expect(t, f, "next")
+
+	exact := strings.Repeat("x", MaxLineBytes)
+	for i := 0; i < len(exact); i += 20_000 {
+		write(t, w, exact[i:min(i+20_000, len(exact))])
+		quiet(t, f)
+	}
+	write(t, w, "\n", "after\n")
+	expect(t, f, exact, "after")
+	r := quiet(t, f)
+	if r.partialPeak > MaxLineBytes {
+		t.Errorf("unfinished-line buffer grew to %d bytes, want at most %d", r.partialPeak, MaxLineBytes)
+	}
+	if s := f.Stats(); s.Overlong != 1 || s.Lines != 3 {
+		t.Errorf("Stats = %+v, want 1 overlong, 3 lines", s)
+	}
+}
+
+// logBuffer collects a follower's log for assertions.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(lockedWriter{&l.mu, &l.b}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+// count counts the lines of the log that contain every one of subs.
+func (l *logBuffer) count(subs ...string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for line := range strings.Lines(l.b.String()) {
+		if !slices.ContainsFunc(subs, func(s string) bool { return !strings.Contains(line, s) }) {
+			n++
+		}
+	}
+	return n
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestFollowMissingPaths: a file or directory that does not exist does not
+// make Follow fail; it is reported (ERROR, again every MissingInterval,
+// Missing), watched through its nearest existing ancestor, and read from
+// its beginning once it appears, also after it went away again. No timer
+// runs once nothing is missing.
+func TestFollowMissingPaths(t *testing.T) {
+	base := t.TempDir()
+	deep := filepath.Join(base, "a", "b", "access.log") // directories missing
+	glob := filepath.Join(base, "c", "*.log")           // its directory missing
+	later := filepath.Join(base, "later.log")           // file missing
+	empty := filepath.Join(base, "*.none")              // matches nothing: not missing
+	var logs logBuffer
+	f, clk := follow(t, FollowOptions{Paths: []string{deep, glob, later, empty}, Start: StartEnd, Logger: logs.logger()})
+
+	wantMissing := func(want ...string) {
+		t.Helper()
+		if got := f.Missing(); !slices.Equal(got, want) {
+			t.Errorf("Missing() = %q, want %q", got, want)
+		}
+	}
+	wantErrors := func(n int, paths ...string) {
+		t.Helper()
+		for _, p := range paths {
+			if got := logs.count("level=ERROR", "path="+p); got != n {
+				t.Errorf("%d errors logged for %s, want %d; log:\n%s", got, p, n, logs.String())
+			}
+		}
+	}
+	wantMissing(deep, filepath.Dir(glob), later)
+	wantErrors(1, deep, filepath.Dir(glob), later)
+	quiet(t, f)
+	if n := clk.Pending(); n != 1 {
+		t.Errorf("%d timers pending, want 1 (the reminder)", n)
+	}
+	clk.Advance(defaultMissingInterval)
+	quiet(t, f)
+	wantErrors(2, deep, filepath.Dir(glob), later)
+
+	// Directories created one by one, then the file: read from its beginning.
+	if err := os.Mkdir(filepath.Join(base, "a"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(base, "a", "b"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, deep, "d1\nd2\n")
+	if l := expect(t, f, "d1", "d2")[0]; l.File != deep {
+		t.Errorf("File = %q, want %q", l.File, deep)
+	}
+	wantMissing(filepath.Dir(glob), later)
+	if n := logs.count("level=INFO", "log path appeared", "path="+deep); n != 1 {
+		t.Errorf("%d INFO lines for %s appearing, want 1; log:\n%s", n, deep, logs.String())
+	}
+
+	// A directory created with its file already in it (mkdir -p, then mv).
+	tmp := filepath.Join(t.TempDir(), "c")
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(tmp, "x.log"), "x1\n")
+	if err := os.Rename(tmp, filepath.Dir(glob)); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, f, "x1")
+	writeFile(t, later, "l1\n")
+	expect(t, f, "l1")
+	wantMissing()
+	quiet(t, f)
+	if n := clk.Pending(); n != 0 {
+		t.Errorf("%d timers pending with nothing missing, want none", n)
+	}
+	clk.Advance(defaultMissingInterval)
+	quiet(t, f)
+	wantErrors(2, deep, filepath.Dir(glob), later)
+
+	// Gone again, and back.
+	if err := os.RemoveAll(filepath.Join(base, "a")); err != nil {
+		t.Fatal(err)
+	}
+	wantMissing(deep)
+	if err := os.MkdirAll(filepath.Dir(deep), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, deep, "d3\n")
+	expect(t, f, "d3")
+	quiet(t, f)
+}
+
+// TestFollowMissingInterval: the reminder follows MissingInterval.
+func TestFollowMissingInterval(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "nginx", "access.log")
+	var logs logBuffer
+	f, clk := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd, MissingInterval: time.Hour, Logger: logs.logger()})
+	clk.Advance(time.Hour - time.Second)
+	quiet(t, f)
+	if n := logs.count("level=ERROR", name); n != 1 {
+		t.Errorf("%d errors before the interval, want 1", n)
+	}
+	clk.Advance(time.Second)
+	quiet(t, f)
+	if n := logs.count("level=ERROR", name); n != 2 {
+		t.Errorf("%d errors after the interval, want 2", n)
+	}
+}
+
+func TestCheckPaths(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "access.log"), "")
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path          string
+		errs, warning bool
+	}{
+		{filepath.Join(dir, "access.log"), false, false},
+		{filepath.Join(dir, "*.log"), false, false},
+		{filepath.Join(dir, "other.log"), false, true}, // not written yet
+		{filepath.Join(dir, "*.none"), false, true},    // matches nothing yet
+		{filepath.Join(dir, "ngnix", "acess.log"), true, false},
+		{filepath.Join(dir, "ngnix", "*.log"), true, false},
+		{filepath.Join(dir, "access.log", "x.log"), true, false}, // not a directory
+		{filepath.Join(dir, "sub"), true, false},                 // not a file
+		{filepath.Join(dir, "*", "access.log"), true, false},
+		{filepath.Join(dir, "[.log"), true, false},
+	} {
+		errs, warnings := CheckPaths([]string{tc.path})
+		if (len(errs) > 0) != tc.errs || (len(warnings) > 0) != tc.warning {
+			t.Errorf("CheckPaths(%q) = %v, %q; want errors %v, warnings %v", tc.path, errs, warnings, tc.errs, tc.warning)
+		}
+		for _, err := range errs {
+			if !strings.Contains(err.Error(), tc.path) {
+				t.Errorf("CheckPaths(%q): error %q does not name the path", tc.path, err)
+			}
+		}
+	}
+}
+
+// TestFollowGlobRotation: with a glob that also matches rotated names, a
+// rotated file is read once: after its grace period it goes on under its
+// new name from where reading stopped, through two rotations.
+func TestFollowGlobRotation(t *testing.T) {
+	dir := t.TempDir()
+	name := filepath.Join(dir, "access.log")
+	writeFile(t, name, "a1\na2\n")
+	f, clk := follow(t, FollowOptions{Paths: []string{name + "*"}, Start: StartBeginning})
+	expect(t, f, "a1", "a2")
+	w1 := appendLog(t, name)
+
+	collect := func(n int) map[string]string { // text → file
+		t.Helper()
+		got := map[string]string{}
+		for range n {
+			l := recv(t, f)
+			if _, dup := got[string(l.Text)]; dup {
+				t.Fatalf("line %q delivered twice", l.Text)
+			}
+			got[string(l.Text)] = filepath.Base(l.File)
+		}
+		quiet(t, f)
+		return got
+	}
+
+	if err := os.Rename(name, name+".1"); err != nil {
+		t.Fatal(err)
+	}
+	w2 := appendLog(t, name)
+	write(t, w1, "o1\n")
+	write(t, w2, "n1\n")
+	if got := collect(2); !reflectEqual(got, map[string]string{"o1": "access.log", "n1": "access.log"}) {
+		t.Errorf("lines = %v, want o1 and n1 as access.log", got)
+	}
+	clk.Advance(defaultGrace)
+	quiet(t, f)
+	write(t, w1, "o2\n")
+	if l := expect(t, f, "o2")[0]; l.File != name+".1" {
+		t.Errorf("File = %q, want %q", l.File, name+".1")
+	}
+	quiet(t, f)
+
+	// A second rotation: access.log.1 → .2, access.log → .1.
+	if err := os.Rename(name+".1", name+".2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(name, name+".1"); err != nil {
+		t.Fatal(err)
+	}
+	w3 := appendLog(t, name)
+	write(t, w1, "o3\n")
+	write(t, w2, "n2\n")
+	write(t, w3, "m1\n")
+	collect(3)
+	clk.Advance(defaultGrace)
+	quiet(t, f)
+	clk.Advance(defaultGrace) // the older file's grace may have started with the other's end
+	quiet(t, f)
+	write(t, w1, "o4\n")
+	write(t, w2, "n3\n")
+	write(t, w3, "m2\n")
+	if got := collect(3); !reflectEqual(got, map[string]string{"o4": "access.log.2", "n3": "access.log.1", "m2": "access.log"}) {
+		t.Errorf("lines = %v, want o4 from access.log.2, n3 from access.log.1, m2 from access.log", got)
+	}
+	if s := f.Stats(); s.Lines != 11 {
+		t.Errorf("Lines = %d, want 11 (each once)", s.Lines)
+	}
+}
+
+// TestFollowDirectoryReplaced: the directory of a log is removed while its
+// deleted log is still open, and made again. The kernel reports nothing (the
+// open file keeps the directory's deletion from being reported, and its
+// parent is not watched); the missing-path reminder finds the new directory.
+func TestFollowDirectoryReplaced(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nginx")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	name := filepath.Join(dir, "access.log")
+	w := appendLog(t, name)
+	f, clk := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd})
+	write(t, w, "a1\n")
+	expect(t, f, "a1")
+
+	if err := os.Remove(name); err != nil {
+		t.Fatal(err)
+	}
+	clk.waitPending(t, 1) // the follower saw the log go: the reminder runs
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, name, "b1\n")
+	clk.Advance(defaultMissingInterval)
+	expect(t, f, "b1")
+
+	// The new directory is watched: a file replacing the log is seen.
+	if err := os.Remove(name); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, name, "c1\n")
+	expect(t, f, "c1")
+	write(t, w, "a2\n") // the first file, still in its grace period
+	expect(t, f, "a2")
+	quiet(t, f)
+}
+
+// TestFollowGlobRestart: with start saved and a glob that matches rotated
+// names, a restart during a grace period, and one after it, go on in the
+// rotated file from the last acknowledged line: what was written to it
+// meanwhile is delivered once, nothing before it again.
+func TestFollowGlobRestart(t *testing.T) {
+	state := t.TempDir()
+	dir := t.TempDir()
+	name := filepath.Join(dir, "access.log")
+	w1 := appendLog(t, name)
+	write(t, w1, "before\n")
+	o := FollowOptions{Paths: []string{name + "*"}, Start: StartSaved, StateDir: state}
+
+	f1, _ := follow(t, o)
+	write(t, w1, "l1\n")
+	f1.Ack(expect(t, f1, "l1")[0])
+	if err := os.Rename(name, name+".1"); err != nil {
+		t.Fatal(err)
+	}
+	w2 := appendLog(t, name)
+	write(t, w1, "o1\n")
+	f1.Ack(expect(t, f1, "o1")[0])
+	write(t, w2, "n1\n")
+	f1.Ack(expect(t, f1, "n1")[0])
+	if err := f1.Close(); err != nil { // within the grace period
+		t.Fatal(err)
+	}
+
+	write(t, w1, "o2\n")
+	write(t, w2, "n2\n")
+	f2, clk := follow(t, o)
+	got := map[string]string{}
+	for range 2 {
+		l := recv(t, f2)
+		got[string(l.Text)] = filepath.Base(l.File)
+		f2.Ack(l)
+	}
+	if want := map[string]string{"o2": "access.log.1", "n2": "access.log"}; !reflectEqual(got, want) {
+		t.Errorf("after a restart in the grace period: lines = %v, want %v", got, want)
+	}
+	quiet(t, f2)
+	clk.Advance(defaultGrace)
+	quiet(t, f2)
+	write(t, w1, "o3\n")
+	f2.Ack(expect(t, f2, "o3")[0])
+	if err := f2.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	write(t, w1, "o4\n")
+	f3, _ := follow(t, o)
+	if l := expect(t, f3, "o4")[0]; l.File != name+".1" {
+		t.Errorf("File = %q, want %q", l.File, name+".1")
+	}
+	quiet(t, f3)
+}
+
+// TestFollowClosedFileRemembered: a rotated file read to its end and
+// closed (no followed name shows it) is remembered in the positions; when
+// the configuration changes to a glob that matches it, it goes on from
+// there, neither from its start nor from its end.
+func TestFollowClosedFileRemembered(t *testing.T) {
+	state := t.TempDir()
+	name := filepath.Join(t.TempDir(), "access.log")
+	w1 := appendLog(t, name)
+	write(t, w1, "before\n")
+	f1, clk := follow(t, FollowOptions{Paths: []string{name}, Start: StartSaved, StateDir: state})
+	write(t, w1, "o1\n")
+	f1.Ack(expect(t, f1, "o1")[0])
+	if err := os.Rename(name, name+".1"); err != nil {
+		t.Fatal(err)
+	}
+	w2 := appendLog(t, name)
+	write(t, w2, "n1\n")
+	f1.Ack(expect(t, f1, "n1")[0])
+	clk.Advance(defaultGrace) // access.log.1 is closed
+	quiet(t, f1)
+	write(t, w1, "late\n") // not followed: nobody reads it now
+	quiet(t, f1)
+	if err := f1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := loadPositions(state)
+	if err != nil || len(ps) != 2 || !ps[1].Closed || ps[1].Path != name+".1" || ps[1].Offset != int64(len("before\no1\n")) {
+		t.Fatalf("positions = %+v, %v, want access.log and the closed access.log.1 at %d", ps, err, len("before\no1\n"))
+	}
+
+	f2, _ := follow(t, FollowOptions{Paths: []string{name + "*"}, Start: StartSaved, StateDir: state})
+	if l := expect(t, f2, "late")[0]; l.File != name+".1" {
+		t.Errorf("File = %q, want %q", l.File, name+".1")
+	}
+	quiet(t, f2)
+}
+
+// TestFollowForgetsGoneFiles: a closed file is remembered only while it
+// exists; the positions file does not grow with every rotation.
+func TestFollowForgetsGoneFiles(t *testing.T) {
+	state := t.TempDir()
+	name := filepath.Join(t.TempDir(), "access.log")
+	w := appendLog(t, name)
+	f, clk := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd, StateDir: state})
+	closed := func() (n int) { // in the positions saved now
+		t.Helper()
+		quiet(t, f) // the save is scheduled
+		clk.Advance(saveDelay)
+		quiet(t, f) // and done
+		ps, err := loadPositions(state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ps {
+			if p.Closed {
+				n++
+			}
+		}
+		return n
+	}
+	for i := range 3 {
+		if err := os.Rename(name, name+".1"); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		w = appendLog(t, name)
+		write(t, w, fmt.Sprintf("n%d\n", i))
+		f.Ack(expect(t, f, fmt.Sprintf("n%d", i))[0])
+		clk.Advance(defaultGrace)
+		quiet(t, f)
+		if n := closed(); n != 1 {
+			t.Errorf("rotation %d: %d closed files remembered, want 1 (the one now at access.log.1)", i, n)
+		}
+	}
+	if err := os.Remove(name + ".1"); err != nil {
+		t.Fatal(err)
+	}
+	write(t, w, "x\n")
+	f.Ack(expect(t, f, "x")[0])
+	if n := closed(); n != 0 {
+		t.Errorf("%d closed files remembered after the last was deleted, want none", n)
+	}
+}
+
+func TestRememberBounded(t *testing.T) {
+	f := &Follower{closed: map[fileID]*gen{}}
+	for i := range maxClosed + 5 {
+		f.remember(&gen{id: fileID{Dev: 1, Ino: uint64(i)}})
+	}
+	if len(f.closed) != maxClosed {
+		t.Errorf("%d closed files remembered, want %d", len(f.closed), maxClosed)
+	}
+	for i := range 5 {
+		if f.closed[fileID{Dev: 1, Ino: uint64(i)}] != nil {
+			t.Errorf("file %d of the oldest still remembered", i)
 		}
 	}
 }

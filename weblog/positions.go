@@ -8,13 +8,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/webknock/webknock/internal/statedir"
 )
 
 // positionsFile is the name of the positions file in the state directory.
 const positionsFile = "positions.json"
+
+// maxPositionsBytes bounds what is read of the positions file: an entry is
+// about 250 bytes, and there are at most a few per followed file plus
+// maxClosed remembered ones.
+const maxPositionsBytes = 4 << 20
 
 // firstLineMax bounds how much of a first line is hashed: enough to tell two
 // access logs apart (a timestamp and a client are in every line), and a
@@ -45,6 +53,10 @@ type position struct {
 	// Rotated is where a file that no longer holds Path was at save time
 	// (access.log.1): its rest is read after a restart during a grace period.
 	Rotated string `json:"rotated,omitempty"`
+	// Closed marks a file read and closed whose name (Path) was followed by
+	// none of the paths: remembered so that if a followed name shows it
+	// later (a glob, a changed configuration) it goes on from Offset.
+	Closed bool `json:"closed,omitempty"`
 }
 
 type positionsDoc struct {
@@ -52,16 +64,17 @@ type positionsDoc struct {
 	Files   []position `json:"files"`
 }
 
-// loadPositions reads dir/positions.json. A missing file is no positions and
-// no error.
+// loadPositions reads dir/positions.json through statedir, which refuses a
+// file another user could have written (errors.Is statedir.ErrUntrusted). A
+// missing file is no positions and no error.
 func loadPositions(dir string) ([]position, error) {
 	name := filepath.Join(dir, positionsFile)
-	b, err := os.ReadFile(name)
-	if errors.Is(err, os.ErrNotExist) {
+	b, err := statedir.ReadFile(name, maxPositionsBytes)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("load positions: %w", err)
 	}
 	var doc positionsDoc
 	if err := json.Unmarshal(b, &doc); err != nil {
@@ -73,47 +86,29 @@ func loadPositions(dir string) ([]position, error) {
 	return doc.Files, nil
 }
 
-// savePositions replaces dir/positions.json so that a crash at any moment
-// leaves either the old or the new file: write a temporary file, sync it,
-// rename it over the old one, sync the directory that records the rename.
-func savePositions(dir string, ps []position) (err error) {
+// savePositions replaces dir/positions.json atomically (statedir.WriteFile).
+func savePositions(dir string, ps []position) error {
 	if ps == nil {
 		ps = []position{}
 	}
 	b, err := json.MarshalIndent(positionsDoc{Version: 1, Files: ps}, "", "  ")
 	if err != nil {
+		return fmt.Errorf("save positions: %w", err)
+	}
+	return statedir.WriteFile(filepath.Join(dir, positionsFile), append(b, '\n'))
+}
+
+// CheckState reports what would make Follow refuse stateDir's saved
+// positions: a positions file another user could have written, or a link
+// (errors.Is statedir.ErrUntrusted). It changes nothing. An unreadable or
+// corrupt positions file is not an error: Follow warns and starts every file
+// at its end.
+func CheckState(stateDir string) error {
+	if stateDir == "" {
+		return nil
+	}
+	if _, err := loadPositions(stateDir); errors.Is(err, statedir.ErrUntrusted) {
 		return err
-	}
-	b = append(b, '\n')
-	tmp, err := os.CreateTemp(dir, ".positions-*.tmp")
-	if err != nil {
-		return fmt.Errorf("save positions: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err = tmp.Write(b); err != nil {
-		return fmt.Errorf("save positions: %w", err)
-	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("save positions: %w", err)
-	}
-	if err = tmp.Close(); err != nil {
-		return fmt.Errorf("save positions: %w", err)
-	}
-	if err = os.Rename(tmp.Name(), filepath.Join(dir, positionsFile)); err != nil {
-		return fmt.Errorf("save positions: %w", err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("save positions: %w", err)
-	}
-	defer d.Close()
-	if err = d.Sync(); err != nil {
-		return fmt.Errorf("save positions: sync %s: %w", dir, err)
 	}
 	return nil
 }

@@ -1,11 +1,14 @@
 package weblog
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/webknock/webknock/internal/statedir"
 )
 
 func TestPositionsRoundTrip(t *testing.T) {
@@ -119,5 +122,99 @@ func TestResumable(t *testing.T) {
 				t.Errorf("resumable(%+v) = %v (%s), want %v", p, got, why, tc.want)
 			}
 		})
+	}
+}
+
+// TestPositionsUntrusted: a positions file another user could have written
+// makes Follow fail, whatever the start mode, before anything is followed,
+// and CheckState reports the same; a corrupt or oversized one only makes
+// every file start at its end.
+func TestPositionsUntrusted(t *testing.T) {
+	skipUnlessLinux(t)
+	good := `{"version":1,"files":[]}`
+	for _, tc := range []struct {
+		name      string
+		make      func(t *testing.T, file string)
+		untrusted bool
+	}{
+		{"missing", func(*testing.T, string) {}, false},
+		{"ours", func(t *testing.T, file string) { writeMode(t, file, good, 0o600) }, false},
+		{"group-writable", func(t *testing.T, file string) { writeMode(t, file, good, 0o620) }, true},
+		{"world-writable", func(t *testing.T, file string) { writeMode(t, file, good, 0o606) }, true},
+		{"symbolic link", func(t *testing.T, file string) {
+			other := filepath.Join(t.TempDir(), "other.json")
+			writeMode(t, other, good, 0o600)
+			if err := os.Symlink(other, file); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"directory", func(t *testing.T, file string) {
+			if err := os.Mkdir(file, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"corrupt", func(t *testing.T, file string) { writeMode(t, file, `{"version":1,"fi`, 0o600) }, false},
+		{"oversized", func(t *testing.T, file string) {
+			writeMode(t, file, good+strings.Repeat(" ", maxPositionsBytes), 0o600)
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			state := t.TempDir()
+			tc.make(t, filepath.Join(state, positionsFile))
+			err := CheckState(state)
+			if got := errors.Is(err, statedir.ErrUntrusted); got != tc.untrusted || (err != nil) != tc.untrusted {
+				t.Errorf("CheckState = %v, want untrusted = %v", err, tc.untrusted)
+			}
+			name := filepath.Join(t.TempDir(), "access.log")
+			for _, start := range []string{StartSaved, StartEnd} {
+				f, err := Follow(t.Context(), FollowOptions{Paths: []string{name}, Start: start, StateDir: state, Clock: &fakeClock{}})
+				if err == nil {
+					f.Close()
+				}
+				if got := errors.Is(err, statedir.ErrUntrusted); got != tc.untrusted || (err != nil) != tc.untrusted {
+					t.Errorf("Follow(start %s) = %v, want untrusted = %v", start, err, tc.untrusted)
+				}
+			}
+		})
+	}
+	if err := CheckState(""); err != nil {
+		t.Errorf(`CheckState("") = %v, want nil`, err)
+	}
+}
+
+// TestPositionsSavedThroughStatedir: positions are written 0600 by
+// statedir.WriteFile, whose leftovers from an interrupted save Follow removes.
+func TestPositionsSavedThroughStatedir(t *testing.T) {
+	skipUnlessLinux(t)
+	state := t.TempDir()
+	leftover := filepath.Join(state, positionsFile+".tmp123456")
+	writeMode(t, leftover, "{", 0o600)
+	name := filepath.Join(t.TempDir(), "access.log")
+	writeFile(t, name, "a\n")
+	f, _ := follow(t, FollowOptions{Paths: []string{name}, Start: StartBeginning, StateDir: state})
+	f.Ack(expect(t, f, "a")[0])
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(leftover); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("temporary file %s left: %v", leftover, err)
+	}
+	fi, err := os.Lstat(filepath.Join(state, positionsFile))
+	if err != nil || fi.Mode() != 0o600 {
+		t.Fatalf("positions file: %v, %v, want mode 0600", fi.Mode(), err)
+	}
+	ps, err := loadPositions(state)
+	if err != nil || len(ps) != 1 || ps[0].Offset != 2 {
+		t.Errorf("positions = %+v, %v, want one at offset 2", ps, err)
+	}
+}
+
+func writeMode(t *testing.T, name, text string, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(name, []byte(text), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(name, mode); err != nil { // past the umask
+		t.Fatal(err)
 	}
 }
