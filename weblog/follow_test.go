@@ -1072,6 +1072,10 @@ func TestFollowGlobRotation(t *testing.T) {
 // deleted log is still open, and made again. The kernel reports nothing (the
 // open file keeps the directory's deletion from being reported, and its
 // parent is not watched); the missing-path reminder finds the new directory.
+// (If the follower is slow, the deletion of the old log is handled after the
+// new one is written, and found then: TestFollowDirectoryReplacedSeenEarly.
+// The grace period of the old log then starts before the clock moves, so it
+// is longer than the clock is moved, for the old log to be read to the end.)
 func TestFollowDirectoryReplaced(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "nginx")
 	if err := os.Mkdir(dir, 0o755); err != nil {
@@ -1079,7 +1083,7 @@ func TestFollowDirectoryReplaced(t *testing.T) {
 	}
 	name := filepath.Join(dir, "access.log")
 	w := appendLog(t, name)
-	f, clk := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd})
+	f, clk := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd, Grace: 5 * defaultMissingInterval})
 	write(t, w, "a1\n")
 	expect(t, f, "a1")
 
@@ -1106,6 +1110,96 @@ func TestFollowDirectoryReplaced(t *testing.T) {
 	write(t, w, "a2\n") // the first file, still in its grace period
 	expect(t, f, "a2")
 	quiet(t, f)
+}
+
+// TestFollowDirectoryReplacedSeenEarly: as TestFollowDirectoryReplaced, but
+// the directory is replaced and the new log written while the follower is
+// still handling the deletion of the old log (held in its log line), so it
+// finds the new log without the reminder, before the clock moves: the grace
+// period of the old file starts then. Every line is delivered once, the old
+// file's up to the end of its grace period.
+func TestFollowDirectoryReplacedSeenEarly(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nginx")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	name := filepath.Join(dir, "access.log")
+	w := appendLog(t, name)
+	hold := &holdHandler{
+		Handler: slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelDebug}),
+		msg:     "log moved or deleted; still read until a new one appears and the grace period ends",
+		reached: make(chan struct{}),
+		release: make(chan struct{}),
+	}
+	const grace = 5 * time.Minute
+	f, clk := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd, Grace: grace, Logger: slog.New(hold)})
+	write(t, w, "a1\n")
+	expect(t, f, "a1")
+
+	if err := os.Remove(name); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-hold.reached:
+	case <-time.After(waitFor):
+		t.Fatal("the follower did not see the log go")
+	}
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, name, "b1\n")
+	close(hold.release)
+	expect(t, f, "b1") // no reminder needed: the follower looked at the name again
+	write(t, w, "a2\n")
+	expect(t, f, "a2")
+
+	clk.Advance(defaultMissingInterval) // as TestFollowDirectoryReplaced does; still in the grace period
+	if err := os.Remove(name); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, name, "c1\n")
+	expect(t, f, "c1")
+	write(t, w, "a3\n")
+	expect(t, f, "a3")
+	quiet(t, f)
+
+	// The grace period of the first file started when the second was
+	// found, before the clock moved: it ends at grace, and what is written
+	// to the first file afterwards is not read.
+	clk.Advance(grace - defaultMissingInterval)
+	if r := quiet(t, f); r.graces != 1 { // the second file's
+		t.Fatalf("%d grace periods running, want 1", r.graces)
+	}
+	write(t, w, "a4\n")
+	quiet(t, f)
+	if s := f.Stats(); s.Lines != 5 || s.Rotations != 2 {
+		t.Fatalf("stats %+v, want 5 lines and 2 rotations", s.FileStats)
+	}
+}
+
+// holdHandler passes records to Handler, and holds the goroutine logging the
+// first record whose message is msg until release is closed, after closing
+// reached: a test can change files while the follower is between two steps.
+type holdHandler struct {
+	slog.Handler
+	msg     string
+	once    sync.Once
+	reached chan struct{}
+	release chan struct{}
+}
+
+func (h *holdHandler) Handle(ctx context.Context, r slog.Record) error {
+	err := h.Handler.Handle(ctx, r)
+	if r.Message == h.msg {
+		h.once.Do(func() {
+			close(h.reached)
+			<-h.release
+		})
+	}
+	return err
 }
 
 // TestFollowGlobRestart: with start saved and a glob that matches rotated
