@@ -13,7 +13,8 @@ import (
 // the grants whose until has passed, then lists the hook and our chain of
 // each family and compares them with the grants and the protect tail; on a
 // difference it runs the reconcile logic for that family and logs
-// "firewall repaired".
+// "firewall repaired". Each family's worker checks its own family on its
+// own timer.
 //
 // Cost: two iptables runs per family and check (-S HOOK, -S CHAIN), four
 // in all with IPv6, and nothing else while the chains are intact. Measured
@@ -26,6 +27,7 @@ import (
 // drift is what the check found wrong with one family.
 type drift struct {
 	noChain bool // our chain is gone
+	marker  bool // the ownership marker is not on top
 	noJump  bool // the hook does not jump to it
 	missing int  // grant rules missing
 	extra   int  // rules that are not there to stay
@@ -39,6 +41,8 @@ func (d drift) fixes() []string {
 	var out []string
 	if d.noChain {
 		out = append(out, "chain recreated")
+	} else if d.marker {
+		out = append(out, "ownership marker restored")
 	}
 	if d.missing > 0 {
 		out = append(out, fmt.Sprintf("%d grant rules restored", d.missing))
@@ -55,70 +59,63 @@ func (d drift) fixes() []string {
 	return out
 }
 
-// check is the periodic integrity check; its outcome goes into Health.
-func (f *Firewall) check(ctx context.Context) {
-	f.expire(ctx, f.clock.Now())
-	var errs []error
-	for _, fam := range families {
-		if f.tabs[fam] != nil {
-			if err := f.checkFamily(ctx, fam); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	err := errors.Join(errs...)
+// check is the family's periodic integrity check; its outcome goes into
+// Health.
+func (w *worker) check(ctx context.Context) {
+	now := w.f.clock.Now()
+	w.expire(ctx, now)
+	w.pruneRevoked(now)
+	err := w.checkFamily(ctx)
 	// Said once, not every interval.
 	switch {
-	case err != nil && (f.checkErr == nil || err.Error() != f.checkErr.Error()):
-		f.log.Error("firewall check failed", keyErr, err)
-	case err == nil && f.checkErr != nil:
-		f.log.Info("firewall check passes again")
+	case err != nil && (w.checkErr == nil || err.Error() != w.checkErr.Error()):
+		w.log.Error("firewall check failed", keyFamily, w.fam, keyErr, err)
+	case err == nil && w.checkErr != nil:
+		w.log.Info("firewall check passes again", keyFamily, w.fam)
 	}
-	f.checkErr = err
+	w.checkErr = err
 	if err == nil {
-		f.unsynced = false // the kernel holds what the grants say
-		f.checked = f.clock.Now()
-		f.rt.mu.Lock()
-		f.rt.lastErr = ""
-		f.rt.mu.Unlock()
+		w.unsynced = false // the kernel holds what the grants say
+		w.checked = w.f.clock.Now()
+		w.rt.mu.Lock()
+		w.rt.lastErr = ""
+		w.rt.mu.Unlock()
 	}
 }
 
-// checkFamily inspects one family and repairs it if need be.
-func (f *Firewall) checkFamily(ctx context.Context, fam family) error {
-	d, err := f.inspect(ctx, fam)
+// checkFamily inspects the family and repairs it if need be.
+func (w *worker) checkFamily(ctx context.Context) error {
+	d, err := w.inspect(ctx)
 	if err != nil {
 		return err
 	}
 	if d.clean() {
 		return nil
 	}
-	if err := f.repair(ctx, fam, d); err != nil {
-		return fmt.Errorf("%s: repair (%s): %w", fam.command(), strings.Join(d.fixes(), ", "), err)
+	if err := w.repair(ctx, d); err != nil {
+		return fmt.Errorf("%s: repair (%s): %w", w.fam.command(), strings.Join(d.fixes(), ", "), err)
 	}
-	f.repairs.Add(1)
-	f.log.Warn("firewall repaired", keyFamily, fam, keyFixed, d.fixes())
+	w.f.repairs.Add(1)
+	w.log.Warn("firewall repaired", keyFamily, w.fam, keyFixed, d.fixes())
 	return nil
 }
 
 // inspect lists the hook and our chain: two iptables runs.
-func (f *Firewall) inspect(ctx context.Context, fam family) (drift, error) {
+func (w *worker) inspect(ctx context.Context) (drift, error) {
 	var d drift
-	hook, err := f.listHook(ctx, fam)
+	hook, err := w.listHook(ctx)
 	if err != nil {
 		return d, err
 	}
-	d.noJump = f.jumps(hook) == 0
+	d.noJump = w.jumps(hook) == 0
 	want := map[rule]bool{}
-	for _, g := range f.grants {
-		if familyOf(g.IP) == fam {
-			for _, r := range grantRules(g) {
-				want[r] = true
-			}
+	for _, g := range w.grants {
+		for _, r := range grantRules(g) {
+			want[r] = true
 		}
 	}
-	tail := tailRules(f.cur, fam)
-	have, err := f.list(ctx, fam)
+	tail := tailRules(w.cur, w.fam)
+	have, err := w.list(ctx)
 	switch {
 	case errors.Is(err, errNoChain):
 		d.noChain, d.missing, d.tail = true, len(want), len(tail) > 0
@@ -126,11 +123,10 @@ func (f *Firewall) inspect(ctx context.Context, fam family) (drift, error) {
 	case err != nil:
 		return d, err
 	}
+	have, d.marker = splitMarker(have, w.f.marker, func(r rule) bool { return want[r] })
 	doomed := map[rule]bool{}
-	for _, dr := range f.doomed {
-		if dr.fam == fam {
-			doomed[dr.r] = true
-		}
+	for _, dr := range w.doomed {
+		doomed[dr.r] = true
 	}
 	n := len(have)
 	switch {
@@ -146,7 +142,7 @@ func (f *Firewall) inspect(ctx context.Context, fam family) (drift, error) {
 			seen[l.r] = true
 		case l.ours && doomed[l.r]:
 			// Its delete is retried on its own schedule.
-		case l.ours && l.r.kind != kindGrant && d.tail:
+		case l.ours && l.r.kind != kindGrant && l.r.kind != kindMarker && d.tail:
 			// Part of a tail out of place: the repair replaces it.
 		default:
 			d.extra++
@@ -156,21 +152,21 @@ func (f *Firewall) inspect(ctx context.Context, fam family) (drift, error) {
 	return d, nil
 }
 
-// repair brings one family in line: the chain, then its rules, then the
+// repair brings the family in line: the chain, then its rules, then the
 // jump, so that traffic reaches the chain only when it is complete.
-func (f *Firewall) repair(ctx context.Context, fam family, d drift) error {
+func (w *worker) repair(ctx context.Context, d drift) error {
 	if d.noChain {
-		if err := f.ensureChain(ctx, fam); err != nil {
+		if err := w.ensureChain(ctx); err != nil {
 			return err
 		}
 	}
-	if d.noChain || d.missing > 0 || d.extra > 0 || d.tail {
-		if err := f.reconcileFamily(ctx, fam); err != nil {
+	if d.noChain || d.marker || d.missing > 0 || d.extra > 0 || d.tail {
+		if err := w.reconcile(ctx); err != nil {
 			return err
 		}
 	}
 	if d.noJump {
-		return f.ensureJump(ctx, fam)
+		return w.ensureJump(ctx)
 	}
 	return nil
 }

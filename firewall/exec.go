@@ -33,7 +33,7 @@ type execError struct {
 	cmd    string
 	status int // -1: killed by a signal
 	stderr string
-	kind   error // errNoChain, errLocked or nil
+	kind   error // errNoChain, errLocked, errEmptyChain or nil
 }
 
 func (e *execError) Error() string {
@@ -82,6 +82,8 @@ func (t *execTables) run(ctx context.Context, stdout *bytes.Buffer, args ...stri
 		e.kind = errLocked
 	case strings.Contains(e.stderr, "No chain/target/match by that name") || strings.Contains(e.stderr, "does not exist"):
 		e.kind = errNoChain
+	case strings.Contains(e.stderr, "Index of insertion too big"):
+		e.kind = errEmptyChain
 	}
 	return e
 }

@@ -68,6 +68,7 @@ const (
 	msgBadRule      = "iptables: Bad rule (does a matching rule exist in that chain?)."
 	msgNoTarget     = "iptables v1.8.9 (nf_tables): Chain 'WEBKNOCK' does not exist"
 	msgBadMatch     = "iptables v1.8.9 (nf_tables): Couldn't load match `time':No such file or directory"
+	msgInsertIndex  = "iptables: Index of insertion too big."
 )
 
 // TestExecTables runs the exec backend on a stand-in for iptables: the
@@ -131,6 +132,7 @@ func TestExecTables(t *testing.T) {
 		{1, msgBadRule, func() error { return et.DeleteIfExists(ctx0, table, "WEBKNOCK", "-j", "ACCEPT") }, nil},
 		{2, msgNoTarget, func() error { return et.DeleteIfExists(ctx0, table, "INPUT", "-j", "WEBKNOCK") }, nil},
 		{2, msgNoTarget, func() error { return et.Insert(ctx0, table, "INPUT", 1, "-j", "WEBKNOCK") }, errNoChain},
+		{1, msgInsertIndex, func() error { return et.Insert(ctx0, table, "WEBKNOCK", 2, "-j", "ACCEPT") }, errEmptyChain},
 		{2, msgBadMatch, func() error { return et.DeleteIfExists(ctx0, table, "WEBKNOCK", "-m", "time") }, errNotNil},
 	}
 	for i, tc := range tests {

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/webknock/webknock/internal/statedir"
 )
 
 // drive runs op on a goroutine of its own and moves the fake clock for it:
@@ -94,13 +96,13 @@ func TestHungCall(t *testing.T) {
 		t.Run(fmt.Sprintf("applied=%v", applied), func(t *testing.T) {
 			e := newEnv(t)
 			e.delays = defaultDelays
-			f := e.open(e.options())
+			f := e.openV4(e.options())
 			exited, tell := signal()
-			f.rt.exited = tell
+			f.rt(ipv4).exited = tell
 			hung := hangInserts(e.v4, 1, applied)
 			until := t0.Add(time.Hour)
 			waits, err := e.drive(f, hung, exited, func() error {
-				return f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until})
+				return f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until})
 			})
 			if err != nil {
 				t.Fatalf("Grant = %v", err)
@@ -108,14 +110,14 @@ func TestHungCall(t *testing.T) {
 			if !slices.Equal(waits, defaultDelays[:1]) {
 				t.Errorf("backoff waits %v, want %v", waits, defaultDelays[:1])
 			}
-			if d := diffLines(e.chain(ipv4), chainOnly(grantLine("192.0.2.1/32", ssh, "ssh", until))); d != "" {
+			if d := diffLines(e.chain(ipv4), e.chainOnly(grantLine("192.0.2.1/32", ssh, "ssh", until))); d != "" {
 				t.Error(d)
 			}
 			h := f.Health()
 			if h.TimedOut != 1 || h.Failures != 1 || h.Stuck != 0 || h.Suspended || !h.InSync {
 				t.Errorf("Health() = %+v, want one timeout, nothing stuck, in sync", h)
 			}
-			if !strings.Contains(e.log.String(), `msg="iptables call failed" op=insert attempt=1`) {
+			if !strings.Contains(e.log.String(), `msg="iptables call failed" family=IPv4 op=insert attempt=1`) {
 				t.Errorf("log lacks the failed call:\n%s", e.log)
 			}
 		})
@@ -128,21 +130,21 @@ func TestHungCall(t *testing.T) {
 func TestHungCallsSuspend(t *testing.T) {
 	e := newEnv(t)
 	e.delays = defaultDelays
-	f := e.open(e.options())
+	f := e.openV4(e.options())
 	exited, tell := signal()
-	f.rt.exited = tell
+	f.rt(ipv4).exited = tell
 	hung := hangInserts(e.v4, 1000, false)
 	waits, err := e.drive(f, hung, exited, func() error {
-		return f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
+		return f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
 	})
-	if !errors.Is(err, errSuspended) || !strings.Contains(err.Error(), "insert") {
-		t.Fatalf("Grant = %v, want the insert suspended", err)
+	if !errors.Is(err, errSuspended) || !errors.Is(err, ErrPending) || !strings.Contains(err.Error(), "insert") {
+		t.Fatalf("Grant = %v, want the insert suspended, the grant pending", err)
 	}
 	if !slices.Equal(waits, defaultDelays) {
 		t.Errorf("backoff waits %v, want %v", waits, defaultDelays)
 	}
 	h := f.Health()
-	if !h.Suspended || h.InSync || h.TimedOut != 2 || len(f.Grants()) != 0 || len(e.chain(ipv4)) != 1 {
+	if !h.Suspended || h.InSync || h.TimedOut != 2 || h.PendingGrants != 1 || len(f.Grants()) != 0 || len(e.chain(ipv4)) != 2 {
 		t.Errorf("Health() = %+v, Grants() = %v, chain %q; want suspended, no grant", h, f.Grants(), e.chain(ipv4))
 	}
 
@@ -151,15 +153,19 @@ func TestHungCallsSuspend(t *testing.T) {
 		t.Errorf("%s called while suspended", op)
 		return nil
 	})
-	if err := f.Grant(ctx0, Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}); !errors.Is(err, errSuspended) {
-		t.Errorf("Grant while suspended = %v, want errSuspended", err)
+	if err := f.grant(Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}); !errors.Is(err, errSuspended) || !errors.Is(err, ErrPending) {
+		t.Errorf("Grant while suspended = %v, want errSuspended, ErrPending", err)
 	}
 
-	// A call timeout later iptables is called again; it answers.
+	// A call timeout later iptables is called again; it answers, and the
+	// pending grants are applied.
 	e.v4.setFail(nil)
 	e.clk.Advance(f.o.CallTimeout)
 	f.checkUntil(t, e.clk, "the firewall to be in sync again", func() bool { return f.Health().InSync })
-	if err := f.Grant(ctx0, Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}); err != nil {
+	if gs := f.Grants(); len(gs) != 2 || len(e.chain(ipv4)) != 4 {
+		t.Errorf("after the suspension: Grants() = %v, chain %q; want both pending grants applied", gs, e.chain(ipv4))
+	}
+	if err := f.grant(Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(2 * time.Hour)}); err != nil {
 		t.Errorf("Grant after the suspension = %v", err)
 	}
 	if !strings.Contains(e.log.String(), "iptables hangs; no call until a timeout has passed") {
@@ -173,10 +179,10 @@ func TestHungCallsSuspend(t *testing.T) {
 func TestStuckCalls(t *testing.T) {
 	e := newEnv(t)
 	e.delays = defaultDelays
-	f := e.open(e.options())
-	f.rt.maxStuck = 1
+	f := e.openV4(e.options())
+	f.rt(ipv4).maxStuck = 1
 	exited, tell := signal()
-	f.rt.exited = tell
+	f.rt(ipv4).exited = tell
 	hung, hangs := signal()
 	release := make(chan struct{})
 	var once sync.Once
@@ -193,13 +199,13 @@ func TestStuckCalls(t *testing.T) {
 		return nil
 	})
 	_, err := e.drive(f, hung, nil, func() error {
-		return f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
+		return f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
 	})
-	if !errors.Is(err, errStuck) {
-		t.Fatalf("Grant = %v, want errStuck", err)
+	if !errors.Is(err, errStuck) || !errors.Is(err, ErrPending) {
+		t.Fatalf("Grant = %v, want errStuck, ErrPending", err)
 	}
-	if h := f.Health(); h.Stuck != 1 || h.InSync || h.Pending != 1 {
-		t.Errorf("Health() = %+v, want one stuck call, a pending delete", h)
+	if h := f.Health(); h.Stuck != 1 || h.InSync || h.Pending != 1 || h.PendingGrants != 1 {
+		t.Errorf("Health() = %+v, want one stuck call, a pending delete, a pending grant", h)
 	}
 	if gs := f.Grants(); len(gs) != 0 {
 		t.Errorf("Grants() = %v after a stuck grant", gs)
@@ -213,9 +219,14 @@ func TestStuckCalls(t *testing.T) {
 	if h := f.Health(); h.Stuck != 0 {
 		t.Errorf("Health().Stuck = %d after the call returned", h.Stuck)
 	}
-	// What the stuck call wrote late is deleted by the retried delete.
+	// What the stuck call wrote late is deleted by the retried delete, and
+	// the grant retried: in the end the rule is there once.
 	e.clk.Advance(doomFirst)
-	f.waitFor(t, "the late rule to be deleted", func() bool { return len(e.chain(ipv4)) == 1 && f.Health().Pending == 0 })
+	f.waitFor(t, "the grant to be applied", func() bool { h := f.Health(); return h.Pending == 0 && h.PendingGrants == 0 })
+	f.checkUntil(t, e.clk, "in sync", func() bool { return f.Health().InSync })
+	if c := e.chain(ipv4); len(c) != 3 || len(f.Grants()) != 1 {
+		t.Errorf("chain %q, Grants() %v; want the grant once", c, f.Grants())
+	}
 }
 
 // TestLockHeld: a call that finds the xtables lock held is retried with
@@ -223,7 +234,7 @@ func TestStuckCalls(t *testing.T) {
 func TestLockHeld(t *testing.T) {
 	e := newEnv(t)
 	e.delays = defaultDelays
-	f := e.open(e.options())
+	f := e.openV4(e.options())
 	var mu sync.Mutex
 	left := 2
 	e.v4.setFail(func(op, _ string, _ []string) error {
@@ -237,7 +248,7 @@ func TestLockHeld(t *testing.T) {
 		return nil
 	})
 	waits, err := e.drive(f, nil, nil, func() error {
-		return f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
+		return f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
 	})
 	if err != nil {
 		t.Fatalf("Grant = %v", err)
@@ -248,7 +259,7 @@ func TestLockHeld(t *testing.T) {
 	if h := f.Health(); h.LockBusy != 2 || h.Failures != 2 || !h.InSync {
 		t.Errorf("Health() = %+v, want 2 lock failures", h)
 	}
-	if len(e.chain(ipv4)) != 2 {
+	if len(e.chain(ipv4)) != 3 {
 		t.Errorf("chain %q, want the grant", e.chain(ipv4))
 	}
 }
@@ -259,7 +270,7 @@ func TestLockHeld(t *testing.T) {
 func TestRevokeRetriedUntilDone(t *testing.T) {
 	e := newEnv(t)
 	f := e.open(protectOptions(e))
-	f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
+	f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
 	deletes, tell := signal()
 	var mu sync.Mutex
 	fails := 4
@@ -284,7 +295,7 @@ func TestRevokeRetriedUntilDone(t *testing.T) {
 		t.Fatalf("after Revoke: Health() = %+v, Grants() = %v, want one pending delete and no grant", h, f.Grants())
 	}
 	for i, wait := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second} {
-		e.clk.Advance(wait)
+		f.advance(e.clk, wait)
 		select {
 		case <-deletes:
 		case <-time.After(10 * time.Second):
@@ -295,7 +306,7 @@ func TestRevokeRetriedUntilDone(t *testing.T) {
 	if c := e.chain(ipv4); strings.Contains(strings.Join(c, "\n"), "192.0.2.1") {
 		t.Errorf("chain %q, want the protect tail only", c)
 	}
-	e.clk.Advance(f.o.CheckInterval)
+	f.advance(e.clk, f.o.CheckInterval)
 	f.waitFor(t, "in sync", func() bool { return f.Health().InSync })
 	for _, s := range []string{"left-over rule deleted"} {
 		if !strings.Contains(e.log.String(), s) {
@@ -329,7 +340,7 @@ func TestIntegrityCheck(t *testing.T) {
 		fams   int      // families repaired
 	}{
 		{"flush chain", func(e *env) { e.v4.flushChain("WEBKNOCK") },
-			[]string{"2 grant rules restored", "protect rules restored"}, 1},
+			[]string{"ownership marker restored", "2 grant rules restored", "protect rules restored"}, 1},
 		{"delete jump", func(e *env) { deleteJump(e, ipv4) }, []string{"jump restored"}, 1},
 		{"delete chain", func(e *env) {
 			deleteJump(e, ipv4)
@@ -364,8 +375,8 @@ func TestIntegrityCheck(t *testing.T) {
 			e := newEnv(t)
 			f := e.open(protectOptions(e))
 			until := t0.Add(time.Hour)
-			f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh, dns}, Until: until})
-			f.Grant(ctx0, Grant{IP: c6, Sequence: "ssh", Ports: []Port{ssh}, Until: until})
+			f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh, dns}, Until: until})
+			f.grant(Grant{IP: c6, Sequence: "ssh", Ports: []Port{ssh}, Until: until})
 			var want [2][]string
 			var input [2][]string
 			for _, fam := range families {
@@ -373,7 +384,7 @@ func TestIntegrityCheck(t *testing.T) {
 				input[fam], _ = e.tabs(fam).List(ctx0, table, "INPUT")
 			}
 			tc.tamper(e)
-			e.clk.Advance(f.o.CheckInterval)
+			f.advance(e.clk, f.o.CheckInterval)
 			f.waitFor(t, "the repair", func() bool { h := f.Health(); return h.Repairs == uint64(tc.fams) && h.Checked.Equal(e.clk.Now()) })
 			for _, fam := range families {
 				if d := diffLines(e.chain(fam), want[fam]); d != "" {
@@ -416,27 +427,28 @@ func TestIntegrityCheck(t *testing.T) {
 func TestCheckCost(t *testing.T) {
 	e := newEnv(t)
 	f := e.open(protectOptions(e))
-	f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
+	f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
 	var mu sync.Mutex
-	var calls []string
+	var calls [2][]string
 	for _, fam := range families {
 		e.tabs(fam).setFail(func(op, chain string, _ []string) error {
 			mu.Lock()
 			defer mu.Unlock()
-			calls = append(calls, fmt.Sprintf("%v %s %s", fam, op, chain))
+			calls[fam] = append(calls[fam], op+" "+chain)
 			return nil
 		})
 	}
 	for i := 1; i <= 3; i++ {
-		e.clk.Advance(f.o.CheckInterval)
+		f.advance(e.clk, f.o.CheckInterval)
 		f.waitFor(t, "the check", func() bool { return f.Health().Checked.Equal(e.clk.Now()) })
-		mu.Lock()
-		got := slices.Clone(calls)
-		calls = nil
-		mu.Unlock()
-		want := []string{"IPv4 list INPUT", "IPv4 list WEBKNOCK", "IPv6 list INPUT", "IPv6 list WEBKNOCK"}
-		if !slices.Equal(got, want) {
-			t.Errorf("check %d ran %q, want %q", i, got, want)
+		for _, fam := range families {
+			mu.Lock()
+			got := calls[fam]
+			calls[fam] = nil
+			mu.Unlock()
+			if want := []string{"list INPUT", "list WEBKNOCK"}; !slices.Equal(got, want) {
+				t.Errorf("check %d ran %q on %v, want %q", i, got, fam, want)
+			}
 		}
 	}
 }
@@ -453,8 +465,10 @@ func TestCheckFailure(t *testing.T) {
 		return nil
 	})
 	for range 2 {
-		e.clk.Advance(f.o.CheckInterval)
-		f.waitFor(t, "the check to fail", func() bool { return strings.Contains(f.Health().LastError, "permission denied") })
+		f.checkOnce(t, e.clk)
+		if h := f.Health(); !strings.Contains(h.LastError, "permission denied") || !slices.Contains(h.Problems, "IPv6: integrity check failed") {
+			t.Fatalf("Health() = %+v, want the check failed", h)
+		}
 	}
 	if h := f.Health(); h.InSync || h.Checked != t0 {
 		t.Errorf("Health() = %+v, want out of sync, last checked at Open", h)
@@ -463,7 +477,7 @@ func TestCheckFailure(t *testing.T) {
 		t.Errorf("check failure logged %d times, want once:\n%s", n, e.log)
 	}
 	e.v6.setFail(nil)
-	e.clk.Advance(f.o.CheckInterval)
+	f.advance(e.clk, f.o.CheckInterval)
 	f.waitFor(t, "the check to pass", func() bool { return f.Health().InSync })
 	if h := f.Health(); h.LastError != "" {
 		t.Errorf("Health().LastError = %q after a passing check", h.LastError)
@@ -481,10 +495,10 @@ func TestGrantRepairsMissingChain(t *testing.T) {
 	e.v4.Delete(ctx0, table, "INPUT", "-j", "WEBKNOCK")
 	e.v4.ClearAndDeleteChain(ctx0, table, "WEBKNOCK")
 	until := t0.Add(time.Hour)
-	if err := f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until}); err != nil {
+	if err := f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until}); err != nil {
 		t.Fatalf("Grant = %v", err)
 	}
-	if c := e.chain(ipv4); len(c) != 1+1+6 || c[1] != grantLine("192.0.2.1/32", ssh, "ssh", until) {
+	if c := e.chain(ipv4); len(c) != 2+1+6 || c[2] != grantLine("192.0.2.1/32", ssh, "ssh", until) {
 		t.Errorf("chain %q, want the grant and the tail", c)
 	}
 	if in, _ := e.v4.List(ctx0, table, "INPUT"); !slices.Contains(in, "-A INPUT -j WEBKNOCK") {
@@ -499,12 +513,12 @@ func TestWallClockJump(t *testing.T) {
 		e := newEnv(t)
 		f := e.open(e.options())
 		until := t0.Add(10 * time.Minute)
-		f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until})
+		f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until})
 		for len(e.clk.added) > 0 {
 			<-e.clk.added
 		}
 		e.clk.Jump(-5 * time.Minute)
-		e.clk.Advance(10 * time.Minute) // the timer set for until fires at until - 5m
+		f.advance(e.clk, 10*time.Minute) // the timer set for until fires at until - 5m
 		deadline := time.After(10 * time.Second)
 		for rearmed := false; !rearmed; {
 			select {
@@ -514,19 +528,19 @@ func TestWallClockJump(t *testing.T) {
 				t.Fatal("the worker did not wait again for the 5 minutes left")
 			}
 		}
-		if gs := f.Grants(); len(gs) != 1 || len(e.chain(ipv4)) != 2 {
+		if gs := f.Grants(); len(gs) != 1 || len(e.chain(ipv4)) != 3 {
 			t.Fatalf("5 minutes before until: Grants() = %v, chain %q", gs, e.chain(ipv4))
 		}
-		e.clk.Advance(5 * time.Minute)
-		f.waitFor(t, "the grant to end", func() bool { return len(f.Grants()) == 0 && len(e.chain(ipv4)) == 1 })
+		f.advance(e.clk, 5*time.Minute)
+		f.waitFor(t, "the grant to end", func() bool { return len(f.Grants()) == 0 && len(e.chain(ipv4)) == 2 })
 	})
 	t.Run("forward", func(t *testing.T) {
 		e := newEnv(t)
 		f := e.open(e.options())
-		f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(10 * time.Minute)})
+		f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(10 * time.Minute)})
 		e.clk.Jump(20 * time.Minute) // no timer fires
-		e.clk.Advance(f.o.CheckInterval)
-		f.waitFor(t, "the check to end the grant", func() bool { return len(f.Grants()) == 0 && len(e.chain(ipv4)) == 1 })
+		f.advance(e.clk, f.o.CheckInterval)
+		f.waitFor(t, "the check to end the grant", func() bool { return len(f.Grants()) == 0 && len(e.chain(ipv4)) == 2 })
 		if !strings.Contains(e.log.String(), `msg="grant removed" ip=192.0.2.1 sequence=ssh until=2026-11-22T19:11:34.000Z reason=expired`) {
 			t.Errorf("log lacks the removal:\n%s", e.log)
 		}
@@ -534,7 +548,7 @@ func TestWallClockJump(t *testing.T) {
 	t.Run("back, pending delete", func(t *testing.T) {
 		e := newEnv(t)
 		f := e.open(e.options())
-		f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
+		f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
 		e.v4.setFail(func(op, _ string, _ []string) error {
 			if op == "deleteifexists" {
 				return errors.New("busy")
@@ -544,8 +558,8 @@ func TestWallClockJump(t *testing.T) {
 		f.Revoke(ctx0, c1)
 		e.v4.setFail(nil)
 		e.clk.Jump(-time.Hour) // the retry is not put off by an hour
-		e.clk.Advance(doomFirst)
-		f.waitFor(t, "the retried delete", func() bool { return f.Health().Pending == 0 && len(e.chain(ipv4)) == 1 })
+		f.advance(e.clk, doomFirst)
+		f.waitFor(t, "the retried delete", func() bool { return f.Health().Pending == 0 && len(e.chain(ipv4)) == 2 })
 	})
 }
 
@@ -558,18 +572,18 @@ func TestTableBound(t *testing.T) {
 	f := e.open(o)
 	until := t0.Add(10 * time.Minute)
 	for _, ip := range []string{"192.0.2.1", "192.0.2.2"} {
-		if err := f.Grant(ctx0, Grant{IP: mustAddr(ip), Sequence: "ssh", Ports: []Port{ssh}, Until: until}); err != nil {
+		if err := f.grant(Grant{IP: mustAddr(ip), Sequence: "ssh", Ports: []Port{ssh}, Until: until}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	err := f.Grant(ctx0, Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: until})
+	err := f.grant(Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: until})
 	if !errors.Is(err, ErrTableFull) {
 		t.Fatalf("third Grant = %v, want ErrTableFull", err)
 	}
-	if err := f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until.Add(time.Minute)}); err != nil {
+	if err := f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until.Add(time.Minute)}); err != nil {
 		t.Errorf("extending a grant of a full table = %v", err)
 	}
-	if gs := f.Grants(); len(gs) != 2 || len(e.chain(ipv4)) != 3 {
+	if gs := f.Grants(); len(gs) != 2 || len(e.chain(ipv4)) != 4 {
 		t.Errorf("Grants() = %v, chain %q; want the two first grants", gs, e.chain(ipv4))
 	}
 	if h := f.Health(); h.Refused != 1 {
@@ -581,7 +595,7 @@ func TestTableBound(t *testing.T) {
 	if err := f.Revoke(ctx0, c1); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Grant(ctx0, Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: until}); err != nil {
+	if err := f.grant(Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: until}); err != nil {
 		t.Errorf("Grant after a revoke made room = %v", err)
 	}
 }
@@ -592,7 +606,7 @@ func TestLeftoverTempState(t *testing.T) {
 	e := newEnv(t)
 	until := t0.Add(10 * time.Minute)
 	e.writeState(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until})
-	tmp := filepath.Join(e.dir, stateFile+tempSuffix+"123456")
+	tmp := filepath.Join(e.dir, stateFile+".tmp123456")
 	if err := os.WriteFile(tmp, []byte(`{"version": 1, "grants": [{"ip": "203.0.113.`), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -646,7 +660,8 @@ func TestStateKill9(t *testing.T) {
 		}
 		cmd.Process.Kill()
 		cmd.Wait()
-		gs, err := loadState(path)
+		doc, err := readState(path)
+		gs := doc.Grants
 		if err != nil {
 			t.Fatalf("round %d: after kill -9: %v", round, err)
 		}
@@ -655,10 +670,10 @@ func TestStateKill9(t *testing.T) {
 		}
 		last = len(gs)
 	}
-	t.Logf("temporary files of killed writes: %d", len(removeTemps(path)))
+	t.Logf("temporary files of killed writes: %d", len(statedir.RemoveTemps(path)))
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 1 {
-		t.Errorf("state dir holds %v after removeTemps, want the state file only", entries)
+		t.Errorf("state dir holds %v after RemoveTemps, want the state file only", entries)
 	}
 	t.Logf("the last file read whole held %d grants", last)
 }
@@ -670,7 +685,7 @@ func writeStateForever(dir string) {
 		for j := range 1 + i%50 {
 			gs = append(gs, Grant{IP: mustAddr(fmt.Sprintf("192.0.2.%d", j+1)), Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
 		}
-		if err := saveState(path, gs); err != nil {
+		if err := writeState(path, stateDoc{Grants: gs}); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}

@@ -3,28 +3,32 @@
 // revokes, persists the grants and reconciles the chains with them at start.
 //
 // Rules live in our own chain (WEBKNOCK) in table filter, for IPv4 and IPv6,
-// reached by one jump from a hook (INPUT). Nothing outside our chain is
-// touched but that jump. Every change goes through one goroutine, the
-// worker, which also checks every few seconds that others have not changed
-// our chains, and repairs them if they have.
+// reached by one jump from a hook (INPUT). The chain starts with an
+// ownership marker; a chain of that name that webknock did not write is
+// refused, never adopted. Nothing outside our chain is touched but that
+// jump. Each family has its own worker goroutine, through which every
+// change of that family goes, so that a hung iptables never holds up
+// ip6tables or the other way round; the worker also checks every few
+// seconds that others have not changed its chain, and repairs it if they
+// have.
 //
 // Each iptables run has a deadline: one that hangs is killed with its
 // process group and counted as a failure; failures are retried with
-// backoff. Health tells what went wrong and what is pending.
+// backoff, and a grant that cannot be applied waits and is retried until its
+// window ends. Health tells what went wrong and what is pending.
+//
+// Every grant is held to the configured sequences (Options.Sequences): its
+// sequence must exist, its ports be the sequence's, and it ends at most one
+// window after the wall clock's now, whatever the log's clock says.
 package firewall
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +42,7 @@ const (
 	keySequence = "sequence"
 	keyPorts    = "ports"
 	keyUntil    = "until"
+	keyKnocked  = "knocked"
 	keyRule     = "rule"
 	keyFamily   = "family"
 	keyChain    = "chain"
@@ -52,6 +57,8 @@ const (
 	keyBackend  = "backend"
 	keyProtect  = "protect"
 	keyFixed    = "fixed"
+	keyCut      = "cut"
+	keyAt       = "at"
 )
 
 // Backends.
@@ -69,6 +76,16 @@ var (
 	// ErrTableFull is returned by Grant for a new grant while MaxGrants
 	// grants are live: no live grant is ever evicted to make room.
 	ErrTableFull = errors.New("grant table full")
+	// ErrRevoked is returned by Grant for a knock logged before the last
+	// revoke of its address: a log line read again must not undo a revoke.
+	ErrRevoked = errors.New("address revoked after this knock")
+	// ErrPending is returned by Grant when its rules could not be
+	// inserted: the grant waits and is retried, with backoff, until it is
+	// applied or its window ends.
+	ErrPending = errors.New("grant not applied yet; retrying")
+	// ErrNotAllowed is returned by Grant for a sequence that is not
+	// configured, or ports that are not its sequence's.
+	ErrNotAllowed = errors.New("not allowed by the configured sequences")
 
 	errClosed = errors.New("firewall closed")
 )
@@ -117,11 +134,16 @@ type Grant struct {
 	IP       netip.Addr `json:"ip"`
 	Sequence string     `json:"sequence"`
 	Ports    []Port     `json:"ports"`
-	Until    time.Time  `json:"until"`
+	// Knocked is the log's time of the knock. A knock logged before the
+	// last revoke of IP is refused (ErrRevoked). Zero: not a knock read
+	// from a log, to which revokes do not apply.
+	Knocked time.Time `json:"knocked,omitzero"`
+	Until   time.Time `json:"until"`
 }
 
 // normalizeGrant unmaps the address, drops repeated ports and truncates
-// Until to the second the rule can hold, in UTC.
+// Until to the second the rule can hold, in UTC. An Until too late for the
+// kernel is left to checkUntil: the policy may cut it first.
 func normalizeGrant(g Grant) (Grant, error) {
 	ip := g.IP.Unmap()
 	switch {
@@ -134,27 +156,32 @@ func normalizeGrant(g Grant) (Grant, error) {
 	case len(g.Ports) == 0:
 		return Grant{}, fmt.Errorf("grant to %s for %s: no ports", ip, g.Sequence)
 	}
-	var ports []Port
 	for _, p := range g.Ports {
 		if err := p.check(); err != nil {
 			return Grant{}, fmt.Errorf("grant to %s for %s: %w", ip, g.Sequence, err)
 		}
-		if !slices.Contains(ports, p) {
-			ports = append(ports, p)
-		}
 	}
 	until := g.Until.Truncate(time.Second).UTC()
-	switch {
-	case until.Unix() <= 0:
+	if until.Unix() <= 0 {
 		return Grant{}, fmt.Errorf("grant to %s for %s: no end time", ip, g.Sequence)
-	case until.After(maxUntil):
-		return Grant{}, fmt.Errorf("grant to %s for %s: until %s is after %s, the last time the kernel's time match holds",
-			ip, g.Sequence, until.Format(time.RFC3339), maxUntil.Format(time.RFC3339))
 	}
-	return Grant{IP: ip, Sequence: g.Sequence, Ports: ports, Until: until}, nil
+	knocked := g.Knocked
+	if !knocked.IsZero() {
+		knocked = knocked.UTC()
+	}
+	return Grant{IP: ip, Sequence: g.Sequence, Ports: uniquePorts(g.Ports), Knocked: knocked, Until: until}, nil
 }
 
-// Clock tells the time and wakes the worker; tests pass a fake one.
+// checkUntil refuses an until the kernel's time match cannot hold.
+func checkUntil(g Grant) error {
+	if g.Until.After(maxUntil) {
+		return fmt.Errorf("grant to %s for %s: until %s is after %s, the last time the kernel's time match holds",
+			g.IP, g.Sequence, g.Until.Format(time.RFC3339), maxUntil.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// Clock tells the time and wakes the workers; tests pass a fake one.
 type Clock interface {
 	Now() time.Time
 	After(d time.Duration) <-chan time.Time
@@ -173,10 +200,17 @@ type Options struct {
 	Protect     bool   // end our chain with drops of NEW connections to Ports
 	AlwaysAllow []netip.Prefix
 	Ports       []Port // every port of every sequence: what Protect guards
-	StateDir    string // where grants.json is kept; empty: not kept, rebuilt from the rules at start
-	Logger      *slog.Logger
-	Clock       Clock         // nil: real time
-	LockWait    time.Duration // how long iptables waits for the xtables lock; default 5s
+	// Sequences are what grants may open, and for how long. nil: no
+	// policy, any grant is taken as it comes (Flush, tests).
+	Sequences []Sequence
+	// IPv6Off leaves IPv6 alone (firewall.ipv6: false): no chain, no
+	// grants to IPv6 clients. Without it, on a host with IPv6 and with
+	// Protect, Open fails unless ip6tables works.
+	IPv6Off  bool
+	StateDir string // where grants.json is kept; empty: not kept, rebuilt from the rules at start
+	Logger   *slog.Logger
+	Clock    Clock         // nil: real time
+	LockWait time.Duration // how long iptables waits for the xtables lock; default 5s
 
 	// CallTimeout is how long an iptables run may take before it is
 	// killed and counted as a failure; default LockWait + 5s.
@@ -185,99 +219,9 @@ type Options struct {
 	// our chains when others change them; default 3s. A check that takes
 	// more than a tenth of it puts the next one off.
 	CheckInterval time.Duration
-	// MaxGrants bounds the live grants; a new grant beyond it is refused
-	// with ErrTableFull. Default 65536.
+	// MaxGrants bounds the live and pending grants; a new grant beyond it
+	// is refused with ErrTableFull. Default 65536.
 	MaxGrants int
-}
-
-// Defaults of Options.
-const (
-	defaultLockWait      = 5 * time.Second
-	defaultCheckInterval = 3 * time.Second
-	defaultMaxGrants     = 1 << 16
-)
-
-// nameRe is what iptables accepts as a chain name, less oddities.
-var nameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,27}$`)
-
-// normalize applies the defaults and checks o.
-func (o Options) normalize() (Options, error) {
-	if o.Backend == "" {
-		o.Backend = backendIPTables
-	}
-	if o.Backend != backendIPTables && o.Backend != backendDryRun {
-		return o, fmt.Errorf("unknown firewall backend %q: want %s or %s", o.Backend, backendIPTables, backendDryRun)
-	}
-	if o.Chain == "" {
-		o.Chain = "WEBKNOCK"
-	}
-	if o.Hook == "" {
-		o.Hook = "INPUT"
-	}
-	for _, c := range []string{o.Chain, o.Hook} {
-		if !nameRe.MatchString(c) {
-			return o, fmt.Errorf("bad chain name %q: want up to 28 characters of A-Z a-z 0-9 _ . -", c)
-		}
-	}
-	switch o.Chain {
-	case o.Hook, "INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING", "ACCEPT", "DROP", "REJECT", "RETURN", "LOG":
-		return o, fmt.Errorf("chain %q cannot be webknock's own chain", o.Chain)
-	}
-	var ports []Port
-	for _, p := range o.Ports {
-		if err := p.check(); err != nil {
-			return o, err
-		}
-		if !slices.Contains(ports, p) {
-			ports = append(ports, p)
-		}
-	}
-	o.Ports = ports
-	var allow []netip.Prefix
-	for _, n := range o.AlwaysAllow {
-		if !n.IsValid() {
-			return o, fmt.Errorf("bad always_allow network %s", n)
-		}
-		if n.Addr().Is4In6() && n.Bits() >= 96 {
-			n = netip.PrefixFrom(n.Addr().Unmap(), n.Bits()-96)
-		}
-		n = n.Masked()
-		if !slices.Contains(allow, n) {
-			allow = append(allow, n)
-		}
-	}
-	o.AlwaysAllow = allow
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.Clock == nil {
-		o.Clock = realClock{}
-	}
-	if o.LockWait <= 0 {
-		o.LockWait = defaultLockWait
-	}
-	if o.CallTimeout <= 0 {
-		o.CallTimeout = o.LockWait + 5*time.Second
-	}
-	if o.CheckInterval <= 0 {
-		o.CheckInterval = defaultCheckInterval
-	}
-	if o.MaxGrants <= 0 {
-		o.MaxGrants = defaultMaxGrants
-	}
-	return o, nil
-}
-
-// tables returns the backend's tables; a family left out is nil.
-func (o *Options) tables() ([2]tables, error) {
-	if o.Backend == backendDryRun {
-		return [2]tables{newMemTables(ipv4, o.Logger, o.Hook), newMemTables(ipv6, o.Logger, o.Hook)}, nil
-	}
-	tabs, v6off, err := newIPTables(o.LockWait, o.CallTimeout)
-	if v6off != nil {
-		o.Logger.Warn("IPv6 firewall disabled: IPv6 clients cannot be granted", keyReason, v6off.Error())
-	}
-	return tabs, err
 }
 
 // statePath is the state file of o, or "" when none is kept.
@@ -292,59 +236,52 @@ func (o *Options) statePath() string {
 }
 
 // Health tells whether the kernel holds the rules the grants describe, and
-// what went wrong since Open.
+// what went wrong since Open. Counts are of both families.
 type Health struct {
-	// InSync: no rule awaits a retried delete, the last reconcile and
-	// integrity check succeeded, the state file is written, iptables
-	// answers (no call is stuck or suspended).
-	InSync    bool
-	Pending   int       // rules whose delete failed, retried in the background
-	Failures  uint64    // iptables calls that failed, retries, timeouts and refusals included
-	TimedOut  uint64    // calls killed after CallTimeout (also in Failures)
-	LockBusy  uint64    // calls that found the xtables lock held (also in Failures)
-	Stuck     int       // killed calls whose iptables has not exited yet
-	Suspended bool      // iptables hung twice in a row: no call before a CallTimeout has passed
-	Refused   uint64    // grants refused because the table was full
-	Repairs   uint64    // times the integrity check repaired a family
-	LastError string    // the last failed call or check; "" after a check that passed
+	// InSync: no rule awaits a retried delete, no grant awaits its
+	// insert, the last reconcile and integrity check of each family
+	// succeeded, the state file is written, iptables and ip6tables answer
+	// (no call is stuck or suspended).
+	InSync        bool
+	Pending       int    // rules whose delete failed, retried in the background
+	PendingGrants int    // grants whose insert failed, retried until their window ends
+	Failures      uint64 // iptables calls that failed, retries, timeouts and refusals included
+	TimedOut      uint64 // calls killed after CallTimeout (also in Failures)
+	LockBusy      uint64 // calls that found the xtables lock held (also in Failures)
+	Stuck         int    // killed calls whose iptables has not exited yet
+	Suspended     bool   // a family's iptables hung twice in a row: no call before a CallTimeout has passed
+	Refused       uint64 // grants refused because the table was full
+	Repairs       uint64 // times the integrity check repaired a family
+	LastError     string // the last failed call or check; "" after a check that passed
 	// Problems says in a few words each why the firewall is not in sync
 	// (a family stuck, grants pending), for /healthz; empty when InSync.
 	Problems []string
-	Checked   time.Time // the end of the last integrity check that passed (or repaired)
+	Checked  time.Time // the end of the oldest of the families' last integrity checks that passed
 }
 
 // Firewall applies grants. Its methods are safe for concurrent use.
 type Firewall struct {
-	o     Options // as opened; the protect tail is in cur
+	o     Options // as opened; the protect tail and the policy are in the workers
 	log   *slog.Logger
 	clock Clock
-	tabs  [2]tables // nil: family not available
-	path  string    // state file; "" none
-	rt    *retrier
+	fams  [2]*worker // nil: family not managed
+	st    *store
+	// marker is the ownership marker of our chains: it names StateDir.
+	marker rule
 
-	reqs chan request
 	stop chan struct{}
-	done chan struct{}
-	ctx  context.Context // ends at Close, for the worker's own work
+	ctx  context.Context // ends at Close, for the workers' own work
 	quit context.CancelFunc
 	once sync.Once
 
-	mu     sync.Mutex // guards view and health
-	view   []Grant
-	health Health
+	count       atomic.Int64 // grants held or pending, both families
+	refused     atomic.Uint64
+	repairs     atomic.Uint64
+	warnedAhead atomic.Bool // a grant was cut because the log's clock is ahead
 
-	refused atomic.Uint64
-	repairs atomic.Uint64
-
-	// Owned by the worker goroutine (and by Open before it starts).
-	cur      tail
-	grants   map[grantKey]Grant
-	doomed   []doomedRule
-	dirty    bool      // the state file is behind
-	unsynced bool      // the last reconcile failed
-	checkErr error     // the last integrity check failed
-	checked  time.Time // the last integrity check passed
-	idle     func()    // for the tests: called after each event the worker handled
+	// For the tests: called when a worker begins to handle an event, and
+	// after it handled it.
+	begin, idle func(family)
 }
 
 // tail is what the protect rules at the end of our chain are made of.
@@ -359,22 +296,19 @@ type grantKey struct {
 	seq string
 }
 
-// doomedRule is a rule whose delete failed; it is retried at at.
-type doomedRule struct {
-	fam   family
-	r     rule
-	fails int
-	at    time.Time
-}
-
-// Open ensures our chains, their protect tails and the jumps to them, loads
-// the grants, reconciles the chains with them and starts the worker.
+// Open probes everything it needs (as Probe does) before it changes
+// anything; then it ensures our chains, their protect tails and the jumps
+// to them, loads the grants, reconciles the chains with them and starts a
+// worker per family.
 func Open(ctx context.Context, o Options) (*Firewall, error) {
 	o, err := o.normalize()
 	if err != nil {
 		return nil, err
 	}
-	tabs, err := o.tables()
+	if err := probeState(&o, false); err != nil {
+		return nil, err
+	}
+	tabs, err := o.tables(ctx, true)
 	if err != nil {
 		return nil, err
 	}
@@ -387,261 +321,300 @@ func Open(ctx context.Context, o Options) (*Firewall, error) {
 }
 
 // newFirewall builds a firewall on tabs for normalized options; start
-// brings the kernel in line and starts the worker.
+// brings the kernel in line and starts the workers.
 func newFirewall(o Options, tabs [2]tables) *Firewall {
 	ctx, quit := context.WithCancel(context.Background())
 	f := &Firewall{
-		o: o, log: o.Logger, clock: o.Clock, tabs: tabs, path: o.statePath(),
-		reqs: make(chan request), stop: make(chan struct{}), done: make(chan struct{}),
-		ctx: ctx, quit: quit,
-		cur:    tail{protect: o.Protect, allow: o.AlwaysAllow, ports: o.Ports},
-		grants: map[grantKey]Grant{},
+		o: o, log: o.Logger, clock: o.Clock,
+		st: &store{path: o.statePath(), log: o.Logger}, marker: markerFor(o.StateDir),
+		stop: make(chan struct{}), ctx: ctx, quit: quit,
 	}
-	f.rt = &retrier{clock: o.Clock, log: o.Logger, delays: defaultDelays, timeout: o.CallTimeout, stop: f.stop}
+	cur := tail{protect: o.Protect, allow: o.AlwaysAllow, ports: o.Ports}
+	pol := newPolicy(o.Sequences)
+	for _, fam := range families {
+		if tabs[fam] == nil {
+			continue
+		}
+		f.fams[fam] = &worker{
+			f: f, fam: fam, t: tabs[fam], log: o.Logger,
+			rt: &retrier{clock: o.Clock, log: o.Logger.With(keyFamily, fam), delays: defaultDelays,
+				timeout: o.CallTimeout, stop: f.stop, cmd: fam.command()},
+			reqs: make(chan request), done: make(chan struct{}),
+			cur: cur, pol: pol,
+			grants: map[grantKey]Grant{}, pending: map[grantKey]*pendingGrant{}, revoked: map[netip.Addr]time.Time{},
+		}
+	}
 	return f
 }
 
-func (f *Firewall) start(ctx context.Context) error {
-	if f.path != "" {
-		if err := os.MkdirAll(filepath.Dir(f.path), 0o700); err != nil {
-			return fmt.Errorf("state dir: %w", err)
-		}
-		for _, tmp := range removeTemps(f.path) {
-			f.log.Warn("temporary state file of an interrupted write removed", keyPath, tmp)
-		}
-	}
-	for _, fam := range families {
-		if f.tabs[fam] != nil {
-			if err := f.ensureChain(ctx, fam); err != nil {
-				return err
-			}
+// workers returns the workers of the managed families.
+func (f *Firewall) workers() []*worker {
+	var ws []*worker
+	for _, w := range f.fams {
+		if w != nil {
+			ws = append(ws, w)
 		}
 	}
-	gs, err := f.loadGrants(ctx)
-	if err != nil {
-		return err
-	}
-	now := f.clock.Now()
-	for _, g := range gs {
-		k := grantKey{g.IP, g.Sequence}
-		switch old, had := f.grants[k]; {
-		case !g.Until.After(now):
-			f.log.Info("grant expired while webknock was stopped", keyIP, g.IP, keySequence, g.Sequence, keyUntil, g.Until)
-		case f.tabs[familyOf(g.IP)] == nil:
-			f.log.Warn("grant dropped: its family has no firewall", keyIP, g.IP, keySequence, g.Sequence)
-		case !had || g.Until.After(old.Until):
-			f.grants[k] = g
-		}
-	}
-	if n := len(f.grants); n > f.o.MaxGrants {
-		// Live in the kernel already: kept, and new ones refused until
-		// enough have ended.
-		f.log.Warn("more live grants than max grants; new grants are refused until fewer", keyCount, n)
-	}
-	f.dirty = true
-	if err := f.reconcile(ctx); err != nil {
-		return err
-	}
-	for _, fam := range families {
-		if f.tabs[fam] != nil {
-			if err := f.ensureJump(ctx, fam); err != nil {
-				return err
-			}
-		}
-	}
-	f.checked = f.clock.Now()
-	f.commit()
-	f.log.Info("firewall ready", keyChain, f.o.Chain, keyHook, f.o.Hook, keyCount, len(f.grants),
-		keyBackend, f.o.Backend, keyProtect, f.cur.protect)
-	go f.run(f.clock.After(f.o.CheckInterval))
-	return nil
+	return ws
 }
 
-// loadGrants reads the state file, or rebuilds the grants from the comments
-// of our rules when there is none or it cannot be read.
-func (f *Firewall) loadGrants(ctx context.Context) ([]Grant, error) {
-	if f.path != "" {
-		gs, err := loadState(f.path)
-		switch {
-		case err == nil:
-			return gs, nil
-		case errors.Is(err, fs.ErrNotExist):
-			f.log.Info("no state file; rebuilding the grants from the rules' comments", keyPath, f.path)
-		default:
-			f.log.Warn("state file unreadable; rebuilding the grants from the rules' comments", keyPath, f.path, keyErr, err)
-		}
+// worker returns the worker of ip's family, or an error naming ip.
+func (f *Firewall) worker(ip netip.Addr) (*worker, error) {
+	fam := familyOf(ip)
+	if w := f.fams[fam]; w != nil {
+		return w, nil
 	}
-	var gs []Grant
-	for _, fam := range families {
-		if f.tabs[fam] == nil {
-			continue
-		}
-		have, err := f.list(ctx, fam)
-		if err != nil {
-			return nil, err
-		}
-		gs = append(gs, grantsOf(have)...)
-	}
-	f.log.Info("grants rebuilt from the rules' comments", keyCount, len(gs))
-	return gs, nil
+	return nil, fmt.Errorf("%s: no %s firewall on this host", ip, fam)
 }
 
-// grantsOf groups the grant rules of a chain into grants.
-func grantsOf(have []listed) []Grant {
-	type k struct {
-		ip    netip.Addr
-		seq   string
-		until int64
-	}
-	idx := map[k]int{}
-	var gs []Grant
-	for _, l := range have {
-		if !l.ours || l.r.kind != kindGrant {
-			continue
-		}
-		key := k{l.r.src.Addr(), l.r.seq, l.r.until}
-		i, ok := idx[key]
-		if !ok {
-			i = len(gs)
-			idx[key] = i
-			gs = append(gs, Grant{IP: key.ip, Sequence: key.seq, Until: time.Unix(key.until, 0).UTC()})
-		}
-		if !slices.Contains(gs[i].Ports, l.r.port) {
-			gs[i].Ports = append(gs[i].Ports, l.r.port)
-		}
-	}
-	return gs
-}
-
-// Grant opens g.Ports to g.IP until g.Until. When it returns nil the rules
-// are in the kernel. A grant for an (IP, Sequence) that holds one already
-// extends it to the later Until; an earlier Until changes nothing. A grant
-// whose Until is not after now is refused with ErrExpired.
-func (f *Firewall) Grant(ctx context.Context, g Grant) error {
+// Grant opens g.Ports to g.IP until g.Until, and returns the grant as
+// applied: Until at most the wall clock's now plus the sequence's window,
+// or the later Until of a grant of (IP, Sequence) that it extends. When
+// the error is nil the rules are in the kernel. An earlier Until than the
+// one held changes nothing.
+//
+// It refuses a grant whose Until is not after now (ErrExpired), a knock
+// logged before the last revoke of its address (ErrRevoked), a sequence or
+// ports the configuration does not have (ErrNotAllowed), a new grant while
+// MaxGrants are held (ErrTableFull). When iptables fails, the grant waits
+// and is retried until it is applied or its window ends; the error then
+// wraps ErrPending, and the returned grant is the one that waits.
+func (f *Firewall) Grant(ctx context.Context, g Grant) (Grant, error) {
 	g, err := normalizeGrant(g)
 	if err != nil {
-		return err
+		return Grant{}, err
 	}
 	if !g.Until.After(f.clock.Now()) {
-		return fmt.Errorf("grant to %s for %s until %s: %w", g.IP, g.Sequence, g.Until.Format(time.RFC3339), ErrExpired)
+		return Grant{}, fmt.Errorf("grant to %s for %s until %s: %w", g.IP, g.Sequence, g.Until.Format(time.RFC3339), ErrExpired)
 	}
-	return f.do(ctx, func(ctx context.Context) error { return f.grant(ctx, g) })
+	w, err := f.worker(g.IP)
+	if err != nil {
+		return Grant{}, fmt.Errorf("grant to %w", err)
+	}
+	var out Grant
+	err = w.do(ctx, func(ctx context.Context) error {
+		var err error
+		out, err = w.grant(ctx, g)
+		return err
+	})
+	return out, err
 }
 
-// Revoke removes every grant of ip now. It returns ErrNoGrant when ip holds
-// none. A rule that cannot be deleted is retried in the background.
+// Revoke removes every grant of ip now, pending ones too, and remembers
+// the time: a knock of ip logged before it never grants again. It returns
+// ErrNoGrant when ip holds none. A rule that cannot be deleted is retried
+// in the background.
 func (f *Firewall) Revoke(ctx context.Context, ip netip.Addr) error {
 	ip = ip.Unmap()
 	if !ip.IsValid() {
 		return errors.New("revoke: no address")
 	}
-	return f.do(ctx, func(ctx context.Context) error { return f.revoke(ctx, ip) })
+	w := f.fams[familyOf(ip)]
+	if w == nil {
+		return fmt.Errorf("revoke %s: %w", ip, ErrNoGrant)
+	}
+	return w.do(ctx, func(ctx context.Context) error { return w.revoke(ctx, ip) })
 }
 
 // Grants returns the live grants, sorted by Until, then IP and Sequence.
 // The slice is the caller's.
-func (f *Firewall) Grants() []Grant {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	out := make([]Grant, len(f.view))
-	for i, g := range f.view {
-		out[i] = g
-		out[i].Ports = slices.Clone(g.Ports)
-	}
-	return out
-}
+func (f *Firewall) Grants() []Grant { return f.st.grants() }
 
 // Health tells whether the kernel is in line with the grants.
 func (f *Firewall) Health() Health {
-	f.mu.Lock()
-	h := f.health
-	f.mu.Unlock()
-	rt := f.rt
-	h.Failures, h.TimedOut, h.LockBusy = rt.failures.Load(), rt.timedOut.Load(), rt.lockBusy.Load()
-	h.Stuck = int(rt.stuck.Load())
-	h.Suspended = rt.suspendedNow()
-	h.Refused, h.Repairs = f.refused.Load(), f.repairs.Load()
-	rt.mu.Lock()
-	h.LastError = cmp.Or(h.LastError, rt.lastErr)
-	rt.mu.Unlock()
-	h.InSync = h.InSync && h.Stuck == 0 && !h.Suspended
+	f.st.mu.Lock()
+	views, dirty, serr := f.st.fams, f.st.dirty, f.st.err
+	f.st.mu.Unlock()
+	h := Health{Refused: f.refused.Load(), Repairs: f.repairs.Load()}
+	for _, w := range f.workers() {
+		v, rt := views[w.fam].health, w.rt
+		h.Failures += rt.failures.Load()
+		h.TimedOut += rt.timedOut.Load()
+		h.LockBusy += rt.lockBusy.Load()
+		stuck := int(rt.stuck.Load())
+		suspended := rt.suspendedNow()
+		h.Stuck += stuck
+		h.Suspended = h.Suspended || suspended
+		h.Pending += v.doomed
+		h.PendingGrants += v.pending
+		if h.Checked.IsZero() || v.checked.Before(h.Checked) {
+			h.Checked = v.checked
+		}
+		rt.mu.Lock()
+		last := rt.lastErr
+		rt.mu.Unlock()
+		if v.checkErr != nil {
+			last = v.checkErr.Error()
+		}
+		if h.LastError == "" {
+			h.LastError = last
+		}
+		say := func(format string, args ...any) {
+			h.Problems = append(h.Problems, w.fam.String()+": "+fmt.Sprintf(format, args...))
+		}
+		if suspended {
+			say("%s calls time out; suspended", w.fam.command())
+		}
+		if stuck > 0 {
+			say("%d killed %s calls have not exited", stuck, w.fam.command())
+		}
+		if v.pending > 0 {
+			say("%d %s waiting to be applied", v.pending, plural(v.pending, "grant", "grants"))
+		}
+		if v.doomed > 0 {
+			say("%d %s waiting to be deleted", v.doomed, plural(v.doomed, "rule", "rules"))
+		}
+		if v.checkErr != nil {
+			say("integrity check failed")
+		} else if v.unsynced {
+			say("chain not reconciled with the grants")
+		}
+	}
+	if dirty {
+		msg := "state file not written"
+		if serr != nil {
+			msg += ": " + serr.Error()
+		}
+		h.Problems = append(h.Problems, msg)
+	}
+	h.InSync = len(h.Problems) == 0
 	return h
 }
 
-// Reconfigure applies new protect, always_allow and ports settings: the new
-// protect rules are appended before the old ones are deleted, so that no
-// moment passes without the drops. Backend, Chain, Hook and StateDir change
-// only with a restart; other options than those four and the three above are
-// ignored.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// Reconfigure applies new protect, always_allow, ports and sequences
+// settings. The new protect rules are appended before the old ones are
+// deleted, so that no moment passes without the drops; only when both
+// families took them are the sequences applied to the grants: those of a
+// sequence that is gone are revoked, ports no longer a sequence's are
+// closed, and a grant that ends later than now plus a shortened window is
+// cut to it. Backend, Chain, Hook, IPv6Off and StateDir change only with a
+// restart; the other options are ignored.
 func (f *Firewall) Reconfigure(ctx context.Context, o Options) error {
 	n, err := o.normalize()
 	if err != nil {
 		return fmt.Errorf("reconfigure: %w", err)
 	}
-	if n.Backend != f.o.Backend || n.Chain != f.o.Chain || n.Hook != f.o.Hook || n.StateDir != f.o.StateDir {
-		return errors.New("reconfigure: the firewall backend, chain, hook and state dir change only with a restart")
+	if n.Backend != f.o.Backend || n.Chain != f.o.Chain || n.Hook != f.o.Hook || n.StateDir != f.o.StateDir || n.IPv6Off != f.o.IPv6Off {
+		return errors.New("reconfigure: the firewall backend, chain, hook, ipv6 and state dir change only with a restart")
 	}
 	next := tail{protect: n.Protect, allow: n.AlwaysAllow, ports: n.Ports}
-	return f.do(ctx, func(ctx context.Context) error {
-		prev := f.cur
-		f.cur = next
-		err := f.reconcile(ctx)
-		if err == nil {
-			f.log.Info("firewall reconfigured", keyProtect, next.protect, keyPorts, next.ports)
-			return nil
-		}
-		f.cur = prev
-		if rerr := f.reconcile(ctx); rerr != nil {
-			f.log.Error("cannot restore the previous protect rules", keyErr, rerr)
-		}
-		return fmt.Errorf("reconfigure: %w", err)
+	ws := f.workers()
+	prev := make([]tail, len(ws))
+	errs := f.onEach(ctx, ws, func(i int, w *worker, ctx context.Context) error {
+		prev[i] = w.cur
+		return w.setTail(ctx, next)
 	})
+	if err := errors.Join(errs...); err != nil {
+		// One family took the new rules and the other did not: put the
+		// first one back, so that the running configuration stays whole.
+		f.onEach(ctx, ws, func(i int, w *worker, ctx context.Context) error {
+			if errs[i] == nil {
+				return w.setTail(ctx, prev[i])
+			}
+			return nil
+		})
+		return fmt.Errorf("reconfigure: %w", err)
+	}
+	pol := newPolicy(n.Sequences)
+	f.onEach(ctx, ws, func(_ int, w *worker, ctx context.Context) error {
+		w.applyPolicy(ctx, pol)
+		return nil
+	})
+	f.log.Info("firewall reconfigured", keyProtect, next.protect, keyPorts, next.ports)
+	return nil
 }
 
-// Close stops the worker. The chains and their rules stay: the ports stay
+// onEach runs fn on the workers ws, each on its own, at the same time, and
+// returns their errors in the order of ws.
+func (f *Firewall) onEach(ctx context.Context, ws []*worker, fn func(i int, w *worker, ctx context.Context) error) []error {
+	errs := make([]error, len(ws))
+	var wg sync.WaitGroup
+	for i, w := range ws {
+		wg.Go(func() {
+			errs[i] = w.do(ctx, func(ctx context.Context) error { return fn(i, w, ctx) })
+		})
+	}
+	wg.Wait()
+	return errs
+}
+
+// Close stops the workers. The chains and their rules stay: the ports stay
 // protected, and each grant still ends in the kernel at its Until.
 func (f *Firewall) Close() error {
 	var err error
 	f.once.Do(func() {
 		close(f.stop)
 		f.quit()
-		<-f.done
-		if f.dirty && f.path != "" {
-			err = saveState(f.path, f.sorted())
+		for _, w := range f.workers() {
+			<-w.done
 		}
+		err = f.st.flush()
 	})
 	return err
 }
 
 // Flush removes the jumps to our chains and the chains, IPv4 and IPv6, and
-// the state file's grants.
+// the state file's grants. A chain of that name that is not webknock's is
+// refused, and then nothing is touched.
 func Flush(ctx context.Context, o Options) error {
 	o, err := o.normalize()
 	if err != nil {
 		return err
 	}
-	tabs, err := o.tables()
+	tabs, err := o.tables(ctx, false)
 	if err != nil {
 		return err
 	}
+	return flushTables(ctx, &o, tabs)
+}
+
+// flushTables is Flush on tabs.
+func flushTables(ctx context.Context, o *Options, tabs [2]tables) error {
 	rt := &retrier{clock: o.Clock, log: o.Logger, delays: defaultDelays, timeout: o.CallTimeout}
 	var errs []error
 	for _, fam := range families {
 		if t := tabs[fam]; t != nil {
-			errs = append(errs, flushFamily(ctx, rt, t, fam, &o))
+			errs = append(errs, ownedOrAbsent(ctx, rt, t, fam, o.Chain, markerFor(o.StateDir)))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	for _, fam := range families {
+		if t := tabs[fam]; t != nil {
+			errs = append(errs, flushFamily(ctx, rt, t, fam, o))
 		}
 	}
 	if p := o.statePath(); p != "" {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("remove state file: %w", err))
+		if err := removeState(p); err != nil {
+			errs = append(errs, err)
 		}
-		removeTemps(p)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	o.Logger.Info("firewall flushed", keyChain, o.Chain, keyHook, o.Hook)
 	return nil
+}
+
+// ownedOrAbsent refuses a chain that exists and is not ours.
+func ownedOrAbsent(ctx context.Context, rt *retrier, t tables, fam family, chain string, marker rule) error {
+	var lines []string
+	err := rt.do(ctx, "list", func(ctx context.Context, _ int) (err error) { lines, err = t.List(ctx, table, chain); return err })
+	switch {
+	case errors.Is(err, errNoChain):
+		return nil
+	case err != nil:
+		return fmt.Errorf("%s: list %s/%s: %w", fam.command(), table, chain, err)
+	}
+	return judgeChain(chain, lines, marker).err(fam, chain)
 }
 
 func flushFamily(ctx context.Context, rt *retrier, t tables, fam family, o *Options) error {
@@ -666,4 +639,14 @@ func flushFamily(ctx context.Context, rt *retrier, t tables, fam family, o *Opti
 		return fmt.Errorf("%s: delete chain %s/%s: %w", fam.command(), table, o.Chain, err)
 	}
 	return nil
+}
+
+// sortedGrants returns the values of m sorted as Grants sorts.
+func sortedGrants(m map[grantKey]Grant) []Grant {
+	gs := make([]Grant, 0, len(m))
+	for _, g := range m {
+		gs = append(gs, g)
+	}
+	sortGrants(gs)
+	return gs
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -34,13 +35,13 @@ func TestGrantRuleText(t *testing.T) {
 			e := newEnv(t)
 			f := e.open(e.options())
 			g := Grant{IP: netip.MustParseAddr(tc.ip), Sequence: "ssh", Ports: []Port{ssh}, Until: until.Add(999 * time.Millisecond)}
-			if err := f.Grant(ctx0, g); err != nil {
+			if err := f.grant(g); err != nil {
 				t.Fatalf("Grant(%v) = %v", g, err)
 			}
-			if d := diffLines(e.chain(tc.fam), chainOnly(tc.want)); d != "" {
+			if d := diffLines(e.chain(tc.fam), e.chainOnly(tc.want)); d != "" {
 				t.Errorf("family %v: %s", tc.fam, d)
 			}
-			if other := e.chain(1 - tc.fam); len(other) != 1 {
+			if other := e.chain(1 - tc.fam); len(other) != 2 {
 				t.Errorf("family %v: %q, want an empty chain", 1-tc.fam, other)
 			}
 			gs := f.Grants()
@@ -60,10 +61,10 @@ func TestGrantOneRulePerPort(t *testing.T) {
 	e := newEnv(t)
 	f := e.open(e.options())
 	until := t0.Add(10 * time.Minute)
-	if err := f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh, dns, alt, ssh}, Until: until}); err != nil {
+	if err := f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh, dns, alt, ssh}, Until: until}); err != nil {
 		t.Fatal(err)
 	}
-	want := chainOnly(grantLine("192.0.2.1/32", ssh, "ssh", until), grantLine("192.0.2.1/32", dns, "ssh", until),
+	want := e.chainOnly(grantLine("192.0.2.1/32", ssh, "ssh", until), grantLine("192.0.2.1/32", dns, "ssh", until),
 		grantLine("192.0.2.1/32", alt, "ssh", until))
 	if d := diffLines(e.chain(ipv4), want); d != "" {
 		t.Error(d)
@@ -90,12 +91,12 @@ func TestGrantRefused(t *testing.T) {
 		{"after 2038", Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: time.Date(2038, 2, 1, 0, 0, 0, 0, time.UTC)}, false},
 	}
 	for _, tc := range tests {
-		err := f.Grant(ctx0, tc.g)
+		err := f.grant(tc.g)
 		if err == nil || errors.Is(err, ErrExpired) != tc.expired {
 			t.Errorf("%s: Grant = %v, want an error (ErrExpired: %v)", tc.name, err, tc.expired)
 		}
 	}
-	if c := e.chain(ipv4); len(c) != 1 {
+	if c := e.chain(ipv4); len(c) != 2 {
 		t.Errorf("chain after refused grants: %q", c)
 	}
 	if gs := f.Grants(); len(gs) != 0 {
@@ -110,11 +111,11 @@ func TestGrantExtension(t *testing.T) {
 	f := e.open(e.options())
 	u1, u2 := t0.Add(10*time.Minute), t0.Add(20*time.Minute)
 	for _, u := range []time.Time{u1, u2} {
-		if err := f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: u}); err != nil {
+		if err := f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: u}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	want := chainOnly(grantLine("192.0.2.1/32", ssh, "ssh", u2))
+	want := e.chainOnly(grantLine("192.0.2.1/32", ssh, "ssh", u2))
 	if d := diffLines(e.chain(ipv4), want); d != "" {
 		t.Error(d)
 	}
@@ -136,7 +137,7 @@ func TestGrantExtension(t *testing.T) {
 
 	before := len(e.v4.snapshots("WEBKNOCK"))
 	for _, u := range []time.Time{u1, u2, u2.Add(500 * time.Millisecond)} {
-		if err := f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: u}); err != nil {
+		if err := f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: u}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -151,7 +152,7 @@ func TestGrantExtension(t *testing.T) {
 		t.Errorf("Grants() = %v, want one until %v", gs, u2)
 	}
 	// Another sequence is another grant.
-	if err := f.Grant(ctx0, Grant{IP: c1, Sequence: "web", Ports: []Port{ssh}, Until: u1}); err != nil {
+	if err := f.grant(Grant{IP: c1, Sequence: "web", Ports: []Port{ssh}, Until: u1}); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(f.Grants()); n != 2 {
@@ -163,23 +164,23 @@ func TestExpiry(t *testing.T) {
 	e := newEnv(t)
 	f := e.open(e.options())
 	u1, u2 := t0.Add(10*time.Minute), t0.Add(20*time.Minute)
-	f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh, dns}, Until: u1})
-	f.Grant(ctx0, Grant{IP: c6, Sequence: "ssh", Ports: []Port{ssh}, Until: u2})
+	f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh, dns}, Until: u1})
+	f.grant(Grant{IP: c6, Sequence: "ssh", Ports: []Port{ssh}, Until: u2})
 
-	e.clk.Advance(10*time.Minute - time.Second)
-	if n := len(e.chain(ipv4)); n != 3 {
-		t.Fatalf("a second before until: %d lines, want 3", n)
+	f.advance(e.clk, 10*time.Minute-time.Second)
+	if n := len(e.chain(ipv4)); n != 4 {
+		t.Fatalf("a second before until: %d lines, want 4", n)
 	}
-	e.clk.Advance(time.Second)
-	f.waitFor(t, "the IPv4 grant to end", func() bool { return len(e.chain(ipv4)) == 1 && len(f.Grants()) == 1 })
-	if len(e.chain(ipv6)) != 2 {
+	f.advance(e.clk, time.Second)
+	f.waitFor(t, "the IPv4 grant to end", func() bool { return len(e.chain(ipv4)) == 2 && len(f.Grants()) == 1 })
+	if len(e.chain(ipv6)) != 3 {
 		t.Errorf("IPv6 grant gone too early: %q", e.chain(ipv6))
 	}
 	if gs := e.readState(); len(gs) != 1 || gs[0].IP != c6 {
 		t.Errorf("state file = %v, want the IPv6 grant only", gs)
 	}
-	e.clk.Advance(10 * time.Minute)
-	f.waitFor(t, "the IPv6 grant to end", func() bool { return len(e.chain(ipv6)) == 1 && len(f.Grants()) == 0 })
+	f.advance(e.clk, 10*time.Minute)
+	f.waitFor(t, "the IPv6 grant to end", func() bool { return len(e.chain(ipv6)) == 2 && len(f.Grants()) == 0 })
 	if gs := e.readState(); len(gs) != 0 {
 		t.Errorf("state file = %v, want no grants", gs)
 	}
@@ -189,14 +190,14 @@ func TestRevoke(t *testing.T) {
 	e := newEnv(t)
 	f := e.open(e.options())
 	u := t0.Add(10 * time.Minute)
-	f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: u})
-	f.Grant(ctx0, Grant{IP: c1, Sequence: "web", Ports: []Port{alt}, Until: u})
-	f.Grant(ctx0, Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: u})
+	f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: u})
+	f.grant(Grant{IP: c1, Sequence: "web", Ports: []Port{alt}, Until: u})
+	f.grant(Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: u})
 
 	if err := f.Revoke(ctx0, netip.MustParseAddr("::ffff:192.0.2.1")); err != nil {
 		t.Fatalf("Revoke = %v", err)
 	}
-	if d := diffLines(e.chain(ipv4), chainOnly(grantLine("198.51.100.2/32", ssh, "ssh", u))); d != "" {
+	if d := diffLines(e.chain(ipv4), e.chainOnly(grantLine("198.51.100.2/32", ssh, "ssh", u))); d != "" {
 		t.Error(d)
 	}
 	if gs := f.Grants(); len(gs) != 1 || gs[0].IP != c2 {
@@ -215,7 +216,7 @@ func TestRevoke(t *testing.T) {
 func TestRevokeFailure(t *testing.T) {
 	e := newEnv(t)
 	f := e.open(e.options())
-	f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
+	f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
 	e.v4.setFail(func(op, chain string, _ []string) error {
 		if strings.HasPrefix(op, "delete") {
 			return errors.New("resource busy")
@@ -228,22 +229,22 @@ func TestRevokeFailure(t *testing.T) {
 	if h := f.Health(); h.InSync || h.Pending != 1 || h.Failures == 0 {
 		t.Errorf("Health() = %+v, want one pending rule", h)
 	}
-	if n := len(e.chain(ipv4)); n != 2 {
+	if n := len(e.chain(ipv4)); n != 3 {
 		t.Errorf("chain has %d lines, want the rule still there", n)
 	}
 	e.v4.setFail(nil)
-	e.clk.Advance(doomFirst)
-	f.waitFor(t, "the rule to be deleted", func() bool { return len(e.chain(ipv4)) == 1 && f.Health().InSync })
+	f.advance(e.clk, doomFirst)
+	f.waitFor(t, "the rule to be deleted", func() bool { return len(e.chain(ipv4)) == 2 && f.Health().InSync })
 }
 
 func TestGrantsView(t *testing.T) {
 	e := newEnv(t)
 	f := e.open(e.options())
 	u1, u2 := t0.Add(5*time.Minute), t0.Add(10*time.Minute)
-	f.Grant(ctx0, Grant{IP: c6, Sequence: "ssh", Ports: []Port{ssh}, Until: u1})
-	f.Grant(ctx0, Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: u2})
-	f.Grant(ctx0, Grant{IP: c1, Sequence: "web", Ports: []Port{alt}, Until: u2})
-	f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh, dns}, Until: u2})
+	f.grant(Grant{IP: c6, Sequence: "ssh", Ports: []Port{ssh}, Until: u1})
+	f.grant(Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: u2})
+	f.grant(Grant{IP: c1, Sequence: "web", Ports: []Port{alt}, Until: u2})
+	f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh, dns}, Until: u2})
 	got := f.Grants()
 	want := []Grant{
 		{IP: c6, Sequence: "ssh", Ports: []Port{ssh}, Until: u1},
@@ -263,24 +264,33 @@ func TestGrantsView(t *testing.T) {
 func TestStateFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, stateFile)
-	gs := []Grant{
-		{IP: c1, Sequence: "ssh", Ports: []Port{ssh, dns}, Until: t0},
-		{IP: c6, Sequence: "web", Ports: []Port{alt}, Until: t0.Add(time.Hour)},
+	doc := stateDoc{
+		Grants: []Grant{
+			{IP: c1, Sequence: "ssh", Ports: []Port{ssh, dns}, Knocked: t0.Add(-time.Minute), Until: t0},
+			{IP: c6, Sequence: "web", Ports: []Port{alt}, Until: t0.Add(time.Hour)},
+		},
+		Pending: []Grant{{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}},
+		Revoked: []revoked{{IP: mustAddr("192.0.2.9"), At: t0.Add(-time.Hour)}},
 	}
 	for range 2 { // the second replaces the first
-		if err := saveState(path, gs); err != nil {
+		if err := writeState(path, doc); err != nil {
 			t.Fatal(err)
 		}
 	}
-	got, err := loadState(path)
-	if err != nil || !slices.EqualFunc(got, gs, grantEqual) {
-		t.Fatalf("loadState = %v, %v; want %v", got, err, gs)
+	got, err := readState(path)
+	if err != nil || !slices.EqualFunc(got.Grants, doc.Grants, grantEqual) || !slices.EqualFunc(got.Pending, doc.Pending, grantEqual) ||
+		!slices.Equal(got.Revoked, doc.Revoked) || !got.Grants[0].Knocked.Equal(doc.Grants[0].Knocked) {
+		t.Fatalf("readState = %+v, %v; want %+v", got, err, doc)
 	}
 	b, _ := os.ReadFile(path)
-	for _, s := range []string{`"ip": "192.0.2.1"`, `"ports": [`, `"22/tcp"`, `"until": "2026-11-22T19:01:34Z"`, `"version": 1`} {
+	for _, s := range []string{`"ip": "192.0.2.1"`, `"ports": [`, `"22/tcp"`, `"until": "2026-11-22T19:01:34Z"`, `"version": 2`,
+		`"knocked": "2026-11-22T19:00:34Z"`, `"pending": [`, `"revoked": [`} {
 		if !strings.Contains(string(b), s) {
 			t.Errorf("state file lacks %s:\n%s", s, b)
 		}
+	}
+	if strings.Count(string(b), `"knocked"`) != 1 {
+		t.Errorf("state file has a knocked time for a grant without one:\n%s", b)
 	}
 	fi, _ := os.Stat(path)
 	if fi.Mode().Perm() != 0o600 {
@@ -291,16 +301,25 @@ func TestStateFile(t *testing.T) {
 		t.Errorf("state dir holds %v, want the state file only", entries)
 	}
 
+	// Version 1, as webknock wrote it before pending grants and revokes.
+	os.WriteFile(path, []byte(`{"version": 1, "grants": [{"ip": "192.0.2.1", "sequence": "ssh", "ports": ["22/tcp"], "until": "2026-11-22T19:01:34Z"}]}`), 0o600)
+	if got, err := readState(path); err != nil || len(got.Grants) != 1 || got.Grants[0].IP != c1 {
+		t.Errorf("readState of version 1 = %+v, %v", got, err)
+	}
+
 	for name, text := range map[string]string{
 		"not json":     "{",
-		"bad version":  `{"version": 2, "grants": []}`,
+		"bad version":  `{"version": 3, "grants": []}`,
 		"bad address":  `{"version": 1, "grants": [{"ip": "x", "sequence": "ssh", "ports": ["22/tcp"], "until": "2026-11-22T19:01:34Z"}]}`,
 		"bad port":     `{"version": 1, "grants": [{"ip": "192.0.2.1", "sequence": "ssh", "ports": ["22/sctp"], "until": "2026-11-22T19:01:34Z"}]}`,
 		"bad sequence": `{"version": 1, "grants": [{"ip": "192.0.2.1", "sequence": "", "ports": ["22/tcp"], "until": "2026-11-22T19:01:34Z"}]}`,
+		"bad pending":  `{"version": 2, "grants": [], "pending": [{"ip": "192.0.2.1", "sequence": "ssh", "ports": [], "until": "2026-11-22T19:01:34Z"}]}`,
+		"bad revoke":   `{"version": 2, "grants": [], "revoked": [{"ip": "192.0.2.1"}]}`,
+		"unknown key":  `{"version": 2, "grants": [], "open": ["22/tcp"]}`,
 	} {
 		os.WriteFile(path, []byte(text), 0o600)
-		if gs, err := loadState(path); err == nil {
-			t.Errorf("%s: loadState = %v, want an error", name, gs)
+		if gs, err := readState(path); err == nil {
+			t.Errorf("%s: readState = %v, want an error", name, gs)
 		}
 	}
 }
@@ -320,7 +339,10 @@ func TestReconcile(t *testing.T) {
 	)
 	spec := func(line string) string { return strings.TrimPrefix(line, "-A WEBKNOCK ") }
 	e.plant(ipv4, "WEBKNOCK",
+		`-s 203.0.113.7/32 -j ACCEPT`, // above the marker
+		spec(e.markerLine()),
 		spec(grantLine("192.0.2.1/32", ssh, "ssh", live)),
+		spec(e.markerLine()),
 		spec(grantLine("192.0.2.1/32", ssh, "old", expired)),
 		`-s 192.0.2.9/32 -j ACCEPT`,
 		spec(grantLine("192.0.2.1/32", ssh, "ssh", live)),
@@ -331,19 +353,20 @@ func TestReconcile(t *testing.T) {
 		spec(grantLine("192.0.2.1/32", alt, "web", t0.Add(time.Hour))),
 	)
 	e.plant(ipv6, "WEBKNOCK",
-		spec(grantLine("2001:db8::7/128", ssh, "ssh", live)),
+		spec(grantLine("2001:db8::7/128", ssh, "ssh", live)), // above the marker, and kept
+		spec(e.markerLine()),
 		spec(grantLine("2001:db8::7/128", ssh, "ssh", live)),
 		`-p tcp -m tcp --dport 22 -j ACCEPT`,
 	)
 	e.plant(ipv4, "INPUT", `-j WEBKNOCK`, `-s 192.0.2.99/32 -j DROP`)
 
-	wantV4 := chainOnly(
+	wantV4 := e.chainOnly(
 		grantLine("192.0.2.1/32", dns, "ssh", live),    // restored
 		grantLine("198.51.100.2/32", ssh, "ssh", live), // restored
 		grantLine("192.0.2.1/32", ssh, "ssh", live),
 		grantLine("192.0.2.1/32", alt, "web", t0.Add(time.Hour)),
 	)
-	wantV6 := chainOnly(grantLine("2001:db8::7/128", ssh, "ssh", live))
+	wantV6 := e.chainOnly(grantLine("2001:db8::7/128", ssh, "ssh", live))
 	wantInput := []string{"-P INPUT ACCEPT", "-A INPUT -j WEBKNOCK", "-A INPUT -s 192.0.2.99/32 -j DROP"}
 	var changes int
 	for run := range 3 {
@@ -407,7 +430,7 @@ func TestRebuildFromComments(t *testing.T) {
 			if gs := e.readState(); !slices.EqualFunc(gs, want, grantEqual) {
 				t.Errorf("state file = %v, want %v", gs, want)
 			}
-			wantV4 := chainOnly(grantLine("192.0.2.1/32", ssh, "ssh", live), grantLine("192.0.2.1/32", dns, "ssh", live),
+			wantV4 := e.chainOnly(grantLine("192.0.2.1/32", ssh, "ssh", live), grantLine("192.0.2.1/32", dns, "ssh", live),
 				grantLine("198.51.100.2/32", ssh, "ssh", live))
 			if d := diffLines(e.chain(ipv4), wantV4); d != "" {
 				t.Error(d)
@@ -434,9 +457,9 @@ func TestProtectTail(t *testing.T) {
 	e := newEnv(t)
 	f := e.open(protectOptions(e))
 	u := t0.Add(10 * time.Minute)
-	f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: u})
-	f.Grant(ctx0, Grant{IP: c6, Sequence: "ssh", Ports: []Port{ssh}, Until: u})
-	wantV4 := chainOnly(
+	f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: u})
+	f.grant(Grant{IP: c6, Sequence: "ssh", Ports: []Port{ssh}, Until: u})
+	wantV4 := e.chainOnly(
 		grantLine("192.0.2.1/32", ssh, "ssh", u),
 		`-A WEBKNOCK -s 10.0.0.0/8 -p tcp -m tcp --dport 22 -m comment --comment "webknock:allow" -j ACCEPT`,
 		`-A WEBKNOCK -s 10.0.0.0/8 -p udp -m udp --dport 53 -m comment --comment "webknock:allow" -j ACCEPT`,
@@ -445,7 +468,7 @@ func TestProtectTail(t *testing.T) {
 		`-A WEBKNOCK -p tcp -m tcp --dport 22 -m conntrack --ctstate NEW -m comment --comment "webknock:protect" -j DROP`,
 		`-A WEBKNOCK -p udp -m udp --dport 53 -m conntrack --ctstate NEW -m comment --comment "webknock:protect" -j DROP`,
 	)
-	wantV6 := chainOnly(
+	wantV6 := e.chainOnly(
 		grantLine("2001:db8::7/128", ssh, "ssh", u),
 		`-A WEBKNOCK -s 2001:db8:ffff::/48 -p tcp -m tcp --dport 22 -m comment --comment "webknock:allow" -j ACCEPT`,
 		`-A WEBKNOCK -s 2001:db8:ffff::/48 -p udp -m udp --dport 53 -m comment --comment "webknock:allow" -j ACCEPT`,
@@ -488,14 +511,14 @@ func TestReconfigure(t *testing.T) {
 	o := protectOptions(e)
 	f := e.open(o)
 	u := t0.Add(10 * time.Minute)
-	f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: u})
+	f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: u})
 
 	o.Ports = []Port{alt, ssh}
 	o.AlwaysAllow = []netip.Prefix{netip.MustParsePrefix("172.16.0.0/12")}
 	if err := f.Reconfigure(ctx0, o); err != nil {
 		t.Fatalf("Reconfigure = %v", err)
 	}
-	want := chainOnly(
+	want := e.chainOnly(
 		grantLine("192.0.2.1/32", ssh, "ssh", u),
 		`-A WEBKNOCK -s 172.16.0.0/12 -p tcp -m tcp --dport 2222 -m comment --comment "webknock:allow" -j ACCEPT`,
 		`-A WEBKNOCK -s 172.16.0.0/12 -p tcp -m tcp --dport 22 -m comment --comment "webknock:allow" -j ACCEPT`,
@@ -508,7 +531,7 @@ func TestReconfigure(t *testing.T) {
 	if gaps := dropGaps(e.v4, ssh); len(gaps) > 0 {
 		t.Errorf("the 22/tcp drop was missing after: %+v", gaps)
 	}
-	if d := diffLines(e.chain(ipv6), chainOnly(want[4:]...)); d != "" {
+	if d := diffLines(e.chain(ipv6), e.chainOnly(want[5:]...)); d != "" {
 		t.Errorf("IPv6: %s", d)
 	}
 	if gaps := dropGaps(e.v6, ssh); len(gaps) > 0 {
@@ -542,7 +565,7 @@ func TestReconfigure(t *testing.T) {
 	if err := f.Reconfigure(ctx0, o); err != nil {
 		t.Fatal(err)
 	}
-	if d := diffLines(e.chain(ipv4), want[:2]); d != "" {
+	if d := diffLines(e.chain(ipv4), want[:3]); d != "" {
 		t.Errorf("protect off: %s", d)
 	}
 }
@@ -576,13 +599,13 @@ func TestReconfigureFailure(t *testing.T) {
 	}
 }
 
-// Reconcile runs a reconcile on the worker, for the tests.
+// Reconcile runs a reconcile on each worker, for the tests.
 func (f *fw) Reconcile() error {
-	return f.do(ctx0, func(ctx context.Context) error { return f.reconcile(ctx) })
+	return errors.Join(f.onEach(ctx0, f.workers(), func(_ int, w *worker, ctx context.Context) error { return w.reconcile(ctx) })...)
 }
 
 // TestRetry: a failing call is retried with backoff on the clock; a grant
-// that fails for good is not recorded, and leaves no rule.
+// that fails after the retries leaves no rule and waits (TestGrantPending).
 func TestRetry(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -590,7 +613,7 @@ func TestRetry(t *testing.T) {
 		ok    bool
 	}{
 		{"recovers", 2, true},
-		{"fails for good", 3, false},
+		{"fails for now", 3, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -610,7 +633,7 @@ func TestRetry(t *testing.T) {
 			})
 			done := make(chan error, 1)
 			go func() {
-				done <- f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh, alt}, Until: t0.Add(time.Hour)})
+				done <- f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh, alt}, Until: t0.Add(time.Hour)})
 			}()
 			var waits []time.Duration
 			deadline := time.After(10 * time.Second)
@@ -619,7 +642,7 @@ func TestRetry(t *testing.T) {
 			for {
 				select {
 				case d := <-e.clk.added:
-					if d <= time.Second { // a backoff, not the expiry timer
+					if d < time.Second { // a backoff, not a timer of the worker
 						waits = append(waits, d)
 						e.clk.Advance(d)
 					}
@@ -637,29 +660,126 @@ func TestRetry(t *testing.T) {
 				t.Errorf("Health().Failures = %d, want %d", h.Failures, tc.fails)
 			}
 			if tc.ok {
-				if err != nil || len(f.Grants()) != 1 || len(e.chain(ipv4)) != 3 {
+				if err != nil || len(f.Grants()) != 1 || len(e.chain(ipv4)) != 4 {
 					t.Errorf("Grant = %v; grants %v; chain %q", err, f.Grants(), e.chain(ipv4))
 				}
 				return
 			}
-			if err == nil || !strings.Contains(err.Error(), "insert") || !strings.Contains(err.Error(), "filter/WEBKNOCK") {
-				t.Errorf("Grant = %v, want the insert's error", err)
+			if !errors.Is(err, ErrPending) || !strings.Contains(err.Error(), "insert") || !strings.Contains(err.Error(), "filter/WEBKNOCK") {
+				t.Errorf("Grant = %v, want ErrPending and the insert's error", err)
 			}
-			// Reported, and the kernel is still in line with the grants.
-			if h := f.Health(); !h.InSync || !strings.Contains(h.LastError, "xtables lock busy") {
-				t.Errorf("Health() = %+v, want the failure reported, in sync", h)
+			if h := f.Health(); h.InSync || h.PendingGrants != 1 || !strings.Contains(h.LastError, "xtables lock busy") {
+				t.Errorf("Health() = %+v, want the failure reported, a grant pending", h)
 			}
-			if n := strings.Count(e.log.String(), `msg="iptables call failed" op=insert`); n != 3 {
+			if n := strings.Count(e.log.String(), `msg="iptables call failed" family=IPv4 op=insert`); n != 3 {
 				t.Errorf("log has %d failed inserts, want 3:\n%s", n, e.log)
 			}
 			if gs := f.Grants(); len(gs) != 0 {
 				t.Errorf("Grants() = %v after a failed grant", gs)
 			}
-			if gs := e.readState(); len(gs) != 0 {
-				t.Errorf("state file = %v after a failed grant", gs)
-			}
-			if c := e.chain(ipv4); len(c) != 1 {
+			if c := e.chain(ipv4); len(c) != 2 {
 				t.Errorf("chain %q after a failed grant, want it empty", c)
+			}
+		})
+	}
+}
+
+// TestGrantPending: a grant whose insert fails waits, is kept in the state
+// file, and is retried with a growing backoff until it is applied, its
+// window ends, or its address is revoked.
+func TestGrantPending(t *testing.T) {
+	until := t0.Add(time.Hour)
+	g := Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until}
+	tests := []struct {
+		name string
+		// then runs after the grant failed, with the inserts still failing;
+		// it returns whether the grant ends applied.
+		then func(t *testing.T, e *env, f *fw, fail func(bool)) bool
+	}{
+		{"applied on a later retry", func(t *testing.T, e *env, f *fw, fail func(bool)) bool {
+			f.advance(e.clk, pendFirst) // the first retry fails too
+			f.waitFor(t, "the first retry", func() bool { return strings.Contains(e.log.String(), "pending grant still not applied") })
+			fail(false)
+			f.advance(e.clk, 2*pendFirst-time.Millisecond)
+			if len(f.Grants()) != 0 {
+				t.Errorf("applied before the doubled backoff")
+			}
+			f.advance(e.clk, time.Millisecond)
+			f.waitFor(t, "the grant to be applied", func() bool { return len(f.Grants()) == 1 })
+			return true
+		}},
+		{"window ends", func(t *testing.T, e *env, f *fw, fail func(bool)) bool {
+			for e.clk.Now().Before(until) {
+				f.advance(e.clk, pendMax)
+			}
+			f.waitFor(t, "the grant to be given up", func() bool { return f.Health().PendingGrants == 0 })
+			if !strings.Contains(e.log.String(), "pending grant given up: its window ended") {
+				t.Errorf("log lacks the end of the pending grant:\n%s", e.log)
+			}
+			return false
+		}},
+		{"revoked", func(t *testing.T, e *env, f *fw, fail func(bool)) bool {
+			if err := f.Revoke(ctx0, c1); err != nil {
+				t.Errorf("Revoke of a pending grant = %v", err)
+			}
+			fail(false)
+			f.advance(e.clk, pendMax)
+			return false
+		}},
+		{"restart", func(t *testing.T, e *env, f *fw, fail func(bool)) bool {
+			f.Close()
+			if doc := e.readDoc(); len(doc.Pending) != 1 || len(doc.Grants) != 0 {
+				t.Errorf("state file = %+v, want the grant pending", doc)
+			}
+			fail(false)
+			f2 := e.open(e.options())
+			if gs := f2.Grants(); len(gs) != 1 {
+				t.Errorf("after a restart: Grants() = %v, want the pending grant applied", gs)
+			}
+			return true
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			f := e.open(e.options())
+			var failing atomic.Bool
+			failing.Store(true)
+			e.v4.setFail(func(op, _ string, spec []string) error {
+				if op == "insert" && slices.Contains(spec, "--datestop") && failing.Load() {
+					return errors.New("too many open files")
+				}
+				return nil
+			})
+			got, err := f.Firewall.Grant(ctx0, g)
+			if !errors.Is(err, ErrPending) || !grantEqual(got, g) {
+				t.Fatalf("Grant = %v, %v; want the grant pending", got, err)
+			}
+			h := f.Health()
+			if h.InSync || h.PendingGrants != 1 || !slices.Contains(h.Problems, "IPv4: 1 grant waiting to be applied") || len(f.Grants()) != 0 {
+				t.Errorf("Health() = %+v, Grants() = %v; want one grant pending", h, f.Grants())
+			}
+			if doc := e.readDoc(); len(doc.Pending) != 1 {
+				t.Errorf("state file = %+v, want the grant pending", doc)
+			}
+			// The same grant again is told it waits, and waits once.
+			if _, err := f.Firewall.Grant(ctx0, g); !errors.Is(err, ErrPending) || f.Health().PendingGrants != 1 {
+				t.Errorf("Grant again = %v, %+v", err, f.Health())
+			}
+			applied := tc.then(t, e, f, failing.Store)
+			if !applied {
+				f.waitFor(t, "no grant", func() bool { return f.Health().PendingGrants == 0 })
+				if gs := f.Grants(); len(gs) != 0 || len(e.chain(ipv4)) != 2 {
+					t.Errorf("Grants() = %v, chain %q; want no grant", gs, e.chain(ipv4))
+				}
+				if h := f.Health(); !h.InSync {
+					t.Errorf("Health() = %+v, want in sync", h)
+				}
+				return
+			}
+			if c := e.tabs(ipv4).snapshots("WEBKNOCK"); len(c) == 0 || !slices.Contains(c[len(c)-1].rules,
+				strings.TrimPrefix(grantLine("192.0.2.1/32", ssh, "ssh", until), "-A WEBKNOCK ")) {
+				t.Errorf("chain %q, want the grant", e.chain(ipv4))
 			}
 		})
 	}
@@ -674,7 +794,7 @@ func TestConcurrentGrants(t *testing.T) {
 	for i := range 60 {
 		wg.Go(func() {
 			g := Grant{IP: ips[i%3], Sequence: "ssh", Ports: []Port{ssh, dns}, Until: t0.Add(time.Duration(10+i%7) * time.Minute)}
-			if err := f.Grant(ctx0, g); err != nil {
+			if err := f.grant(g); err != nil {
 				t.Error(err)
 			}
 		})
@@ -730,7 +850,7 @@ func TestOpenErrors(t *testing.T) {
 func TestClosed(t *testing.T) {
 	e := newEnv(t)
 	f := e.open(e.options())
-	if err := f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}); err != nil {
+	if err := f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Close(); err != nil {
@@ -739,10 +859,10 @@ func TestClosed(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Errorf("second Close = %v", err)
 	}
-	if err := f.Grant(ctx0, Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}); !errors.Is(err, errClosed) {
+	if err := f.grant(Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}); !errors.Is(err, errClosed) {
 		t.Errorf("Grant after Close = %v, want errClosed", err)
 	}
-	if n := len(e.chain(ipv4)); n != 2 {
+	if n := len(e.chain(ipv4)); n != 3 {
 		t.Errorf("Close removed rules: %q", e.chain(ipv4))
 	}
 	ctx, cancel := context.WithCancel(ctx0)
@@ -756,7 +876,7 @@ func TestClosed(t *testing.T) {
 func TestFlushFamily(t *testing.T) {
 	e := newEnv(t)
 	f := e.open(protectOptions(e))
-	f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
+	f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
 	f.Close()
 	e.plant(ipv4, "INPUT", "-j WEBKNOCK", "-s 192.0.2.99/32 -j DROP")
 	o, _ := protectOptions(e).normalize()
@@ -793,15 +913,16 @@ func TestDryRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: time.Now().Add(time.Hour)}); err != nil {
+	if _, err := f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
 	for _, s := range []string{
 		`command="iptables -t filter -N WEBKNOCK"`,
+		`command="iptables -t filter -I WEBKNOCK 1 -m comment --comment webknock:owner:` + dir + `"`,
 		`command="ip6tables -t filter -A WEBKNOCK -p tcp --dport 22 -m conntrack --ctstate NEW -m comment --comment webknock:protect -j DROP"`,
 		`command="iptables -t filter -I DOCKER-USER 1 -j WEBKNOCK"`,
-		`command="iptables -t filter -I WEBKNOCK 1 -s 192.0.2.1/32 -p tcp --dport 22 -m time --datestop`,
+		`command="iptables -t filter -I WEBKNOCK 2 -s 192.0.2.1/32 -p tcp --dport 22 -m time --datestop`,
 	} {
 		if !strings.Contains(log.String(), s) {
 			t.Errorf("log lacks %s:\n%s", s, log)
@@ -828,7 +949,7 @@ func TestStateWriteFailure(t *testing.T) {
 	if err := os.Mkdir(path, 0o700); err != nil { // a directory where the file goes
 		t.Fatal(err)
 	}
-	if err := f.Grant(ctx0, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}); err != nil {
+	if err := f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatalf("Grant = %v", err)
 	}
 	if h := f.Health(); h.InSync {
@@ -838,7 +959,7 @@ func TestStateWriteFailure(t *testing.T) {
 		t.Errorf("log lacks the failed write:\n%s", e.log)
 	}
 	os.Remove(path)
-	if err := f.Grant(ctx0, Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}); err != nil {
+	if err := f.grant(Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	if h := f.Health(); !h.InSync {

@@ -138,11 +138,16 @@ func (e *env) options() Options {
 	}
 }
 
-// fw is an open firewall and the channel its worker signals after each
-// event it handled.
+// fw is an open firewall and the channels its workers signal after each
+// event they handled: any, and each family's.
 type fw struct {
 	*Firewall
-	idle chan struct{}
+	idle    chan struct{}
+	famIdle [2]chan struct{}
+	// A worker holds its family's gate for reading while it handles an
+	// event; advance holds it for writing, so that the clock never jumps
+	// under a call whose deadline was armed before the jump.
+	gates [2]sync.RWMutex
 }
 
 func (e *env) open(o Options) *fw {
@@ -155,27 +160,101 @@ func (e *env) open(o Options) *fw {
 }
 
 func (e *env) tryOpen(o Options) (*fw, error) {
+	return e.tryOpenOn(o, [2]tables{e.v4, e.v6})
+}
+
+// openV4 opens with IPv4 alone: for the tests whose clock jumps while a
+// call runs (hung calls), which would time out an IPv6 worker's calls too.
+func (e *env) openV4(o Options) *fw {
+	e.t.Helper()
+	f, err := e.tryOpenOn(o, [2]tables{e.v4, nil})
+	if err != nil {
+		e.t.Fatalf("open: %v", err)
+	}
+	return f
+}
+
+// checkOnce advances the clock by a check interval and waits until each
+// worker has handled an event: its check, when nothing else is due.
+func (f *fw) checkOnce(t *testing.T, clk *fakeClock) {
+	t.Helper()
+	ws := f.workers()
+	for _, w := range ws {
+		select {
+		case <-f.famIdle[w.fam]: // stale
+		default:
+		}
+	}
+	f.advance(clk, f.o.CheckInterval)
+	deadline := time.After(10 * time.Second)
+	for _, w := range ws {
+		select {
+		case <-f.famIdle[w.fam]:
+		case <-deadline:
+			t.Fatalf("%v: no check", w.fam)
+		}
+	}
+}
+
+// tryOpenOn opens on the given tables; a nil one is a family not managed.
+func (e *env) tryOpenOn(o Options, tabs [2]tables) (*fw, error) {
 	n, err := o.normalize()
 	if err != nil {
 		return nil, err
 	}
-	idle := make(chan struct{}, 1)
-	f := newFirewall(n, [2]tables{e.v4, e.v6})
-	f.rt.delays = e.delays
-	f.idle = func() {
-		select {
-		case idle <- struct{}{}:
-		default:
-		}
+	if tabs[ipv6] == (*memTables)(nil) {
+		tabs[ipv6] = nil
+	}
+	f := watch(newFirewall(n, tabs))
+	for _, w := range f.workers() {
+		w.rt.delays = e.delays
 	}
 	if err := f.start(context.Background()); err != nil {
 		return nil, err
 	}
 	e.t.Cleanup(func() { f.Close() })
-	return &fw{f, idle}, nil
+	return f, nil
 }
 
-// waitFor waits until cond holds, rechecking each time the worker has
+// watch makes ff signal after each event a worker handled.
+func watch(ff *Firewall) *fw {
+	f := &fw{Firewall: ff, idle: make(chan struct{}, 1)}
+	for _, fam := range families {
+		f.famIdle[fam] = make(chan struct{}, 1)
+	}
+	ff.begin = func(fam family) { f.gates[fam].RLock() }
+	ff.idle = func(fam family) {
+		f.gates[fam].RUnlock()
+		for _, ch := range []chan struct{}{f.idle, f.famIdle[fam]} {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}
+	return f
+}
+
+// advance moves the clock once the workers of fams (all when none) are
+// between events. Not for a test whose events wait on the clock (hung
+// calls, backoffs): use Advance then.
+func (f *fw) advance(clk *fakeClock, d time.Duration, fams ...family) {
+	if len(fams) == 0 {
+		fams = families[:]
+	}
+	for _, fam := range fams {
+		f.gates[fam].Lock()
+	}
+	clk.Advance(d)
+	for _, fam := range fams {
+		f.gates[fam].Unlock()
+	}
+}
+
+// rt returns the retrier of a family.
+func (f *fw) rt(fam family) *retrier { return f.fams[fam].rt }
+
+// waitFor waits until cond holds, rechecking each time a worker has
 // handled an event.
 func (f *fw) waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -190,21 +269,26 @@ func (f *fw) waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // checkUntil advances the clock by a check interval at a time until cond
-// holds. Each advance fires the check timer, or finds the worker busy: both
-// end with the worker idle.
+// holds. Each advance fires each worker's check timer, or finds the worker
+// busy: both end with the worker idle, which is waited for.
 func (f *fw) checkUntil(t *testing.T, clk *fakeClock, what string, cond func() bool) {
 	t.Helper()
-	select {
-	case <-f.idle: // stale
-	default:
+	ws := f.workers()
+	for _, w := range ws {
+		select {
+		case <-f.famIdle[w.fam]: // stale
+		default:
+		}
 	}
 	deadline := time.After(10 * time.Second)
 	for !cond() {
 		clk.Advance(f.o.CheckInterval)
-		select {
-		case <-f.idle:
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s", what)
+		for _, w := range ws {
+			select {
+			case <-f.famIdle[w.fam]:
+			case <-deadline:
+				t.Fatalf("timed out waiting for %s", what)
+			}
 		}
 	}
 }
@@ -248,18 +332,28 @@ func (e *env) plant(fam family, chain string, specs ...string) {
 
 func (e *env) writeState(gs ...Grant) {
 	e.t.Helper()
-	if err := saveState(filepath.Join(e.dir, stateFile), gs); err != nil {
+	e.writeDoc(stateDoc{Grants: gs})
+}
+
+func (e *env) writeDoc(doc stateDoc) {
+	e.t.Helper()
+	if err := writeState(filepath.Join(e.dir, stateFile), doc); err != nil {
 		e.t.Fatal(err)
 	}
 }
 
 func (e *env) readState() []Grant {
 	e.t.Helper()
-	gs, err := loadState(filepath.Join(e.dir, stateFile))
+	return e.readDoc().Grants
+}
+
+func (e *env) readDoc() stateDoc {
+	e.t.Helper()
+	doc, err := readState(filepath.Join(e.dir, stateFile))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return gs
+	return doc
 }
 
 // grantLine is a grant rule as `iptables -S` prints it.
@@ -278,7 +372,24 @@ var (
 	ctx0 = context.Background()
 )
 
-func chainOnly(lines ...string) []string { return append([]string{"-N WEBKNOCK"}, lines...) }
+// markerLine is the ownership marker of the env's firewall, as
+// `iptables -S WEBKNOCK` prints it.
+func (e *env) markerLine() string { return markerLineOf(e.dir) }
+
+// markerLineOf is the ownership marker of a firewall with state
+// directory dir, as `iptables -S WEBKNOCK` prints it.
+func markerLineOf(dir string) string {
+	return "-A WEBKNOCK " + prefixed("WEBKNOCK", []string{`-m comment --comment "` + markerFor(dir).args()[3] + `"`})[0][len("-A WEBKNOCK "):]
+}
+
+// chainOnly is the env's chain as `iptables -S WEBKNOCK` prints it: its
+// marker, then lines.
+func (e *env) chainOnly(lines ...string) []string { return chainOf(e.dir, lines...) }
+
+// chainOf is the chain of a firewall with state directory dir.
+func chainOf(dir string, lines ...string) []string {
+	return append([]string{"-N WEBKNOCK", markerLineOf(dir)}, lines...)
+}
 
 func diffLines(got, want []string) string {
 	if strings.Join(got, "\n") == strings.Join(want, "\n") {
@@ -337,4 +448,10 @@ func execSelf(t *testing.T, run string, env ...string) *exec.Cmd {
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	return cmd
+}
+
+// grant is Grant without the applied grant.
+func (f *fw) grant(g Grant) error {
+	_, err := f.Firewall.Grant(ctx0, g)
+	return err
 }

@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -120,7 +121,7 @@ func insideNetns(t *testing.T, env string) {
 		{IP: v6, Sequence: "ssh", Ports: []Port{ssh, dns}, Until: until},
 	}
 	for _, g := range grants {
-		if err := f.Grant(ctx0, g); err != nil {
+		if _, err := f.Grant(ctx0, g); err != nil {
 			t.Fatalf("Grant(%v): %v", g, err)
 		}
 	}
@@ -135,8 +136,8 @@ func insideNetns(t *testing.T, env string) {
 		`-A WEBKNOCK -s 2001:db8:ffff::/48 -p udp -m udp --dport 53 -m comment --comment "webknock:allow" -j ACCEPT`,
 		tail4[2], tail4[3],
 	}
-	want4 := chainOnly(append([]string{grantLine("192.0.2.7/32", ssh, "ssh", until)}, tail4...)...)
-	want6 := chainOnly(append([]string{grantLine("2001:db8::7/128", ssh, "ssh", until), grantLine("2001:db8::7/128", dns, "ssh", until)}, tail6...)...)
+	want4 := chainOf(o.StateDir, append([]string{grantLine("192.0.2.7/32", ssh, "ssh", until)}, tail4...)...)
+	want6 := chainOf(o.StateDir, append([]string{grantLine("2001:db8::7/128", ssh, "ssh", until), grantLine("2001:db8::7/128", dns, "ssh", until)}, tail6...)...)
 	input := []string{"-P INPUT ACCEPT", "-A INPUT -j WEBKNOCK"}
 	check := func(when string) {
 		t.Helper()
@@ -162,8 +163,8 @@ func insideNetns(t *testing.T, env string) {
 	in.run("ip6tables", "-D", "WEBKNOCK", "-s", "2001:db8::7/128", "-p", "udp", "--dport", "53", "-m", "time",
 		"--datestop", until.UTC().Format(datestopLayout), "-m", "comment", "--comment", grantComment("ssh", until.Unix()), "-j", "ACCEPT")
 	in.run("ip6tables", "-I", "WEBKNOCK", "-p", "tcp", "--dport", "22", "-m", "comment", "--comment", "has \"quotes\"", "-j", "ACCEPT")
-	// The missing rule comes back at the top.
-	want6[1], want6[2] = want6[2], want6[1]
+	// The missing rule comes back at the top, below the marker.
+	want6[2], want6[3] = want6[3], want6[2]
 	for run := range 2 {
 		f, err = Open(ctx0, o)
 		if err != nil {
@@ -182,40 +183,32 @@ func insideNetns(t *testing.T, env string) {
 	}
 	clk := newFakeClock(time.Now())
 	n.Clock = clk
-	tabs, err := n.tables()
+	tabs, err := n.tables(ctx0, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	idle := make(chan struct{}, 1)
-	ff := newFirewall(n, tabs)
-	ff.idle = func() {
-		select {
-		case idle <- struct{}{}:
-		default:
-		}
-	}
-	if err := ff.start(ctx0); err != nil {
+	fw := watch(newFirewall(n, tabs))
+	if err := fw.start(ctx0); err != nil {
 		t.Fatal(err)
 	}
-	fw := &fw{ff, idle}
 	defer fw.Close()
 	if err := fw.Revoke(ctx0, v6); err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
-	want6 = chainOnly(tail6...)
+	want6 = chainOf(o.StateDir, tail6...)
 	in.expect("ip6tables -S WEBKNOCK", want6)
-	clk.Advance(time.Until(until) + time.Second)
+	fw.advance(clk, time.Until(until)+time.Second)
 	fw.waitFor(t, "the IPv4 grant to expire", func() bool { return len(fw.Grants()) == 0 })
-	want4 = chainOnly(tail4...)
+	want4 = chainOf(o.StateDir, tail4...)
 	check("after revoke and expiry")
 
 	// Others' hands on our chains, repaired by the integrity check, which
 	// the fake clock drives.
 	later := clk.Now().Add(time.Hour).Truncate(time.Second)
-	if err := fw.Grant(ctx0, Grant{IP: v4, Sequence: "ssh", Ports: []Port{ssh}, Until: later}); err != nil {
+	if err := fw.grant(Grant{IP: v4, Sequence: "ssh", Ports: []Port{ssh}, Until: later}); err != nil {
 		t.Fatal(err)
 	}
-	want4 = chainOnly(append([]string{grantLine("192.0.2.7/32", ssh, "ssh", later)}, tail4...)...)
+	want4 = chainOf(o.StateDir, append([]string{grantLine("192.0.2.7/32", ssh, "ssh", later)}, tail4...)...)
 	reload := "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
 	for _, tc := range []struct {
 		name string
@@ -249,7 +242,7 @@ func insideNetns(t *testing.T, env string) {
 	if err := fw.Revoke(ctx0, v4); err != nil {
 		t.Fatal(err)
 	}
-	want4 = chainOnly(tail4...)
+	want4 = chainOf(o.StateDir, tail4...)
 	fw.Close()
 
 	if err := Flush(ctx0, o); err != nil {
@@ -269,20 +262,221 @@ func insideNetns(t *testing.T, env string) {
 	}
 
 	wrapped(t, in, o)
+	foreignChain(t, in, o)
+	probed(t, in, o)
+	ipv6Missing(t, in, o)
+	independent(t, in, o)
 }
 
-// wrapped runs the firewall on an iptables wrapper, first on PATH, that
-// misbehaves before it runs the real iptables: retries, kills and the
-// suspension against the real kernel.
-func wrapped(t *testing.T, in inside, o Options) {
+// saved is the whole ruleset of both families, to tell that nothing
+// changed.
+func (in inside) saved() string {
+	in.t.Helper()
+	var b strings.Builder
+	for _, cmd := range []string{"iptables", "ip6tables"} {
+		for _, l := range strings.Split(in.run(cmd, "-S"), "\n") {
+			b.WriteString(cmd + " " + l + "\n")
+		}
+	}
+	return b.String()
+}
+
+// foreignChain: a chain of fail2ban's named as webknock's own is refused by
+// Probe, Open and Flush, and its rules are intact afterwards.
+func foreignChain(t *testing.T, in inside, o Options) {
+	t.Log("a chain that is not webknock's")
+	for _, cmd := range []string{"iptables", "ip6tables"} {
+		in.run(cmd, "-N", "f2b-sshd")
+		in.run(cmd, "-A", "f2b-sshd", "-j", "RETURN")
+	}
+	in.run("iptables", "-I", "f2b-sshd", "1", "-s", "192.0.2.5", "-j", "REJECT", "--reject-with", "icmp-port-unreachable")
+	in.run("ip6tables", "-I", "f2b-sshd", "1", "-s", "2001:db8::5", "-j", "REJECT")
+	defer func() {
+		for _, cmd := range []string{"iptables", "ip6tables"} {
+			in.run(cmd, "-F", "f2b-sshd")
+			in.run(cmd, "-X", "f2b-sshd")
+		}
+	}()
+	before := in.saved()
+	o.Chain = "f2b-sshd"
+	want := "firewall.chain: chain f2b-sshd in table filter (IPv4) exists and is not webknock's: 2 rules that webknock did not write; choose another firewall.chain"
+	var oe *OptionError
+	if err := Probe(ctx0, o); err == nil || !strings.HasPrefix(err.Error(), want) || !errors.As(err, &oe) {
+		t.Errorf("Probe = %v, want %s", err, want)
+	}
+	if f, err := Open(ctx0, o); err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("Open = %v, want %s", err, want)
+		if f != nil {
+			f.Close()
+		}
+	}
+	if err := Flush(ctx0, o); err == nil || !strings.Contains(err.Error(), "is not webknock's") {
+		t.Errorf("Flush = %v, want it refused", err)
+	}
+	if after := in.saved(); after != before {
+		t.Errorf("the refused chain changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	in.expect("iptables -S f2b-sshd", []string{"-N f2b-sshd", "-A f2b-sshd -s 192.0.2.5/32 -j REJECT --reject-with icmp-port-unreachable", "-A f2b-sshd -j RETURN"})
+}
+
+// probed: Probe refuses a hook that does not exist, and changes nothing
+// either way.
+func probed(t *testing.T, in inside, o Options) {
+	t.Log("probe")
+	before := in.saved()
+	if err := Probe(ctx0, o); err != nil {
+		t.Errorf("Probe = %v", err)
+	}
+	o.Hook = "DOCKER-USER"
+	var oe *OptionError
+	if err := Probe(ctx0, o); err == nil || !errors.As(err, &oe) || oe.Option != "hook" ||
+		!strings.Contains(err.Error(), "chain DOCKER-USER does not exist in table filter (IPv4)") {
+		t.Errorf("Probe without DOCKER-USER = %v", err)
+	}
+	if after := in.saved(); after != before {
+		t.Errorf("Probe changed the firewall:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// ipv6Missing: on this host, which has IPv6, an ip6tables that is not
+// installed refuses the start with protect on, and changes nothing; with
+// protect off, or IPv6 left alone, IPv4 alone is managed.
+func ipv6Missing(t *testing.T, in inside, o Options) {
+	t.Log("ip6tables missing")
+	if !hostHasIPv6() {
+		t.Fatal("this test needs a kernel with IPv6")
+	}
 	real, err := exec.LookPath("iptables")
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	// While dir/left holds a number above 0, each insert (-I) counts it
-	// down and fails as dir/mode says: "lock" as with the xtables lock
-	// held, "hang" for ever, after a byte to dir/fifo.
+	if err := os.Symlink(real, filepath.Join(dir, "iptables")); err != nil {
+		t.Fatal(err)
+	}
+	before := in.saved()
+	path := os.Getenv("PATH")
+	os.Setenv("PATH", dir)
+	defer os.Setenv("PATH", path)
+	want := "firewall.ipv6: ip6tables is not installed, but this host has IPv6 and protect is on"
+	if err := Probe(ctx0, o); err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("Probe = %v, want %s", err, want)
+	}
+	if f, err := Open(ctx0, o); err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("Open = %v, want %s", err, want)
+		if f != nil {
+			f.Close()
+		}
+	}
+	os.Setenv("PATH", path)
+	if after := in.saved(); after != before {
+		t.Errorf("a refused Open changed the firewall:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	os.Setenv("PATH", dir)
+	for _, edit := range []func(*Options){
+		func(o *Options) { o.Protect = false },
+		func(o *Options) { o.IPv6Off = true },
+	} {
+		p := o
+		edit(&p)
+		f, err := Open(ctx0, p)
+		if err != nil {
+			t.Fatalf("Open(protect %v, IPv6 off %v) = %v", p.Protect, p.IPv6Off, err)
+		}
+		f.Close()
+		os.Setenv("PATH", path)
+		if out, err := exec.Command("ip6tables", "-S", "WEBKNOCK").CombinedOutput(); err == nil {
+			t.Errorf("ip6tables -S WEBKNOCK: %s; want no IPv6 chain", out)
+		}
+		in.run("iptables", "-S", "WEBKNOCK")
+		os.Setenv("PATH", dir)
+		if err := Flush(ctx0, p); err != nil {
+			t.Errorf("Flush: %v", err)
+		}
+	}
+}
+
+// independent: while iptables hangs, a grant to an IPv6 client completes;
+// the IPv4 grant waits and is applied once iptables answers again.
+func independent(t *testing.T, in inside, o Options) {
+	t.Log("iptables hangs, ip6tables does not")
+	wr := newWrapper(t)
+	n, err := o.normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := newFakeClock(time.Now())
+	n.Clock = clk
+	f := watch(newFirewall(n, wr.tables(&n)))
+	f.rt(ipv4).delays = nil
+	exited := make(chan struct{}, 16)
+	f.rt(ipv4).exited = func() { exited <- struct{}{} }
+	if err := f.start(ctx0); err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	until := time.Now().Add(time.Hour).Truncate(time.Second)
+	deadline := time.After(20 * time.Second)
+	wait := func(ch <-chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-deadline:
+			t.Fatalf("no %s", what)
+		}
+	}
+	wr.misbehave("hang", 100)
+	v4 := make(chan error, 1)
+	go func() {
+		v4 <- f.grant(Grant{IP: mustAddr("192.0.2.7"), Sequence: "ssh", Ports: []Port{ssh}, Until: until})
+	}()
+	wait(wr.hung, "hung iptables")
+	ctx, cancel := context.WithTimeout(ctx0, 10*time.Second)
+	defer cancel()
+	if _, err := f.Firewall.Grant(ctx, Grant{IP: mustAddr("2001:db8::7"), Sequence: "ssh", Ports: []Port{ssh}, Until: until}); err != nil {
+		t.Fatalf("IPv6 grant while iptables hangs = %v", err)
+	}
+	in.expect("ip6tables -S WEBKNOCK", chainOf(o.StateDir, append([]string{grantLine("2001:db8::7/128", ssh, "ssh", until)}, tailOf(o, ipv6)...)...))
+
+	// The hung call is killed; the IPv4 grant waits.
+	f.advance(clk, n.CallTimeout, ipv6)
+	wait(exited, "exit of the killed iptables")
+	select {
+	case err := <-v4:
+		if !errors.Is(err, ErrPending) {
+			t.Fatalf("IPv4 grant = %v, want it pending", err)
+		}
+	case <-deadline:
+		t.Fatal("the IPv4 grant did not return")
+	}
+	if h := f.Health(); h.InSync || !slices.Contains(h.Problems, "IPv4: 1 grant waiting to be applied") {
+		t.Errorf("Health() = %+v, want the IPv4 grant waiting", h)
+	}
+	wr.misbehave("none", 0)
+	f.checkUntil(t, clk, "the IPv4 grant", func() bool { return len(f.Grants()) == 2 && f.Health().InSync })
+	in.expect("iptables -S WEBKNOCK", chainOf(o.StateDir, append([]string{grantLine("192.0.2.7/32", ssh, "ssh", until)}, tailOf(o, ipv4)...)...))
+	f.Close()
+	if err := Flush(ctx0, o); err != nil {
+		t.Errorf("Flush: %v", err)
+	}
+}
+
+// wrapper is an iptables, first on PATH, that misbehaves before it runs
+// the real one: while dir/left holds a number above 0, each insert (-I)
+// counts it down and fails as dir/mode says: "lock" as with the xtables
+// lock held, "hang" for ever, after a byte to dir/fifo, which hung tells.
+type wrapper struct {
+	t    *testing.T
+	dir  string
+	hung chan struct{}
+}
+
+func newWrapper(t *testing.T) *wrapper {
+	real, err := exec.LookPath("iptables")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
 	script := `#!/bin/sh
 d='` + dir + `'
 case " $* " in *" -I "*) insert=1 ;; esac
@@ -303,14 +497,8 @@ exec '` + real + `' "$@"
 	if err := os.WriteFile(filepath.Join(dir, "iptables"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	misbehave := func(mode string, times int) {
-		t.Helper()
-		os.WriteFile(filepath.Join(dir, "mode"), []byte(mode), 0o600)
-		if err := os.WriteFile(filepath.Join(dir, "left"), []byte(strconv.Itoa(times)), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	misbehave("none", 0)
+	w := &wrapper{t: t, dir: dir, hung: make(chan struct{}, 16)}
+	w.misbehave("none", 0)
 	fifo := filepath.Join(dir, "fifo")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
@@ -319,23 +507,53 @@ exec '` + real + `' "$@"
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0) // no EOF between hangs
+	wr, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0) // no EOF between hangs
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
-	defer r.Close()
-	hung := make(chan struct{}, 16)
+	t.Cleanup(func() { wr.Close(); r.Close() })
 	go func() {
 		b := make([]byte, 1)
 		for {
 			if _, err := r.Read(b); err != nil {
 				return
 			}
-			hung <- struct{}{}
+			w.hung <- struct{}{}
 		}
 	}()
+	return w
+}
 
+func (w *wrapper) misbehave(mode string, times int) {
+	w.t.Helper()
+	os.WriteFile(filepath.Join(w.dir, "mode"), []byte(mode), 0o600)
+	if err := os.WriteFile(filepath.Join(w.dir, "left"), []byte(strconv.Itoa(times)), 0o600); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+// tables returns the tables of n with the wrapper as iptables.
+func (w *wrapper) tables(n *Options) [2]tables {
+	w.t.Helper()
+	path := os.Getenv("PATH")
+	os.Setenv("PATH", w.dir+string(os.PathListSeparator)+path)
+	tabs, err := n.tables(ctx0, true)
+	os.Setenv("PATH", path)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	if tabs[ipv4].(*execTables).path != filepath.Join(w.dir, "iptables") {
+		w.t.Fatalf("the firewall runs %s, not the wrapper", tabs[ipv4].(*execTables).path)
+	}
+	return tabs
+}
+
+// wrapped runs the firewall on an iptables wrapper, first on PATH, that
+// misbehaves before it runs the real iptables: retries, kills and the
+// suspension against the real kernel.
+func wrapped(t *testing.T, in inside, o Options) {
+	wr := newWrapper(t)
+	dir, hung, misbehave := wr.dir, wr.hung, wr.misbehave
 	o.LockWait = time.Second
 	n, err := o.normalize()
 	if err != nil {
@@ -343,35 +561,22 @@ exec '` + real + `' "$@"
 	}
 	clk := newFakeClock(time.Now())
 	n.Clock = clk
-	path := os.Getenv("PATH")
-	os.Setenv("PATH", dir+string(os.PathListSeparator)+path)
-	tabs, err := n.tables()
-	os.Setenv("PATH", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if tabs[ipv4].(*execTables).path != filepath.Join(dir, "iptables") {
-		t.Fatalf("the firewall runs %s, not the wrapper", tabs[ipv4].(*execTables).path)
-	}
-	idle := make(chan struct{}, 1)
-	ff := newFirewall(n, tabs)
-	ff.idle = func() {
-		select {
-		case idle <- struct{}{}:
-		default:
-		}
-	}
+	tabs := wr.tables(&n)
+	// IPv4 only: the clock that the hangs drive would time out the
+	// calls of an IPv6 worker running meanwhile (the families' independence
+	// has a test of its own).
+	tabs[ipv6] = nil
+	f := watch(newFirewall(n, tabs))
 	exited := make(chan struct{}, 16)
-	ff.rt.exited = func() { exited <- struct{}{} }
-	if err := ff.start(ctx0); err != nil {
+	f.rt(ipv4).exited = func() { exited <- struct{}{} }
+	if err := f.start(ctx0); err != nil {
 		t.Fatal(err)
 	}
-	f := &fw{ff, idle}
 	defer f.Close()
 	e := &env{t: t, clk: clk}
 	until := time.Now().Add(time.Hour).Truncate(time.Second)
 	grant := func(ip string) error {
-		return f.Grant(ctx0, Grant{IP: mustAddr(ip), Sequence: "ssh", Ports: []Port{ssh}, Until: until})
+		return f.grant(Grant{IP: mustAddr(ip), Sequence: "ssh", Ports: []Port{ssh}, Until: until})
 	}
 	var lines []string
 	expect := func(ips ...string) {
@@ -380,7 +585,7 @@ exec '` + real + `' "$@"
 		for _, ip := range ips {
 			lines = append([]string{grantLine(ip+"/32", ssh, "ssh", until)}, lines...)
 		}
-		in.expect("iptables -S WEBKNOCK", chainOnly(append(lines, tail4(o)...)...))
+		in.expect("iptables -S WEBKNOCK", chainOf(o.StateDir, append(lines, tail4(o)...)...))
 	}
 
 	t.Log("the xtables lock held twice: retried, applied")
@@ -436,11 +641,14 @@ exec '` + real + `' "$@"
 }
 
 // tail4 is the IPv4 protect tail of o, as iptables -S prints it.
-func tail4(o Options) []string {
+func tail4(o Options) []string { return tailOf(o, ipv4) }
+
+// tailOf is the protect tail of o of a family, as iptables -S prints it.
+func tailOf(o Options, fam family) []string {
 	n, _ := o.normalize()
 	var out []string
-	for _, r := range tailRules(tail{protect: n.Protect, allow: n.AlwaysAllow, ports: n.Ports}, ipv4) {
-		m := newMemTables(ipv4, nil)
+	for _, r := range tailRules(tail{protect: n.Protect, allow: n.AlwaysAllow, ports: n.Ports}, fam) {
+		m := newMemTables(fam, nil)
 		m.NewChain(ctx0, table, "WEBKNOCK")
 		m.Append(ctx0, table, "WEBKNOCK", r.args()...)
 		lines, _ := m.List(ctx0, table, "WEBKNOCK")

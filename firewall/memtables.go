@@ -68,8 +68,13 @@ const msgNoChain = "No chain/target/match by that name."
 
 func (e *memError) Error() string { return fmt.Sprintf("running %s: %s", e.cmd, e.msg) }
 
-// Is makes the missing chain errNoChain, as execTables does.
-func (e *memError) Is(target error) bool { return target == errNoChain && e.msg == msgNoChain }
+const msgIndex = "Index of insertion too big."
+
+// Is makes the missing chain errNoChain and an insert past the end
+// errEmptyChain, as execTables does.
+func (e *memError) Is(target error) bool {
+	return (target == errNoChain && e.msg == msgNoChain) || (target == errEmptyChain && e.msg == msgIndex)
+}
 
 func (m *memTables) cmd(args ...string) string {
 	return m.fam.command() + " -t " + table + " " + strings.Join(args, " ")
@@ -281,7 +286,7 @@ func (m *memTables) add(ctx context.Context, tbl, chain string, pos int, spec, a
 		pos = len(c.rules) + 1
 	}
 	if pos < 1 || pos > len(c.rules)+1 {
-		return &memError{m.cmd(args...), "Index of insertion too big."}
+		return &memError{m.cmd(args...), msgIndex}
 	}
 	c.rules = slices.Insert(c.rules, pos-1, r)
 	m.changed(op, chain, args...)

@@ -1,8 +1,11 @@
 package firewall
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -15,6 +18,7 @@ const (
 	commentPrefix  = "webknock:"
 	commentAllow   = commentPrefix + "allow"
 	commentProtect = commentPrefix + "protect"
+	commentOwner   = commentPrefix + "owner"
 	datestopLayout = "2006-01-02T15:04:05"
 	table          = "filter"
 )
@@ -32,7 +36,29 @@ const (
 	kindGrant   ruleKind = iota + 1 // accept one client on one port until a time
 	kindAllow                       // accept an always_allow network on a protected port
 	kindProtect                     // drop NEW connections to a protected port
+	kindMarker                      // the ownership marker: matches all, no target, counts only
 )
+
+// markerFor is the rule that starts the chain of the webknock whose state
+// directory is dir: it says whose the chain is, so that a chain of others
+// is never taken, nor one of a webknock with another state directory (two
+// daemons on one chain would delete each other's grants). Having no target,
+// it changes no packet's fate.
+func markerFor(dir string) rule {
+	if dir == "" {
+		return rule{kind: kindMarker}
+	}
+	dir = filepath.Clean(dir)
+	if len(dir) > maxOwner {
+		// A comment holds 255 bytes; a longer directory is named by hash.
+		sum := sha256.Sum256([]byte(dir))
+		dir = "sha256:" + hex.EncodeToString(sum[:12])
+	}
+	return rule{kind: kindMarker, owner: dir}
+}
+
+// maxOwner is the longest state directory a marker names as it is.
+const maxOwner = 200
 
 // rule is one rule of ours in our chain. It is comparable: two rules are the
 // same rule when they are ==.
@@ -42,10 +68,18 @@ type rule struct {
 	port  Port
 	seq   string // grant only
 	until int64  // grant only: unix seconds
+	owner string // marker only: the state directory, or "" for none
 }
 
 // args is the rule specification for Insert, Append and Delete.
 func (r rule) args() []string {
+	if r.kind == kindMarker {
+		c := commentOwner
+		if r.owner != "" {
+			c += ":" + r.owner
+		}
+		return []string{"-m", "comment", "--comment", c}
+	}
 	var a []string
 	if r.src.IsValid() {
 		a = append(a, "-s", r.src.String())
@@ -120,11 +154,17 @@ func parseListed(chain, line string) (listed, bool) {
 	return l, true
 }
 
-// parseRule recognises the rule specifications webknock writes, in the form
-// `iptables -S` prints them (with the implicit `-m tcp` and a quoted comment,
-// already unquoted here) and in the form we pass to iptables. Anything with
-// more, less or other options is not ours.
+// parseRule recognises the rule specifications webknock writes, the
+// ownership marker included, in the form `iptables -S` prints them (with
+// the implicit `-m tcp` and a quoted comment, already unquoted here) and in
+// the form we pass to iptables. Anything with more, less or other options
+// is not ours.
 func parseRule(spec []string) (rule, bool) {
+	if len(spec) == 4 && spec[0] == "-m" && spec[1] == "comment" && spec[2] == "--comment" {
+		if owner, ok := strings.CutPrefix(spec[3], commentOwner); ok && (owner == "" || len(owner) > 1 && owner[0] == ':') {
+			return rule{kind: kindMarker, owner: strings.TrimPrefix(owner, ":")}, true
+		}
+	}
 	var r rule
 	s := spec
 	take := func(opt string) (string, bool) {

@@ -1,11 +1,20 @@
 package firewall
 
 import (
+	"bytes"
+	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/netip"
 	"os"
-	"path/filepath"
-	"strings"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/webknock/webknock/internal/statedir"
 )
 
 // State file names in StateDir. The dry run keeps its own, so that its
@@ -13,114 +22,203 @@ import (
 const (
 	stateFile       = "grants.json"
 	dryRunStateFile = "grants-dry-run.json"
-	stateVersion    = 1
+	// Version 2 added pending grants and revokes; version 1 files are
+	// still read.
+	stateVersion = 2
+	// maxStateBytes is far above MaxGrants grants and as many revokes.
+	maxStateBytes = 64 << 20
 )
 
 type stateDoc struct {
-	Version int     `json:"version"`
-	Grants  []Grant `json:"grants"`
+	Version int       `json:"version"`
+	Grants  []Grant   `json:"grants"`
+	Pending []Grant   `json:"pending,omitempty"` // not in the kernel yet: retried
+	Revoked []revoked `json:"revoked,omitempty"`
 }
 
-// loadState reads the grants of a state file. A missing file is an error
-// that errors.Is(err, fs.ErrNotExist); any grant that is not valid makes the
-// whole file unreadable, since it cannot be trusted.
-func loadState(path string) ([]Grant, error) {
-	b, err := os.ReadFile(path)
+// revoked is the wall-clock time an address's grants were revoked: a knock
+// logged before it never grants again.
+type revoked struct {
+	IP netip.Addr `json:"ip"`
+	At time.Time  `json:"at"`
+}
+
+// readState reads a state file through statedir, which refuses one that
+// another user could have written (statedir.ErrUntrusted). A missing file
+// is an error that errors.Is(err, fs.ErrNotExist); any entry that is not
+// valid makes the whole file unreadable, since it cannot be trusted.
+func readState(path string) (stateDoc, error) {
+	b, err := statedir.ReadFile(path, maxStateBytes)
 	if err != nil {
-		return nil, err
+		return stateDoc{}, err
 	}
+	return parseState(path, b)
+}
+
+func parseState(path string, b []byte) (stateDoc, error) {
 	var doc stateDoc
-	if err := json.Unmarshal(b, &doc); err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&doc); err != nil {
+		return stateDoc{}, fmt.Errorf("read %s: %w", path, err)
 	}
-	if doc.Version != stateVersion {
-		return nil, fmt.Errorf("read %s: version %d, want %d", path, doc.Version, stateVersion)
+	if doc.Version != 1 && doc.Version != stateVersion {
+		return stateDoc{}, fmt.Errorf("read %s: version %d, want 1 or %d", path, doc.Version, stateVersion)
 	}
-	out := make([]Grant, 0, len(doc.Grants))
-	for i, g := range doc.Grants {
-		n, err := normalizeGrant(g)
-		if err != nil {
-			return nil, fmt.Errorf("read %s: grants[%d]: %w", path, i, err)
+	for _, list := range []struct {
+		name string
+		gs   []Grant
+	}{{"grants", doc.Grants}, {"pending", doc.Pending}} {
+		for i, g := range list.gs {
+			n, err := normalizeGrant(g)
+			if err == nil {
+				err = checkUntil(n)
+			}
+			if err != nil {
+				return stateDoc{}, fmt.Errorf("read %s: %s[%d]: %w", path, list.name, i, err)
+			}
+			list.gs[i] = n
 		}
-		out = append(out, n)
 	}
-	return out, nil
+	for i, r := range doc.Revoked {
+		if !r.IP.IsValid() || r.IP.Zone() != "" || r.At.IsZero() {
+			return stateDoc{}, fmt.Errorf("read %s: revoked[%d]: want an address and a time", path, i)
+		}
+		doc.Revoked[i].IP = r.IP.Unmap()
+	}
+	return doc, nil
 }
 
-// saveState replaces the state file atomically: a temporary file in the same
-// directory, synced, renamed over the old one, and the directory synced, so
-// that a crash leaves either the old or the new file, whole.
-func saveState(path string, gs []Grant) error {
-	if gs == nil {
-		gs = []Grant{}
+// writeState replaces the state file atomically, mode 0600.
+func writeState(path string, doc stateDoc) error {
+	doc.Version = stateVersion
+	if doc.Grants == nil {
+		doc.Grants = []Grant{}
 	}
-	b, err := json.MarshalIndent(stateDoc{Version: stateVersion, Grants: gs}, "", "  ")
+	b, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	b = append(b, '\n')
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+tempSuffix+"*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+	return statedir.WriteFile(path, append(b, '\n'))
+}
+
+// removeState removes the state file and the temporary files of
+// interrupted writes.
+func removeState(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove state file: %w", err)
 	}
-	done := false
-	defer func() {
-		if !done {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err := tmp.Chmod(0o600); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(b); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
-		done = true
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	done = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
+	statedir.RemoveTemps(path)
 	return nil
 }
 
-// tempSuffix marks saveState's temporary files: path + tempSuffix + random.
-const tempSuffix = ".tmp"
+// store is the state both families share: what each holds, merged into one
+// state file that one place writes, and the views that Grants and Health
+// read. Each family's worker publishes to it after every change.
+type store struct {
+	path string // "": no state file
+	log  *slog.Logger
 
-// removeTemps removes the temporary files a killed saveState left beside
-// path, and returns their names. loadState never reads them; they would
-// only pile up.
-func removeTemps(path string) []string {
-	dir, prefix := filepath.Dir(path), filepath.Base(path)+tempSuffix
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil
-	}
-	var removed []string
-	for _, e := range entries {
-		if !e.Type().IsRegular() || !strings.HasPrefix(e.Name(), prefix) {
-			continue
-		}
-		p := filepath.Join(dir, e.Name())
-		if os.Remove(p) == nil {
-			removed = append(removed, p)
-		}
-	}
-	return removed
+	mu    sync.Mutex
+	fams  [2]famView
+	dirty bool  // the state file is behind
+	err   error // the last write's failure
 }
+
+// famView is what one family's worker publishes.
+type famView struct {
+	grants  []Grant // sorted
+	pending []Grant
+	revoked []revoked
+	health  famHealth
+}
+
+// famHealth is one family's part of Health.
+type famHealth struct {
+	doomed   int       // rules whose delete is retried
+	pending  int       // grants whose insert is retried
+	unsynced bool      // the last reconcile failed
+	checkErr error     // the last integrity check failed
+	checked  time.Time // the last integrity check passed
+}
+
+// publish replaces fam's view; when changed, the state file is written
+// with both families' grants. A failed write is logged and retried at the
+// next publish of either family.
+func (s *store) publish(fam family, v famView, changed bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fams[fam] = v
+	if changed && s.path != "" {
+		s.dirty = true
+	}
+	if s.dirty {
+		s.writeLocked()
+	}
+}
+
+func (s *store) writeLocked() {
+	err := writeState(s.path, s.docLocked())
+	switch {
+	case err == nil:
+		s.dirty, s.err = false, nil
+	case s.err == nil || s.err.Error() != err.Error():
+		s.log.Error("cannot write the state file; retrying at the next change", keyErr, err)
+		fallthrough
+	default:
+		s.err = err
+	}
+}
+
+// flush writes the state file if it is behind.
+func (s *store) flush() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dirty {
+		s.writeLocked()
+	}
+	return s.err
+}
+
+func (s *store) docLocked() stateDoc {
+	var doc stateDoc
+	for _, v := range s.fams {
+		doc.Grants = append(doc.Grants, v.grants...)
+		doc.Pending = append(doc.Pending, v.pending...)
+		doc.Revoked = append(doc.Revoked, v.revoked...)
+	}
+	sortGrants(doc.Grants)
+	sortGrants(doc.Pending)
+	slices.SortFunc(doc.Revoked, func(a, b revoked) int { return cmp.Or(a.At.Compare(b.At), a.IP.Compare(b.IP)) })
+	return doc
+}
+
+// grants returns the live grants of both families, sorted; the slice and
+// the ports are the caller's.
+func (s *store) grants() []Grant {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Grant
+	for _, v := range s.fams {
+		for _, g := range v.grants {
+			g.Ports = slices.Clone(g.Ports)
+			out = append(out, g)
+		}
+	}
+	sortGrants(out)
+	if out == nil {
+		out = []Grant{}
+	}
+	return out
+}
+
+// sortGrants sorts by Until, then IP and Sequence.
+func sortGrants(gs []Grant) {
+	slices.SortFunc(gs, func(a, b Grant) int {
+		return cmp.Or(a.Until.Compare(b.Until), a.IP.Compare(b.IP), cmp.Compare(a.Sequence, b.Sequence))
+	})
+}
+
+// isUntrusted tells whether err refuses a state file or directory that
+// another user could have written.
+func isUntrusted(err error) bool { return errors.Is(err, statedir.ErrUntrusted) }

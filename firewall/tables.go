@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strconv"
 	"time"
@@ -38,6 +38,9 @@ var (
 	// errLocked: another program held the xtables lock longer than
 	// LockWait.
 	errLocked = errors.New("xtables lock held by another program")
+	// errEmptyChain: an insert after the ownership marker found the
+	// chain empty (flushed). An answer like errNoChain.
+	errEmptyChain = errors.New("chain is empty: no ownership marker to insert after")
 )
 
 // family is IPv4 (iptables) or IPv6 (ip6tables).
@@ -57,6 +60,9 @@ func (fam family) String() string {
 	return "IPv4"
 }
 
+// LogValue makes the family "IPv4" or "IPv6" in every log format, JSON too.
+func (fam family) LogValue() slog.Value { return slog.StringValue(fam.String()) }
+
 // command is the name of the family's iptables program.
 func (fam family) command() string {
 	if fam == ipv6 {
@@ -72,30 +78,6 @@ func familyOf(a netip.Addr) family {
 		return ipv4
 	}
 	return ipv6
-}
-
-// newIPTables returns the iptables backend for both families. IPv6 is left
-// out, with a warning from the caller, when ip6tables is not installed or
-// the kernel has IPv6 disabled: a host without IPv6 still wants its IPv4
-// knocks.
-func newIPTables(lockWait, timeout time.Duration) (tabs [2]tables, v6off error, err error) {
-	v4, err := newExecTables(ipv4, lockWait, timeout)
-	if err != nil {
-		return tabs, nil, err
-	}
-	tabs[ipv4] = v4
-	if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
-		return tabs, errors.New("the kernel has IPv6 disabled"), nil
-	}
-	v6, err := newExecTables(ipv6, lockWait, timeout)
-	switch {
-	case errors.Is(err, exec.ErrNotFound):
-		return tabs, errors.New("ip6tables is not installed"), nil
-	case err != nil:
-		return tabs, nil, err
-	}
-	tabs[ipv6] = v6
-	return tabs, nil, nil
 }
 
 // newExecTables finds the family's program on PATH and asks go-iptables

@@ -8,203 +8,63 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
-// defaultDelays are the waits between the attempts of an iptables call.
-var defaultDelays = []time.Duration{50 * time.Millisecond, 200 * time.Millisecond}
-
-// A rule whose delete failed is retried after doomFirst, doubling up to
-// doomMax: the kernel's time match has already made it harmless, or soon will.
+// A grant whose insert failed is retried after pendFirst, doubling up to
+// pendMax, until it is applied or its window ends: someone waits for it.
 const (
-	doomFirst = time.Second
-	doomMax   = time.Minute
+	pendFirst = time.Second
+	pendMax   = 30 * time.Second
 )
 
-// Bounds on calls that hang.
-const (
-	// maxStuck abandoned calls whose iptables has not exited yet (a
-	// process that ignores SIGKILL, in the kernel) make every further call
-	// fail at once: each holds a goroutine.
-	maxStuck = 4
-	// After hangsToSuspend calls in a row ran out of time, no call is made
-	// for one call timeout: the worker goes on instead of waiting out each
-	// rule's attempts.
-	hangsToSuspend = 2
-)
+// maxRevokes bounds the remembered revokes of a family; beyond it the
+// oldest is forgotten.
+const maxRevokes = 1 << 16
 
-var (
-	errTimeout   = errors.New("iptables did not answer in time; killed")
-	errStuck     = errors.New("too many killed iptables calls have not exited")
-	errSuspended = errors.New("iptables calls suspended: the last ones hung")
-)
+// clockSlack is how far ahead the log's clock may be before a cut grant is
+// worth a warning.
+const clockSlack = time.Minute
 
-// retrier runs iptables calls: each under a deadline, retried with
-// backoff, counted.
-type retrier struct {
-	clock    Clock
-	log      *slog.Logger
-	delays   []time.Duration
-	timeout  time.Duration   // an attempt that takes longer is abandoned
-	maxStuck int             // 0: maxStuck
-	stop     <-chan struct{} // nil: never
-	exited   func()          // for the tests: called when an abandoned call returns
+// worker does all the work of one family: every change of its chain goes
+// through its goroutine, so no two changes of a family ever race, and a
+// family whose iptables hangs holds up no other.
+type worker struct {
+	f    *Firewall
+	fam  family
+	t    tables
+	rt   *retrier
+	log  *slog.Logger
+	reqs chan request
+	done chan struct{}
 
-	failures atomic.Uint64 // attempts that failed, timeouts and refusals included
-	timedOut atomic.Uint64
-	lockBusy atomic.Uint64
-	stuck    atomic.Int64 // abandoned attempts still running
-
-	mu        sync.Mutex
-	hangs     int       // attempts in a row that timed out
-	suspended time.Time // no call before this
-	lastErr   string
+	// Owned by the worker goroutine (and by start before it runs).
+	cur      tail
+	pol      policy
+	grants   map[grantKey]Grant
+	pending  map[grantKey]*pendingGrant
+	revoked  map[netip.Addr]time.Time // wall-clock time of the last revoke
+	revList  []revoked                // revoked as published; nil when it changed
+	doomed   []doomedRule
+	changed  bool      // the state file is behind this family
+	unsynced bool      // the last reconcile failed
+	checkErr error     // the last integrity check failed
+	checked  time.Time // the last integrity check passed
 }
 
-// do calls fn with attempt 1, 2, ... until it succeeds or the attempts are
-// used up; it waits between attempts on the clock. An attempt that runs
-// past the timeout is abandoned: its context ends, which kills its
-// iptables. errNoChain is an answer and is returned at once.
-func (rt *retrier) do(ctx context.Context, op string, fn func(ctx context.Context, attempt int) error) error {
-	timedOut := false // an attempt was killed: it may have been applied
-	for attempt := 1; ; attempt++ {
-		err := rt.attempt(ctx, attempt, fn)
-		if timedOut && err != nil && !errors.Is(err, errTimeout) {
-			err = fmt.Errorf("%w (an earlier attempt: %w)", err, errTimeout)
-		}
-		timedOut = timedOut || errors.Is(err, errTimeout)
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, errNoChain):
-			return err
-		case ctx.Err() != nil:
-			return fmt.Errorf("%w (during: %w)", ctx.Err(), err)
-		case errors.Is(err, errClosed):
-			return err
-		}
-		rt.failures.Add(1)
-		if errors.Is(err, errLocked) {
-			rt.lockBusy.Add(1)
-		}
-		rt.mu.Lock()
-		rt.lastErr = op + ": " + err.Error()
-		rt.mu.Unlock()
-		if errors.Is(err, errStuck) || errors.Is(err, errSuspended) {
-			// Not run: said once, when it began, and by the caller.
-			rt.log.Debug("iptables call refused", keyOp, op, keyErr, err)
-			return err
-		}
-		rt.log.Warn("iptables call failed", keyOp, op, keyAttempt, attempt, keyErr, err)
-		if attempt > len(rt.delays) {
-			return err
-		}
-		select {
-		case <-rt.clock.After(rt.delays[attempt-1]):
-		case <-ctx.Done():
-			return fmt.Errorf("%w (retry of: %w)", ctx.Err(), err)
-		case <-rt.stop:
-			return fmt.Errorf("%w (retry of: %w)", errClosed, err)
-		}
-	}
+// doomedRule is a rule whose delete failed; it is retried at at.
+type doomedRule struct {
+	r     rule
+	fails int
+	at    time.Time
 }
 
-// Whether an attempt's goroutine is running, done or abandoned.
-const (
-	running int32 = iota
-	finished
-	abandoned
-)
-
-// attempt runs fn once, on a goroutine of its own, and waits for it at
-// most rt.timeout.
-func (rt *retrier) attempt(ctx context.Context, attempt int, fn func(context.Context, int) error) error {
-	limit := rt.maxStuck
-	if limit == 0 {
-		limit = maxStuck
-	}
-	if n := rt.stuck.Load(); n >= int64(limit) {
-		return fmt.Errorf("%w (%d)", errStuck, n)
-	}
-	rt.mu.Lock()
-	until := rt.suspended
-	rt.mu.Unlock()
-	if rt.clock.Now().Before(until) {
-		return fmt.Errorf("%w; until %s", errSuspended, until.Format(time.RFC3339))
-	}
-	// The deadline is set before the call starts: a test that sees the
-	// call start can advance the clock past it.
-	deadline := rt.clock.After(rt.timeout)
-	cctx, cancel := context.WithCancel(ctx)
-	var state atomic.Int32
-	res := make(chan error, 1)
-	go func() {
-		err := fn(cctx, attempt)
-		done := state.CompareAndSwap(running, finished)
-		res <- err
-		if !done {
-			rt.stuck.Add(-1)
-			if rt.exited != nil {
-				rt.exited()
-			}
-		}
-	}()
-	// abandon gives the call up unless it has just finished.
-	abandon := func() bool {
-		rt.stuck.Add(1)
-		if !state.CompareAndSwap(running, abandoned) {
-			rt.stuck.Add(-1)
-			return false
-		}
-		cancel()
-		return true
-	}
-	var err error
-	select {
-	case err = <-res:
-	case <-deadline:
-		if abandon() {
-			rt.timedOut.Add(1)
-			rt.hung()
-			return fmt.Errorf("%w after %s", errTimeout, rt.timeout)
-		}
-		err = <-res
-	case <-ctx.Done():
-		if abandon() {
-			return ctx.Err()
-		}
-		err = <-res
-	case <-rt.stop:
-		if abandon() {
-			return errClosed
-		}
-		err = <-res
-	}
-	cancel()
-	rt.mu.Lock()
-	rt.hangs = 0 // iptables answered, even if with an error
-	rt.mu.Unlock()
-	return err
-}
-
-// hung counts a timed-out attempt and suspends calls after too many.
-func (rt *retrier) hung() {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	rt.hangs++
-	if rt.hangs >= hangsToSuspend {
-		rt.suspended = rt.clock.Now().Add(rt.timeout)
-		rt.log.Error("iptables hangs; no call until a timeout has passed", keyCount, rt.hangs, keyUntil, rt.suspended)
-	}
-}
-
-// suspendedNow tells whether calls are suspended.
-func (rt *retrier) suspendedNow() bool {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	return rt.clock.Now().Before(rt.suspended)
+// pendingGrant is a grant whose insert failed; it is retried at at.
+type pendingGrant struct {
+	g     Grant
+	fails int
+	at    time.Time
+	err   error // the last failure
 }
 
 type request struct {
@@ -214,13 +74,13 @@ type request struct {
 }
 
 // do runs fn on the worker and returns its result.
-func (f *Firewall) do(ctx context.Context, fn func(context.Context) error) error {
+func (w *worker) do(ctx context.Context, fn func(context.Context) error) error {
 	r := request{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	select {
-	case f.reqs <- r:
+	case w.reqs <- r:
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-f.stop:
+	case <-w.f.stop:
 		return errClosed
 	}
 	select {
@@ -231,7 +91,7 @@ func (f *Firewall) do(ctx context.Context, fn func(context.Context) error) error
 	}
 }
 
-// run is the worker: the one goroutine that changes the chains.
+// run is the worker's goroutine.
 //
 // Timers run on the monotonic clock, grants end on the wall clock: a timer
 // set for a grant's until can fire early (the wall clock was set back) or
@@ -240,37 +100,58 @@ func (f *Firewall) do(ctx context.Context, fn func(context.Context) error) error
 // grants whose until has passed.
 //
 // check is the first integrity check's timer, set before the worker starts.
-func (f *Firewall) run(check <-chan time.Time) {
-	defer close(f.done)
+func (w *worker) run(check <-chan time.Time) {
+	defer close(w.done)
+	f := w.f
 	for {
 		var wake <-chan time.Time
-		if at, ok := f.nextWake(); ok {
+		if at, ok := w.nextWake(); ok {
 			wake = f.clock.After(at.Sub(f.clock.Now()))
 		}
 		select {
 		case <-f.stop:
 			return
-		case r := <-f.reqs:
+		case r := <-w.reqs:
+			w.begin()
 			err := r.ctx.Err()
 			if err == nil {
 				err = r.fn(r.ctx)
 			}
-			f.commit()
+			w.commit()
+			// Told before the caller goes on: a test that waits for it
+			// after its own request is never woken by that request.
+			w.end()
 			r.done <- err
 		case <-wake:
-			f.tick(f.ctx)
-			f.commit()
+			w.begin()
+			w.tick(f.ctx)
+			w.commit()
+			w.end()
 		case <-check:
-			start := f.clock.Now()
-			f.check(f.ctx)
+			w.begin()
+			// What a check costs is real time spent in iptables, whatever
+			// the clock that paces the checks says.
+			start := time.Now()
+			w.check(f.ctx)
 			// Armed before the outcome is published: a test that sees it
 			// can advance the clock to the next check.
-			check = f.clock.After(f.checkWait(f.clock.Now().Sub(start)))
-			f.commit()
+			check = f.clock.After(f.checkWait(time.Since(start)))
+			w.commit()
+			w.end()
 		}
-		if f.idle != nil {
-			f.idle()
-		}
+	}
+}
+
+// begin and end tell the tests that the worker handles an event.
+func (w *worker) begin() {
+	if w.f.begin != nil {
+		w.f.begin(w.fam)
+	}
+}
+
+func (w *worker) end() {
+	if w.f.idle != nil {
+		w.f.idle(w.fam)
 	}
 }
 
@@ -287,121 +168,242 @@ func (f *Firewall) checkWait(took time.Duration) time.Duration {
 	return max(f.o.CheckInterval, min(checkDuty*took, maxCheckWait))
 }
 
-// nextWake is when the next grant ends or the next failed delete is due.
-func (f *Firewall) nextWake() (time.Time, bool) {
+// nextWake is when the next grant ends, or the next failed delete or
+// pending grant is due.
+func (w *worker) nextWake() (time.Time, bool) {
 	var at time.Time
-	for _, g := range f.grants {
-		if at.IsZero() || g.Until.Before(at) {
-			at = g.Until
+	earlier := func(t time.Time) {
+		if at.IsZero() || t.Before(at) {
+			at = t
 		}
 	}
-	now := f.clock.Now()
-	for _, d := range f.doomed {
-		if d.due(now) {
+	for _, g := range w.grants {
+		earlier(g.Until)
+	}
+	now := w.f.clock.Now()
+	for _, d := range w.doomed {
+		if due(d.at, now, doomMax) {
 			return now, true
 		}
-		if at.IsZero() || d.at.Before(at) {
-			at = d.at
+		earlier(d.at)
+	}
+	for _, p := range w.pending {
+		if due(p.at, now, pendMax) {
+			return now, true
 		}
+		earlier(p.at)
+		earlier(p.g.Until)
 	}
 	return at, !at.IsZero()
 }
 
-// due tells whether the delete is to be retried: its time has come, or is
+// due tells whether a retry set for at is to run: its time has come, or is
 // further away than any backoff, which means the clock was set back.
-func (d doomedRule) due(now time.Time) bool {
-	return !d.at.After(now) || d.at.Sub(now) > doomMax
+func due(at, now time.Time, backoff time.Duration) bool {
+	return !at.After(now) || at.Sub(now) > backoff
 }
 
-// commit writes the state file if it is behind and publishes the view.
-func (f *Firewall) commit() {
-	gs := f.sorted()
-	if f.dirty && f.path != "" {
-		if err := saveState(f.path, gs); err != nil {
-			f.log.Error("cannot write the state file; retrying at the next change", keyErr, err)
-		} else {
-			f.dirty = false
+// commit publishes the family's grants and health, and has the state file
+// written if they changed.
+func (w *worker) commit() {
+	if w.revList == nil {
+		w.revList = make([]revoked, 0, len(w.revoked))
+		for ip, at := range w.revoked {
+			w.revList = append(w.revList, revoked{IP: ip, At: at})
 		}
-	} else if f.path == "" {
-		f.dirty = false
 	}
-	f.mu.Lock()
-	f.view = gs
-	f.health.Pending = len(f.doomed)
-	f.health.InSync = len(f.doomed) == 0 && !f.dirty && !f.unsynced && f.checkErr == nil
-	f.health.Checked = f.checked
-	f.health.LastError = ""
-	if f.checkErr != nil {
-		f.health.LastError = f.checkErr.Error()
+	pending := make([]Grant, 0, len(w.pending))
+	for _, p := range w.pending {
+		pending = append(pending, p.g)
 	}
-	f.mu.Unlock()
+	sortGrants(pending)
+	w.f.st.publish(w.fam, famView{
+		grants: sortedGrants(w.grants), pending: pending, revoked: w.revList,
+		health: famHealth{doomed: len(w.doomed), pending: len(w.pending),
+			unsynced: w.unsynced, checkErr: w.checkErr, checked: w.checked},
+	}, w.changed)
+	w.changed = false
 }
 
-// sorted returns the grants by Until, then IP and Sequence.
-func (f *Firewall) sorted() []Grant {
-	gs := make([]Grant, 0, len(f.grants))
-	for _, g := range f.grants {
-		gs = append(gs, g)
+// reserve takes a place in the grant table for a new grant.
+func (f *Firewall) reserve() bool {
+	if f.count.Add(1) > int64(f.o.MaxGrants) {
+		f.count.Add(-1)
+		return false
 	}
-	slices.SortFunc(gs, func(a, b Grant) int {
-		return cmp.Or(a.Until.Compare(b.Until), a.IP.Compare(b.IP), cmp.Compare(a.Sequence, b.Sequence))
-	})
-	return gs
+	return true
 }
 
-func (f *Firewall) grant(ctx context.Context, g Grant) error {
-	if !g.Until.After(f.clock.Now()) {
-		return fmt.Errorf("grant to %s for %s until %s: %w", g.IP, g.Sequence, g.Until.Format(time.RFC3339), ErrExpired)
+// dropGrant forgets the grant of k; dropPending its pending grant. The
+// table's place is given back when k holds neither.
+func (w *worker) dropGrant(k grantKey) {
+	if _, ok := w.grants[k]; !ok {
+		return
 	}
-	fam := familyOf(g.IP)
-	if f.tabs[fam] == nil {
-		return fmt.Errorf("grant to %s: no %s firewall on this host", g.IP, fam)
+	delete(w.grants, k)
+	w.changed = true
+	if _, ok := w.pending[k]; !ok {
+		w.f.count.Add(-1)
+	}
+}
+
+func (w *worker) dropPending(k grantKey) {
+	if _, ok := w.pending[k]; !ok {
+		return
+	}
+	delete(w.pending, k)
+	w.changed = true
+	if _, ok := w.grants[k]; !ok {
+		w.f.count.Add(-1)
+	}
+}
+
+func grantAttrs(g Grant) []any {
+	return []any{keyIP, g.IP, keySequence, g.Sequence, keyPorts, g.Ports, keyUntil, g.Until}
+}
+
+func (w *worker) grant(ctx context.Context, g Grant) (Grant, error) {
+	now := w.f.clock.Now()
+	v := w.pol.judge(g, now)
+	switch {
+	case v.unknown:
+		return Grant{}, fmt.Errorf("grant to %s: sequence %q is not configured: %w", g.IP, g.Sequence, ErrNotAllowed)
+	case len(v.dropped) > 0:
+		return Grant{}, fmt.Errorf("grant to %s for %s: %v not among the sequence's ports: %w", g.IP, g.Sequence, v.dropped, ErrNotAllowed)
+	case v.cut > 0:
+		// Warned about once: a log clock that is ahead stays ahead.
+		level := slog.LevelDebug
+		if v.cut > clockSlack && w.f.warnedAhead.CompareAndSwap(false, true) {
+			level = slog.LevelWarn
+		}
+		w.log.Log(ctx, level, "grant cut to its window from now: the log's clock is ahead of this host's",
+			append(grantAttrs(v.g), keyCut, v.cut)...)
+		g = v.g
+	}
+	if !g.Until.After(now) {
+		return Grant{}, fmt.Errorf("grant to %s for %s until %s: %w", g.IP, g.Sequence, g.Until.Format(time.RFC3339), ErrExpired)
+	}
+	if err := checkUntil(g); err != nil {
+		return Grant{}, err
+	}
+	if at, ok := w.revoked[g.IP]; ok && !g.Knocked.IsZero() && !g.Knocked.After(at) {
+		return Grant{}, fmt.Errorf("grant to %s for %s knocked at %s: revoked at %s: %w",
+			g.IP, g.Sequence, g.Knocked.Format(time.RFC3339), at.UTC().Format(time.RFC3339), ErrRevoked)
 	}
 	k := grantKey{g.IP, g.Sequence}
-	old, had := f.grants[k]
+	old, had := w.grants[k]
+	p, pend := w.pending[k]
 	if had && !g.Until.After(old.Until) {
-		return nil
+		return old, nil
 	}
-	if !had && len(f.grants) >= f.o.MaxGrants {
-		f.refused.Add(1)
-		f.log.Warn("grant refused: the grant table is full", keyIP, g.IP, keySequence, g.Sequence, keyCount, len(f.grants))
-		return fmt.Errorf("grant to %s for %s: %w (%d grants)", g.IP, g.Sequence, ErrTableFull, len(f.grants))
+	if pend && !g.Until.After(p.g.Until) {
+		return p.g, fmt.Errorf("grant to %s for %s: %w: %w", g.IP, g.Sequence, ErrPending, p.err)
 	}
-	err := f.insertGrant(ctx, fam, g)
-	if errors.Is(err, errNoChain) {
-		// Our chain went away behind our back: repair, then try again.
-		f.log.Warn("our chain is missing; repairing before the grant", keyFamily, fam, keyIP, g.IP)
-		f.checkFamily(ctx, fam)
-		err = f.insertGrant(ctx, fam, g)
+	if !had && !pend && !w.f.reserve() {
+		w.f.refused.Add(1)
+		n := w.f.count.Load()
+		w.log.Warn("grant refused: the grant table is full", keyIP, g.IP, keySequence, g.Sequence, keyCount, n)
+		return Grant{}, fmt.Errorf("grant to %s for %s: %w (%d grants)", g.IP, g.Sequence, ErrTableFull, n)
+	}
+	if old.Knocked.After(g.Knocked) {
+		g.Knocked = old.Knocked
+	}
+	if err := w.apply(ctx, g); err != nil {
+		w.pend(g, err)
+		return g, fmt.Errorf("grant to %s for %s: %w: %w", g.IP, g.Sequence, ErrPending, err)
+	}
+	w.dropPending(k)
+	return g, nil
+}
+
+// apply inserts the rules of g and makes it the grant of its key; the
+// rules of the grant it replaces are deleted after, so that there is no
+// gap. A chain found missing or emptied is repaired first.
+func (w *worker) apply(ctx context.Context, g Grant) error {
+	err := w.insertGrant(ctx, g)
+	if errors.Is(err, errNoChain) || errors.Is(err, errEmptyChain) {
+		// Our chain went away or was flushed behind our back: repair,
+		// then try again.
+		w.log.Warn("our chain is missing or was emptied; repairing before the grant", keyFamily, w.fam, keyIP, g.IP)
+		w.checkFamily(ctx)
+		err = w.insertGrant(ctx, g)
 	}
 	if err != nil {
 		return err
 	}
-	f.grants[k] = g
-	f.dirty = true
-	attrs := []any{keyIP, g.IP, keySequence, g.Sequence, keyPorts, g.Ports, keyUntil, g.Until}
-	if had {
-		for _, r := range grantRules(old) {
-			if err := f.deleteRule(ctx, fam, r); err != nil {
-				f.doom(fam, r)
-			}
-		}
-		f.log.Debug("grant extended", attrs...)
-	} else {
-		f.log.Debug("grant applied", attrs...)
+	rs := grantRules(g)
+	w.undoom(rs)
+	k := grantKey{g.IP, g.Sequence}
+	old, had := w.grants[k]
+	w.grants[k] = g
+	w.changed = true
+	if !had {
+		w.log.Debug("grant applied", grantAttrs(g)...)
+		return nil
 	}
+	for _, r := range grantRules(old) {
+		if slices.Contains(rs, r) {
+			continue
+		}
+		if err := w.deleteRule(ctx, r); err != nil {
+			w.doom(r)
+		}
+	}
+	w.log.Debug("grant replaced", grantAttrs(g)...)
 	return nil
+}
+
+// pend keeps g to be retried after its insert failed.
+func (w *worker) pend(g Grant, err error) {
+	k := grantKey{g.IP, g.Sequence}
+	p := w.pending[k]
+	if p == nil {
+		p = &pendingGrant{}
+		w.pending[k] = p
+	}
+	p.g, p.err = g, err
+	p.fails++
+	p.at = w.f.clock.Now().Add(backoff(pendFirst, pendMax, p.fails))
+	w.changed = true
+	w.log.Warn("grant not applied; retrying until its window ends", append(grantAttrs(g), keyAt, p.at, keyErr, err)...)
+}
+
+// demote makes the grant of k, whose rules are not all in the chain, a
+// pending grant: its rules are deleted, and it is retried.
+func (w *worker) demote(ctx context.Context, k grantKey, err error) {
+	g, ok := w.grants[k]
+	if !ok {
+		return
+	}
+	// Its place in the table passes to the pending grant.
+	delete(w.grants, k)
+	w.changed = true
+	for _, r := range grantRules(g) {
+		if derr := w.deleteRule(ctx, r); derr != nil {
+			w.doom(r)
+		}
+	}
+	if p, ok := w.pending[k]; ok && p.g.Until.After(g.Until) {
+		return
+	}
+	w.pend(g, err)
+}
+
+// backoff is the wait before retry number fails: first, doubling, at most
+// most.
+func backoff(first, most time.Duration, fails int) time.Duration {
+	return min(first<<min(max(fails-1, 0), 10), most)
 }
 
 // insertGrant inserts the rules of g, or none: on failure the ones it
 // inserted are deleted again, or retried in the background; so is the
 // failed one when it may have been applied.
-func (f *Firewall) insertGrant(ctx context.Context, fam family, g Grant) error {
+func (w *worker) insertGrant(ctx context.Context, g Grant) error {
 	// Insert the new rules before deleting the old ones: no gap. In
 	// reverse, so that the chain lists them in the order of the ports.
 	rs := grantRules(g)
 	for i := len(rs) - 1; i >= 0; i-- {
-		err := f.insert(ctx, fam, rs[i])
+		err := w.insert(ctx, rs[i])
 		if err == nil {
 			continue
 		}
@@ -410,8 +412,8 @@ func (f *Firewall) insertGrant(ctx context.Context, fam family, g Grant) error {
 			undo = rs[i:]
 		}
 		for _, r := range undo {
-			if derr := f.deleteRule(ctx, fam, r); derr != nil {
-				f.doom(fam, r)
+			if derr := w.deleteRule(ctx, r); derr != nil {
+				w.doom(r)
 			}
 		}
 		return err
@@ -419,13 +421,21 @@ func (f *Firewall) insertGrant(ctx context.Context, fam family, g Grant) error {
 	return nil
 }
 
-func (f *Firewall) revoke(ctx context.Context, ip netip.Addr) error {
+func (w *worker) revoke(ctx context.Context, ip netip.Addr) error {
+	w.recordRevoke(ip, w.f.clock.Now())
 	var errs []error
 	found := false
-	for _, g := range f.sorted() {
+	for _, g := range sortedGrants(w.grants) {
 		if g.IP == ip {
 			found = true
-			errs = append(errs, f.remove(ctx, grantKey{g.IP, g.Sequence}, "revoked"))
+			errs = append(errs, w.remove(ctx, grantKey{g.IP, g.Sequence}, "revoked"))
+		}
+	}
+	for k, p := range w.pending {
+		if k.ip == ip {
+			found = true
+			w.dropPending(k)
+			w.log.Info("pending grant removed", append(grantAttrs(p.g), keyReason, "revoked")...)
 		}
 	}
 	if !found {
@@ -434,27 +444,61 @@ func (f *Firewall) revoke(ctx context.Context, ip netip.Addr) error {
 	return errors.Join(errs...)
 }
 
-// remove forgets a grant and deletes its rules; a rule whose delete fails is
-// retried later.
-func (f *Firewall) remove(ctx context.Context, k grantKey, reason string) error {
-	g := f.grants[k]
-	delete(f.grants, k)
-	f.dirty = true
-	fam := familyOf(g.IP)
+// recordRevoke remembers the time of a revoke of ip.
+func (w *worker) recordRevoke(ip netip.Addr, at time.Time) {
+	w.revoked[ip] = at
+	for len(w.revoked) > maxRevokes {
+		var oldest netip.Addr
+		for a, t := range w.revoked {
+			if !oldest.IsValid() || t.Before(w.revoked[oldest]) {
+				oldest = a
+			}
+		}
+		delete(w.revoked, oldest)
+	}
+	w.revList, w.changed = nil, true
+}
+
+// pruneRevoked forgets the revokes that no knock logged before them could
+// still undo: any grant of such a knock has ended by now, since no grant
+// lasts longer than the longest window. Without a policy they are kept, up
+// to maxRevokes.
+func (w *worker) pruneRevoked(now time.Time) {
+	if w.pol.longest <= 0 {
+		return
+	}
+	for ip, at := range w.revoked {
+		if at.Add(w.pol.longest).Before(now) {
+			delete(w.revoked, ip)
+			w.revList, w.changed = nil, true
+		}
+	}
+}
+
+// remove forgets a grant and deletes its rules; a rule whose delete fails
+// is retried later.
+func (w *worker) remove(ctx context.Context, k grantKey, reason string) error {
+	g := w.grants[k]
+	w.dropGrant(k)
 	var errs []error
 	for _, r := range grantRules(g) {
-		if err := f.deleteRule(ctx, fam, r); err != nil {
-			f.doom(fam, r)
+		if err := w.deleteRule(ctx, r); err != nil {
+			w.doom(r)
 			errs = append(errs, err)
 		}
 	}
-	f.log.Info("grant removed", keyIP, g.IP, keySequence, g.Sequence, keyUntil, g.Until, keyReason, reason)
+	w.log.Info("grant removed", keyIP, g.IP, keySequence, g.Sequence, keyUntil, g.Until, keyReason, reason)
 	return errors.Join(errs...)
 }
 
-func (f *Firewall) doom(fam family, r rule) {
-	f.doomed = append(f.doomed, doomedRule{fam: fam, r: r, fails: 1, at: f.clock.Now().Add(doomFirst)})
-	f.log.Warn("rule left in the chain; its delete will be retried", keyFamily, fam, keyRule, r.String())
+func (w *worker) doom(r rule) {
+	w.doomed = append(w.doomed, doomedRule{r: r, fails: 1, at: w.f.clock.Now().Add(doomFirst)})
+	w.log.Warn("rule left in the chain; its delete will be retried", keyFamily, w.fam, keyRule, r.String())
+}
+
+// undoom gives up the retried deletes of rules that are wanted again.
+func (w *worker) undoom(rs []rule) {
+	w.doomed = slices.DeleteFunc(w.doomed, func(d doomedRule) bool { return slices.Contains(rs, d.r) })
 }
 
 // maybeApplied tells whether a failed call may still have changed the
@@ -468,144 +512,296 @@ func maybeApplied(err error) bool {
 	return false
 }
 
-// tick removes the grants that have ended and retries failed deletes.
-func (f *Firewall) tick(ctx context.Context) {
-	now := f.clock.Now()
-	f.expire(ctx, now)
-	kept := f.doomed[:0]
-	for _, d := range f.doomed {
-		if !d.due(now) {
+// tick removes the grants that have ended, retries failed deletes and the
+// pending grants that are due.
+func (w *worker) tick(ctx context.Context) {
+	now := w.f.clock.Now()
+	w.expire(ctx, now)
+	kept := w.doomed[:0]
+	for _, d := range w.doomed {
+		if !due(d.at, now, doomMax) {
 			kept = append(kept, d)
 			continue
 		}
-		if err := f.deleteRule(ctx, d.fam, d.r); err != nil {
+		if err := w.deleteRule(ctx, d.r); err != nil {
 			d.fails++
-			d.at = now.Add(min(doomFirst<<min(d.fails-1, 10), doomMax))
+			d.at = now.Add(backoff(doomFirst, doomMax, d.fails))
 			kept = append(kept, d)
 			continue
 		}
-		f.log.Info("left-over rule deleted", keyFamily, d.fam, keyRule, d.r.String())
+		w.log.Info("left-over rule deleted", keyFamily, w.fam, keyRule, d.r.String())
 	}
-	f.doomed = kept
+	w.doomed = kept
+	for _, p := range w.pendingSorted() {
+		if !due(p.at, now, pendMax) {
+			continue
+		}
+		k := grantKey{p.g.IP, p.g.Sequence}
+		if err := w.apply(ctx, p.g); err != nil {
+			p.fails++
+			p.err = err
+			p.at = now.Add(backoff(pendFirst, pendMax, p.fails))
+			w.log.Warn("pending grant still not applied; retrying", append(grantAttrs(p.g), keyAt, p.at, keyErr, err)...)
+			continue
+		}
+		w.dropPending(k)
+		w.log.Info("pending grant applied", grantAttrs(p.g)...)
+	}
 }
 
-// expire removes the grants whose until is not after now.
-func (f *Firewall) expire(ctx context.Context, now time.Time) {
-	for _, g := range f.sorted() {
+func (w *worker) pendingSorted() []*pendingGrant {
+	ps := make([]*pendingGrant, 0, len(w.pending))
+	for _, p := range w.pending {
+		ps = append(ps, p)
+	}
+	slices.SortFunc(ps, func(a, b *pendingGrant) int {
+		return cmp.Or(a.g.Until.Compare(b.g.Until), a.g.IP.Compare(b.g.IP), cmp.Compare(a.g.Sequence, b.g.Sequence))
+	})
+	return ps
+}
+
+// expire removes the grants, held or pending, whose until is not after now.
+func (w *worker) expire(ctx context.Context, now time.Time) {
+	for _, g := range sortedGrants(w.grants) {
 		if !g.Until.After(now) {
 			// A failure is logged and retried by remove.
-			_ = f.remove(ctx, grantKey{g.IP, g.Sequence}, "expired")
+			_ = w.remove(ctx, grantKey{g.IP, g.Sequence}, "expired")
 		}
 	}
+	for k, p := range w.pending {
+		if !p.g.Until.After(now) {
+			w.dropPending(k)
+			w.log.Warn("pending grant given up: its window ended before it could be applied", append(grantAttrs(p.g), keyErr, p.err)...)
+		}
+	}
+}
+
+// setTail makes next the protect tail, or, when the chain cannot take it,
+// restores the previous one and returns why.
+func (w *worker) setTail(ctx context.Context, next tail) error {
+	prev := w.cur
+	w.cur = next
+	err := w.reconcile(ctx)
+	if err == nil {
+		return nil
+	}
+	w.cur = prev
+	if rerr := w.reconcile(ctx); rerr != nil {
+		w.log.Error("cannot restore the previous protect rules", keyFamily, w.fam, keyErr, rerr)
+	}
+	return err
+}
+
+// applyPolicy makes pol the family's policy and holds the grants to it:
+// the grants of a sequence that is gone are revoked, ports that are no
+// longer the sequence's are closed, and a grant that ends later than now
+// plus its sequence's window is cut to it.
+func (w *worker) applyPolicy(ctx context.Context, pol policy) {
+	w.pol = pol
+	now := w.f.clock.Now()
+	for _, g := range sortedGrants(w.grants) {
+		k := grantKey{g.IP, g.Sequence}
+		v := pol.judge(g, now)
+		switch {
+		case v.unknown:
+			_ = w.remove(ctx, k, "sequence removed; grant revoked")
+			w.log.Info("sequence removed; grant revoked", grantAttrs(g)...)
+		case len(v.g.Ports) == 0:
+			_ = w.remove(ctx, k, "ports no longer the sequence's")
+		case v.cut > 0:
+			// New rules with the earlier until, then the old ones go.
+			if err := w.apply(ctx, v.g); err != nil {
+				_ = w.remove(ctx, k, "cannot be cut to the shortened window")
+				continue
+			}
+			w.log.Info("grant cut to the sequence's shortened window", grantAttrs(v.g)...)
+		case len(v.dropped) > 0:
+			for _, r := range grantRules(Grant{IP: g.IP, Sequence: g.Sequence, Ports: v.dropped, Until: g.Until}) {
+				if err := w.deleteRule(ctx, r); err != nil {
+					w.doom(r)
+				}
+			}
+			w.grants[k] = v.g
+			w.changed = true
+			w.log.Info("ports closed: no longer the sequence's", append(grantAttrs(v.g), keyFixed, v.dropped)...)
+		}
+	}
+	for k, p := range w.pending {
+		v := pol.judge(p.g, now)
+		if v.unknown || len(v.g.Ports) == 0 {
+			w.dropPending(k)
+			w.log.Info("pending grant removed", append(grantAttrs(p.g), keyReason, "its sequence or ports are no longer configured")...)
+			continue
+		}
+		if len(v.dropped) > 0 || v.cut > 0 {
+			p.g = v.g
+			w.changed = true
+		}
+	}
+	w.pruneRevoked(now)
 }
 
 // The calls on the tables, retried, with errors that name the object.
 
-func (f *Firewall) list(ctx context.Context, fam family) ([]listed, error) {
+func (w *worker) list(ctx context.Context) ([]listed, error) {
 	var lines []string
-	err := f.rt.do(ctx, "list", func(ctx context.Context, _ int) (err error) {
-		lines, err = f.tabs[fam].List(ctx, table, f.o.Chain)
+	err := w.rt.do(ctx, "list", func(ctx context.Context, _ int) (err error) {
+		lines, err = w.t.List(ctx, table, w.f.o.Chain)
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%s: list %s/%s: %w", fam.command(), table, f.o.Chain, err)
+		return nil, fmt.Errorf("%s: list %s/%s: %w", w.fam.command(), table, w.f.o.Chain, err)
 	}
+	return parseChain(w.f.o.Chain, lines), nil
+}
+
+// parseChain returns the rules in the lines of `iptables -S chain`.
+func parseChain(chain string, lines []string) []listed {
 	var have []listed
 	for _, line := range lines {
-		if l, ok := parseListed(f.o.Chain, line); ok {
+		if l, ok := parseListed(chain, line); ok {
 			have = append(have, l)
 		}
 	}
-	return have, nil
+	return have
 }
 
-func (f *Firewall) insert(ctx context.Context, fam family, r rule) error {
-	t, spec := f.tabs[fam], r.args()
-	err := f.rt.do(ctx, "insert", func(ctx context.Context, attempt int) error {
+// insertAt is where grant rules go: after the ownership marker.
+const insertAt = 2
+
+func (w *worker) insert(ctx context.Context, r rule) error {
+	return w.insertPos(ctx, insertAt, r)
+}
+
+func (w *worker) insertPos(ctx context.Context, pos int, r rule) error {
+	spec := r.args()
+	err := w.rt.do(ctx, "insert", func(ctx context.Context, attempt int) error {
 		// A call that failed may have been applied (a lock timeout after
-		// the commit, a kill after it): never insert a grant rule twice.
+		// the commit, a kill after it): never insert a rule twice.
 		if attempt > 1 {
-			if ok, err := t.Exists(ctx, table, f.o.Chain, spec...); err == nil && ok {
+			if ok, err := w.t.Exists(ctx, table, w.f.o.Chain, spec...); err == nil && ok {
 				return nil
 			}
 		}
-		return t.Insert(ctx, table, f.o.Chain, 1, spec...)
+		return w.t.Insert(ctx, table, w.f.o.Chain, pos, spec...)
 	})
 	if err != nil {
-		return fmt.Errorf("%s: insert %s into %s/%s: %w", fam.command(), r, table, f.o.Chain, err)
+		return fmt.Errorf("%s: insert %s into %s/%s: %w", w.fam.command(), r, table, w.f.o.Chain, err)
 	}
 	return nil
 }
 
-func (f *Firewall) append(ctx context.Context, fam family, r rule) error {
+func (w *worker) append(ctx context.Context, r rule) error {
 	// A retried append may add the rule twice; the next reconcile or
 	// integrity check deletes the first copy, which is never the drop
 	// at the end.
-	err := f.rt.do(ctx, "append", func(ctx context.Context, _ int) error {
-		return f.tabs[fam].Append(ctx, table, f.o.Chain, r.args()...)
+	err := w.rt.do(ctx, "append", func(ctx context.Context, _ int) error {
+		return w.t.Append(ctx, table, w.f.o.Chain, r.args()...)
 	})
 	if err != nil {
-		return fmt.Errorf("%s: append %s to %s/%s: %w", fam.command(), r, table, f.o.Chain, err)
+		return fmt.Errorf("%s: append %s to %s/%s: %w", w.fam.command(), r, table, w.f.o.Chain, err)
 	}
 	return nil
 }
 
-func (f *Firewall) deleteRule(ctx context.Context, fam family, r rule) error {
-	err := f.rt.do(ctx, "delete", func(ctx context.Context, _ int) error {
-		return f.tabs[fam].DeleteIfExists(ctx, table, f.o.Chain, r.args()...)
+func (w *worker) deleteRule(ctx context.Context, r rule) error {
+	err := w.rt.do(ctx, "delete", func(ctx context.Context, _ int) error {
+		return w.t.DeleteIfExists(ctx, table, w.f.o.Chain, r.args()...)
 	})
 	if err != nil {
-		return fmt.Errorf("%s: delete %s from %s/%s: %w", fam.command(), r, table, f.o.Chain, err)
+		return fmt.Errorf("%s: delete %s from %s/%s: %w", w.fam.command(), r, table, w.f.o.Chain, err)
 	}
 	return nil
 }
 
 // deleteListed deletes a listed rule, which need not be ours: by its
 // specification, or, should iptables not take back what it printed, by its
-// number. Both delete the first rule that is the same.
-func (f *Firewall) deleteListed(ctx context.Context, fam family, l listed) error {
-	t := f.tabs[fam]
-	err := f.rt.do(ctx, "delete", func(ctx context.Context, _ int) error {
-		err := t.Delete(ctx, table, f.o.Chain, l.spec...)
-		if err == nil {
-			return nil
+// number. Both delete the first rule that is the same; with last, the last
+// one is deleted, by its number (a second ownership marker, whose first
+// copy is to stay at the top).
+func (w *worker) deleteListed(ctx context.Context, l listed, last bool) error {
+	t, chain := w.t, w.f.o.Chain
+	err := w.rt.do(ctx, "delete", func(ctx context.Context, _ int) error {
+		if !last {
+			err := t.Delete(ctx, table, chain, l.spec...)
+			if err == nil {
+				return nil
+			}
 		}
-		lines, lerr := t.List(ctx, table, f.o.Chain)
-		if lerr != nil {
+		lines, err := t.List(ctx, table, chain)
+		if err != nil {
 			return err
 		}
 		i := slices.Index(lines, l.line)
+		if last {
+			i = lastIndex(lines, l.line)
+		}
 		if i < 1 { // gone, or the -N line
 			return nil
 		}
-		return t.DeleteById(ctx, table, f.o.Chain, i)
+		return t.DeleteById(ctx, table, chain, i)
 	})
 	if err != nil {
-		return fmt.Errorf("%s: delete %q from %s/%s: %w", fam.command(), l.line, table, f.o.Chain, err)
+		return fmt.Errorf("%s: delete %q from %s/%s: %w", w.fam.command(), l.line, table, chain, err)
 	}
 	return nil
 }
 
-func (f *Firewall) ensureChain(ctx context.Context, fam family) error {
-	t := f.tabs[fam]
-	err := f.rt.do(ctx, "new chain", func(ctx context.Context, _ int) error {
-		if ok, err := t.ChainExists(ctx, table, f.o.Chain); err != nil || ok {
+func lastIndex(lines []string, s string) int {
+	for i := len(lines) - 1; i >= 0; i-- {
+		if lines[i] == s {
+			return i
+		}
+	}
+	return -1
+}
+
+// ensureChain makes sure our chain exists and is ours: created with the
+// ownership marker when missing; a chain of that name without the marker
+// is adopted only if webknock wrote every rule in it (an earlier version's
+// chain, or an empty one), else refused untouched.
+func (w *worker) ensureChain(ctx context.Context) error {
+	t, chain := w.t, w.f.o.Chain
+	var lines []string
+	created := false
+	err := w.rt.do(ctx, "new chain", func(ctx context.Context, _ int) error {
+		var err error
+		lines, err = t.List(ctx, table, chain)
+		if !errors.Is(err, errNoChain) {
 			return err
 		}
-		err := t.NewChain(ctx, table, f.o.Chain)
-		if err != nil {
+		if err := t.NewChain(ctx, table, chain); err != nil {
 			// Created meanwhile by another webknock, or by an attempt
 			// that timed out after the commit?
-			if ok, cerr := t.ChainExists(ctx, table, f.o.Chain); cerr == nil && ok {
-				return nil
+			if ok, cerr := t.ChainExists(ctx, table, chain); cerr == nil && ok {
+				lines, err = t.List(ctx, table, chain)
+				return err
 			}
 			return err
 		}
-		f.log.Info("chain created", keyFamily, fam, keyChain, f.o.Chain)
+		lines, created = nil, true
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("%s: create chain %s/%s: %w", fam.command(), table, f.o.Chain, err)
+		return fmt.Errorf("%s: create chain %s/%s: %w", w.fam.command(), table, chain, err)
+	}
+	own := judgeChain(chain, lines, w.f.marker)
+	if err := own.err(w.fam, chain); err != nil {
+		return err
+	}
+	if own.marker {
+		return nil
+	}
+	if err := w.insertPos(ctx, 1, w.f.marker); err != nil {
+		return err
+	}
+	switch {
+	case created:
+		w.log.Info("chain created", keyFamily, w.fam, keyChain, chain)
+	case own.rules == 0:
+		w.log.Info("empty chain adopted; ownership marker added", keyFamily, w.fam, keyChain, chain)
+	default:
+		w.log.Warn("chain of an earlier webknock adopted; ownership marker added", keyFamily, w.fam, keyChain, chain, keyCount, own.rules)
 	}
 	return nil
 }
@@ -613,48 +809,48 @@ func (f *Firewall) ensureChain(ctx context.Context, fam family) error {
 // ensureJump inserts the jump to our chain at the top of the hook if it has
 // none. Extra jumps are left alone with a warning: they do no harm, and the
 // only safe way to delete one, by its specification, would delete the first.
-func (f *Firewall) ensureJump(ctx context.Context, fam family) error {
-	t := f.tabs[fam]
-	lines, err := f.listHook(ctx, fam)
+func (w *worker) ensureJump(ctx context.Context) error {
+	t, o := w.t, &w.f.o
+	lines, err := w.listHook(ctx)
 	if err != nil {
 		return err
 	}
-	switch n := f.jumps(lines); {
+	switch n := w.jumps(lines); {
 	case n == 0:
-		err := f.rt.do(ctx, "insert", func(ctx context.Context, attempt int) error {
+		err := w.rt.do(ctx, "insert", func(ctx context.Context, attempt int) error {
 			if attempt > 1 {
-				if ok, err := t.Exists(ctx, table, f.o.Hook, "-j", f.o.Chain); err == nil && ok {
+				if ok, err := t.Exists(ctx, table, o.Hook, "-j", o.Chain); err == nil && ok {
 					return nil
 				}
 			}
-			return t.Insert(ctx, table, f.o.Hook, 1, "-j", f.o.Chain)
+			return t.Insert(ctx, table, o.Hook, 1, "-j", o.Chain)
 		})
 		if err != nil {
-			return fmt.Errorf("%s: insert jump to %s into %s/%s: %w", fam.command(), f.o.Chain, table, f.o.Hook, err)
+			return fmt.Errorf("%s: insert jump to %s into %s/%s: %w", w.fam.command(), o.Chain, table, o.Hook, err)
 		}
-		f.log.Info("jump inserted", keyFamily, fam, keyHook, f.o.Hook, keyChain, f.o.Chain)
+		w.log.Info("jump inserted", keyFamily, w.fam, keyHook, o.Hook, keyChain, o.Chain)
 	case n > 1:
-		f.log.Warn("the hook jumps to our chain more than once", keyFamily, fam, keyHook, f.o.Hook, keyChain, f.o.Chain, keyCount, n)
+		w.log.Warn("the hook jumps to our chain more than once", keyFamily, w.fam, keyHook, o.Hook, keyChain, o.Chain, keyCount, n)
 	}
 	return nil
 }
 
 // listHook lists the hook; a missing hook is an error like any other.
-func (f *Firewall) listHook(ctx context.Context, fam family) ([]string, error) {
+func (w *worker) listHook(ctx context.Context) ([]string, error) {
 	var lines []string
-	err := f.rt.do(ctx, "list", func(ctx context.Context, _ int) (err error) {
-		lines, err = f.tabs[fam].List(ctx, table, f.o.Hook)
+	err := w.rt.do(ctx, "list", func(ctx context.Context, _ int) (err error) {
+		lines, err = w.t.List(ctx, table, w.f.o.Hook)
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%s: list %s/%s: %w", fam.command(), table, f.o.Hook, err)
+		return nil, fmt.Errorf("%s: list %s/%s: %w", w.fam.command(), table, w.f.o.Hook, err)
 	}
 	return lines, nil
 }
 
 // jumps counts the jumps to our chain in the lines of the hook.
-func (f *Firewall) jumps(hook []string) int {
-	jump := "-A " + f.o.Hook + " -j " + f.o.Chain
+func (w *worker) jumps(hook []string) int {
+	jump := "-A " + w.f.o.Hook + " -j " + w.f.o.Chain
 	n := 0
 	for _, l := range hook {
 		if l == jump {
