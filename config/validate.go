@@ -57,8 +57,14 @@ func (l *loader) validate(checkFormat func(string) error) {
 	}
 	oneOf(bad, at("log", "start"), "start", c.Log.Start, "saved", "end", "beginning")
 
-	// state_dir and the firewall's names are checked by the packages that
-	// use them (Options.Check), so check and run apply one rule.
+	// The firewall's names are checked by the firewall (Options.Check), so
+	// check and run apply one rule; here only that they are there.
+	if c.Firewall.Chain == "" {
+		bad(at("firewall", "chain"), "must not be empty; want a chain of our own like \"WEBKNOCK\"")
+	}
+	if c.Firewall.Hook == "" {
+		bad(at("firewall", "hook"), "must not be empty; want the chain that jumps to ours, like \"INPUT\" or \"DOCKER-USER\"")
+	}
 
 	l.validateSequences(at, bad)
 

@@ -216,7 +216,7 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("web: revoke failed", keyIP, ip, keyErr, err)
 		http.Error(w, "revoke failed; see the server's log", http.StatusInternalServerError)
 	default:
-		s.log.Info("revoked over HTTP", append([]any{keyIP, ip}, who(r)...)...)
+		s.log.Info("revoked", append([]any{keyIP, ip}, who(r)...)...)
 		w.WriteHeader(http.StatusNoContent)
 	}
 }

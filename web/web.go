@@ -204,7 +204,12 @@ func (s *Server) SetTokenFile(path string) error {
 	token, err := ReadToken(path)
 	if err != nil {
 		s.token.Store(nil)
-		s.log.Warn("revoking over HTTP is disabled: no usable token", keyErr, err)
+		s.mu.Lock()
+		tcp := s.lns != nil && s.lns.tcp != nil
+		s.mu.Unlock()
+		if tcp && path != "" {
+			s.log.Warn("revoking over TCP is disabled: no usable token", keyErr, err)
+		}
 		return err
 	}
 	s.token.Store(&token)

@@ -329,15 +329,30 @@ func TestRevokeFailure(t *testing.T) {
 	}
 }
 
+// TestNoTokenWarns: with a TCP listener, a token file that cannot be used
+// is warned about; without one (or with token_file "") nothing is said,
+// since revoking over TCP cannot be asked for. The token is refused either way.
 func TestNoTokenWarns(t *testing.T) {
 	dir := t.TempDir()
-	for _, path := range []string{"", filepath.Join(dir, "missing"), writeToken(t, ""), writeToken(t, "short-token\n")} {
-		f := newFixture(t, path, nil)
-		if !strings.Contains(f.log.String(), "level=WARN") || !strings.Contains(f.log.String(), "revoking over HTTP is disabled") {
-			t.Errorf("token file %q: log %q, want a warning", path, f.log)
-		}
-		if tok := f.s.currentToken(); tok != "" {
-			t.Errorf("token file %q: token %q, want none", path, tok)
+	for _, path := range []string{filepath.Join(dir, "missing"), writeToken(t, ""), writeToken(t, "short-token\n"), ""} {
+		for _, tcp := range []bool{true, false} {
+			f := newFixture(t, path, func(o *Options) {
+				if tcp {
+					l, err := Bind("127.0.0.1:0", "")
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { l.Close() })
+					o.Listeners = l
+				}
+			})
+			want := tcp && path != ""
+			if got := strings.Contains(f.log.String(), "level=WARN") && strings.Contains(f.log.String(), "revoking over TCP is disabled"); got != want {
+				t.Errorf("token file %q, TCP listener %v: log %q, want a warning: %v", path, tcp, f.log, want)
+			}
+			if tok := f.s.currentToken(); tok != "" {
+				t.Errorf("token file %q: token %q, want none", path, tok)
+			}
 		}
 	}
 }

@@ -40,7 +40,6 @@ func TestCommandLine(t *testing.T) {
 			stdout: `{"time":"2026-11-22T19:01:02Z","event":"step","ip":"203.0.113.9","sequence":"ssh","step":1}`},
 		{name: "flag overrides file", args: []string{"replay", "-c", example, "--log-format", "common", exampleLog}, code: exitOK,
 			stderr: "0 parsed", noStdout: true},
-		{name: "check ok", args: []string{"check", "-c", example}, code: exitOK, stdout: "ok: 2 sequence(s)"},
 		{name: "check bad", args: []string{"check", "-c", "testdata/bad.yaml"}, code: exitFail,
 			stderr: "testdata/bad.yaml:7: sequences[0].steps[1]: bad path \"k/b2\""},
 		{name: "check trusted proxies without header", args: []string{"check", "-c", "testdata/trusted-no-xff.yaml"}, code: exitFail,

@@ -358,6 +358,9 @@ func (e *e2e) config(window string) string {
 // token file token in the scratch directory.
 func (e *e2e) configWeb(window, listen string) string {
 	e.t.Helper()
+	if _, err := os.Stat(filepath.Join(e.dir, "token")); listen != `""` && err != nil {
+		write(e.t, filepath.Join(e.dir, "token"), "0123456789abcdef0123456789abcdef\n")
+	}
 	path := filepath.Join(e.dir, "webknock.yaml")
 	write(e.t, path, fmt.Sprintf(`log:
   paths: [%s]
@@ -377,9 +380,13 @@ sequences:
 web:
   listen: %s
   token_file: %s
-`, e.log, filepath.Join(e.dir, "state"), window, listen, filepath.Join(e.dir, "token")))
+  socket: %s
+`, e.log, filepath.Join(e.dir, "state"), window, listen, filepath.Join(e.dir, "token"), e.socket()))
 	return path
 }
+
+// socket is the daemon's admin socket.
+func (e *e2e) socket() string { return filepath.Join(e.dir, "run", "webknock.sock") }
 
 // daemon is a running `webknock run` whose JSON log the test reads.
 type daemonProc struct {
@@ -956,8 +963,8 @@ func TestE2ERepair(t *testing.T) {
 }
 
 // TestE2EStatusAndRevoke: `webknock status` lists a live grant through the
-// daemon's API, `webknock revoke` ends it at once (with the token, and not
-// without it), and the port is closed again.
+// daemon's admin socket, `webknock revoke` ends it at once, and the port is
+// closed again; over TCP a revoke needs the bearer token.
 func TestE2EStatusAndRevoke(t *testing.T) {
 	e := newE2E(t, "nginx")
 	e.startNginx()
@@ -977,12 +984,13 @@ func TestE2EStatusAndRevoke(t *testing.T) {
 	if err != nil || !strings.Contains(out, cliV4[0]) || !strings.Contains(out, "22/tcp") {
 		t.Fatalf("webknock status: %v\n%s", err, out)
 	}
-	write(t, filepath.Join(e.dir, "wrong-token"), "not-the-token-not-the-token\n")
-	bad := filepath.Join(e.dir, "bad.yaml")
-	raw, _ := os.ReadFile(cfg)
-	write(t, bad, strings.Replace(string(raw), filepath.Join(e.dir, "token"), filepath.Join(e.dir, "wrong-token"), 1))
-	if out, err := wk("revoke", "-c", bad, cliV4[0]); err == nil {
-		t.Fatalf("revoke with a wrong token succeeded:\n%s", out)
+	curl := func(token, ip string) string {
+		out, _ := e.in(e.srv, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE",
+			"-H", "Authorization: Bearer "+token, "http://127.0.0.1:7080/api/grants/"+ip).Output()
+		return string(out)
+	}
+	if code := curl("not-the-token-not-the-token", cliV4[0]); code != "401" {
+		t.Fatalf("revoke over TCP with a wrong token: HTTP %s, want 401", code)
 	}
 	e.assertOpen(cliV4[0])
 	if out, err := wk("revoke", "-c", cfg, cliV4[0]); err != nil {
@@ -993,6 +1001,13 @@ func TestE2EStatusAndRevoke(t *testing.T) {
 	if out, _ := wk("status", "-c", cfg); !strings.Contains(out, "no active grants") {
 		t.Errorf("status after revoke:\n%s", out)
 	}
+	e.knock(cliV4[1], fullKnock...)
+	d.wait(t, "grant", cliV4[1])
+	if code := curl("0123456789abcdef0123456789abcdef", cliV4[1]); code != "204" && code != "200" {
+		t.Fatalf("revoke over TCP with the token: HTTP %s", code)
+	}
+	d.wait(t, "grant removed", cliV4[1])
+	e.assertOpen()
 }
 
 // chromium runs headless Chromium in namespace ns and returns what it

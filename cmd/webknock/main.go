@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/webknock/webknock/config"
+	"github.com/webknock/webknock/firewall"
 	"github.com/webknock/webknock/weblog"
 )
 
@@ -77,7 +78,7 @@ var commands = []*command{
 	},
 	{
 		name:    "flush",
-		summary: "remove webknock's firewall chains and jumps",
+		summary: "remove webknock's firewall chains and jumps (refused while the daemon runs)",
 		usage:   "webknock flush -c FILE",
 		example: "webknock flush -c /etc/webknock/webknock.yaml",
 		run:     runFlush,
@@ -85,7 +86,7 @@ var commands = []*command{
 	},
 	{
 		name:    "status",
-		summary: "list the live grants of the running daemon (via web.listen)",
+		summary: "list the live grants and lockouts of the running daemon (via web.socket)",
 		usage:   "webknock status -c FILE",
 		example: "webknock status -c /etc/webknock/webknock.yaml",
 		run:     runStatus,
@@ -93,15 +94,32 @@ var commands = []*command{
 	},
 	{
 		name:    "revoke",
-		summary: "end an address's access now (via web.listen, with the token of web.token_file)",
+		summary: "end an address's access now (via web.socket)",
 		usage:   "webknock revoke -c FILE IP",
 		example: "webknock revoke -c /etc/webknock/webknock.yaml 203.0.113.7",
 		run:     runRevoke,
 		config:  true,
 	},
 	{
+		name:    "grant",
+		summary: "let an address in by hand, for at most a sequence's window (via web.socket)",
+		usage:   "webknock grant -c FILE IP [--for DUR] [--sequence NAME]",
+		example: "webknock grant -c /etc/webknock/webknock.yaml 198.51.100.7 --for 10m",
+		flags:   grantFlags,
+		run:     runGrant,
+		config:  true,
+	},
+	{
+		name:    "unlock",
+		summary: "end an address's lockout (via web.socket)",
+		usage:   "webknock unlock -c FILE IP",
+		example: "webknock unlock -c /etc/webknock/webknock.yaml 198.51.100.7",
+		run:     runUnlock,
+		config:  true,
+	},
+	{
 		name:    "check",
-		summary: "validate the configuration; exit 1 listing every problem",
+		summary: "validate the configuration exactly as run does; exit 1 listing every problem",
 		usage:   "webknock check -c FILE",
 		example: "webknock check -c /etc/webknock/webknock.yaml",
 		run:     runCheck,
@@ -202,8 +220,10 @@ func usagef(env *environment, fs *pflag.FlagSet, format string, args ...any) err
 }
 
 // loadConfig loads -c FILE with the environment and flags, validating the
-// log format with the parser that will read it.
-func loadConfig(env *environment, fs *pflag.FlagSet) (*config.Config, error) {
+// log format with the parser that will read it, and with check (nil for
+// commands that only talk to the daemon or only read logs) the rules of the
+// packages that will use it.
+func loadConfig(env *environment, fs *pflag.FlagSet, check func(*config.Config) (errs, warns []*config.FieldError)) (*config.Config, error) {
 	path, _ := fs.GetString("config")
 	if path == "" {
 		return nil, usagef(env, fs, "-c FILE is required")
@@ -213,25 +233,48 @@ func loadConfig(env *environment, fs *pflag.FlagSet) (*config.Config, error) {
 		Environ:     env.environ,
 		Flags:       fs,
 		CheckFormat: weblog.CheckFormat,
+		Check: func(cfg *config.Config) (errs, warns []*config.FieldError) {
+			if _, err := weblog.NewParser(cfg.Log.Format, cfg.Log.TrustedProxies); err != nil {
+				errs = append(errs, &config.FieldError{Field: "log.trusted_proxies", Message: err.Error()})
+			}
+			if check != nil {
+				e, w := check(cfg)
+				errs, warns = append(errs, e...), append(warns, w...)
+			}
+			return errs, warns
+		},
 	})
 	if err != nil {
 		return nil, err
 	}
-	if _, err := weblog.NewParser(cfg.Log.Format, cfg.Log.TrustedProxies); err != nil {
-		return nil, &config.FieldError{Source: cfg.File, Field: "log.trusted_proxies", Message: err.Error()}
-	}
 	return cfg, nil
 }
 
-func runCheck(_ context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
+// runCheck is `webknock check`: the checks of run, and as root also the
+// firewall probe run makes before its first change. Warnings about risky
+// choices are printed; they do not fail.
+func runCheck(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
 	if len(args) > 0 {
 		return usagef(env, fs, "unexpected argument %q", args[0])
 	}
-	cfg, err := loadConfig(env, fs)
+	cfg, err := loadConfig(env, fs, checkConfig)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(env.stdout, "%s: ok: %d sequence(s), log format %q\n", cfg.File, len(cfg.Sequences), cfg.Log.Format)
+	for _, w := range cfg.Warnings {
+		fmt.Fprintf(env.stderr, "warning: %s\n", w)
+	}
+	probed := "firewall probed"
+	switch {
+	case cfg.Firewall.Backend != "dry-run" && os.Geteuid() != 0:
+		probed = "firewall not probed (needs root)"
+	default:
+		if err := firewall.Probe(ctx, firewallOptions(cfg, nil)); err != nil {
+			return fmt.Errorf("%s: firewall: %w", cfg.File, err)
+		}
+	}
+	_, err = fmt.Fprintf(env.stdout, "%s: ok: %d sequence(s), log format %q, %s, %d warning(s)\n",
+		cfg.File, len(cfg.Sequences), cfg.Log.Format, probed, len(cfg.Warnings))
 	return err
 }
 

@@ -33,7 +33,7 @@ func runReplay(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 	if len(args) == 0 {
 		return usagef(env, fs, "name at least one LOG (- for standard input)")
 	}
-	cfg, err := loadConfig(env, fs)
+	cfg, err := loadConfig(env, fs, nil)
 	if err != nil {
 		return err
 	}

@@ -80,6 +80,7 @@ sequences:
     window: 10m
 web:
   listen: ""
+  socket: ` + filepath.Join(dir, "wk.sock") + `
 `
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -132,7 +133,9 @@ func TestServe(t *testing.T) {
 	go func() { done <- serve(ctx, cfg, logger, hup, load) }()
 	recs.wait(t, "webknock running")
 
-	now := time.Now()
+	// Lines a little in the past: a grant never ends later than a window
+	// from the host's now, whatever the log's clock says.
+	now := time.Now().Add(-time.Minute)
 	appendLines(t, log, knockLines("203.0.113.7", now, "/k/a1", "/k/b2", "/k/open")...)
 	if g := recs.wait(t, "grant"); g["ip"] != "203.0.113.7" {
 		t.Errorf("grant for %v, want 203.0.113.7", g["ip"])
@@ -172,6 +175,36 @@ func TestServe(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("serve did not stop within 10s of cancel")
+	}
+}
+
+// TestServeClockAhead: a knock dated a day ahead of the host's clock gets a
+// grant that ends one window from now, not from the log's time, and the
+// log's clock is warned about.
+func TestServeClockAhead(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "access.log")
+	appendLines(t, log, "")
+	cfgPath := writeRunConfig(t, dir, log, "/k/open")
+	cfg, err := config.Load(config.Options{Path: cfgPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger, recs := newLogRecords(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, logger, nil, nil) }()
+	defer func() { cancel(); <-done }()
+	recs.wait(t, "webknock running")
+	start := time.Now()
+	appendLines(t, log, knockLines("203.0.113.7", start.Add(24*time.Hour), "/k/a1", "/k/b2", "/k/open")...)
+	if w := recs.wait(t, "grant cut to its window from now: the log's clock is ahead of this host's"); w["level"] != "WARN" {
+		t.Errorf("clock warning at level %v, want WARN", w["level"])
+	}
+	g := recs.wait(t, "grant")
+	until, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(g["until"]))
+	if limit := time.Now().Add(10 * time.Minute); until.After(limit) || until.Before(start.Add(10*time.Minute-time.Second)) {
+		t.Errorf("grant until %v, want about %v (one window from now)", until, limit)
 	}
 }
 

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/webknock/webknock/config"
+	"github.com/webknock/webknock/firewall"
+	"github.com/webknock/webknock/internal/statedir"
+	"github.com/webknock/webknock/web"
+	"github.com/webknock/webknock/weblog"
+)
+
+// checkConfig is config.Options.Check of `check`, `run` and `flush`: the
+// checks of each package that will use the configuration, so that what
+// `check` accepts, `run` accepts. It touches nothing; the kernel is probed
+// by firewall.Probe (check as root, and run before its first change).
+//
+// A log directory that does not exist is an error for check (most likely
+// a typo) but not for run, which waits for it and reports it unhealthy:
+// exiting would leave the protected ports shut with nobody to open them.
+func checkConfig(cfg *config.Config) (errs, warns []*config.FieldError) {
+	return checkWith(cfg, true)
+}
+
+// runChecks is checkConfig for run.
+func runChecks(cfg *config.Config) (errs, warns []*config.FieldError) {
+	return checkWith(cfg, false)
+}
+
+func checkWith(cfg *config.Config, strictLogs bool) (errs, warns []*config.FieldError) {
+	bad := func(field string, err error) {
+		errs = append(errs, &config.FieldError{Field: field, Message: err.Error()})
+	}
+	warn := func(field, format string, args ...any) {
+		warns = append(warns, &config.FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
+	}
+
+	if err := statedir.Check(cfg.StateDir); err != nil {
+		bad("state_dir", err)
+	}
+	for _, err := range unjoin(firewall.CheckOptions(firewallOptions(cfg, nil))) {
+		field := "firewall"
+		if oe := (*firewall.OptionError)(nil); errors.As(err, &oe) {
+			field = "firewall." + oe.Option
+			if oe.Option == "state_dir" || oe.Option == "sequences" {
+				field = oe.Option
+			}
+			err = oe.Err
+		}
+		bad(field, err)
+	}
+	for i, p := range cfg.Log.Paths {
+		perrs, pwarns := weblog.CheckPaths([]string{p})
+		for _, err := range perrs {
+			if strictLogs {
+				bad(fmt.Sprintf("log.paths[%d]", i), err)
+			} else {
+				warn(fmt.Sprintf("log.paths[%d]", i), "%v; waiting for it", err)
+			}
+		}
+		for _, w := range pwarns {
+			warn(fmt.Sprintf("log.paths[%d]", i), "%s", w)
+		}
+	}
+	if err := weblog.CheckState(cfg.StateDir); err != nil && statedir.Check(cfg.StateDir) == nil {
+		bad("state_dir", err)
+	}
+
+	// web
+	if cfg.Web.Listen != "" && cfg.Web.TokenFile != "" {
+		if _, err := web.ReadToken(cfg.Web.TokenFile); err != nil {
+			bad("web.token_file", err)
+		} else if fi, err := os.Stat(cfg.Web.TokenFile); err == nil && fi.Mode().Perm()&0o044 != 0 {
+			warn("web.token_file", "%s is readable by other users (mode %04o): anyone who reads it can revoke grants; chmod 600 it",
+				cfg.Web.TokenFile, fi.Mode().Perm())
+		}
+	}
+	if s := cfg.Web.Socket; s != "" {
+		if !filepath.IsAbs(s) {
+			bad("web.socket", fmt.Errorf("socket %q is relative; want an absolute path like /run/webknock/webknock.sock", s))
+		} else if err := statedir.Owned("socket directory", filepath.Dir(s), false); err != nil {
+			bad("web.socket", err)
+		}
+	}
+	if ln := cfg.Web.Listen; ln != "" {
+		if ap, err := netip.ParseAddrPort(ln); err != nil || !ap.Addr().IsLoopback() {
+			warn("web.listen", "%s is reachable beyond loopback: the status page shows who holds access; keep it on 127.0.0.1 or put a TLS proxy in front", ln)
+		}
+	}
+
+	// risky choices
+	fw := cfg.Firewall
+	if fw.Protect && len(fw.AlwaysAllow) == 0 && fw.Backend != "dry-run" {
+		warn("firewall.always_allow", "protect is on and always_allow is empty: if webknock stops granting, only the console lets you in; list your admin networks here")
+	}
+	if fw.Protect && !fw.IPv6 {
+		warn("firewall.ipv6", "IPv6 is left unmanaged: on a host with IPv6 the protected ports stay open to everyone over IPv6")
+	}
+	for i, p := range cfg.Log.TrustedProxies {
+		if p.Bits() < 8 {
+			warn(fmt.Sprintf("log.trusted_proxies[%d]", i), "%s covers a large part of the internet: any client in it can name another address in X-Forwarded-For and knock for it", p)
+		}
+	}
+	return errs, warns
+}
+
+// unjoin splits an errors.Join into its errors.
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}

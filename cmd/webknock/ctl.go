@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/webknock/webknock/config"
+	"github.com/webknock/webknock/firewall"
+	"github.com/webknock/webknock/internal/statedir"
+	"github.com/webknock/webknock/web"
+)
+
+// runFlush is `webknock flush`: remove our chains and jumps. It holds the
+// state directory's lock meanwhile, so it never runs beside the daemon,
+// which would put everything back within a second.
+func runFlush(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
+	if len(args) > 0 {
+		return usagef(env, fs, "unexpected argument %q", args[0])
+	}
+	cfg, err := loadConfig(env, fs, checkConfig)
+	if err != nil {
+		return err
+	}
+	lock, err := statedir.Acquire(cfg.StateDir)
+	if le := (*statedir.LockedError)(nil); errors.As(err, &le) {
+		return fmt.Errorf("flush refused: %w; stop it first (systemctl stop webknock), then flush", err)
+	}
+	if err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	defer lock.Close()
+	logger := slog.New(slog.NewTextHandler(env.stderr, nil))
+	if err := firewall.Flush(ctx, firewallOptions(cfg, logger)); err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	_, err = fmt.Fprintf(env.stdout, "removed chain %s and its jump from %s (IPv4 and IPv6)\n", cfg.Firewall.Chain, cfg.Firewall.Hook)
+	return err
+}
+
+// admin returns the client of the running daemon's admin socket.
+func admin(env *environment, fs *pflag.FlagSet) (*config.Config, *web.Client, error) {
+	cfg, err := loadConfig(env, fs, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cfg.Web.Socket == "" {
+		return nil, nil, fmt.Errorf("web.socket is empty in %s: the daemon serves no admin socket", cfg.File)
+	}
+	return cfg, web.NewClient(cfg.Web.Socket), nil
+}
+
+// runStatus is `webknock status`: the live grants and lockouts.
+func runStatus(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
+	if len(args) > 0 {
+		return usagef(env, fs, "unexpected argument %q", args[0])
+	}
+	_, c, err := admin(env, fs)
+	if err != nil {
+		return err
+	}
+	grants, err := c.Grants(ctx)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	lockouts, err := c.Lockouts(ctx)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	w := env.stdout
+	if len(grants) == 0 {
+		fmt.Fprintln(w, "no active grants")
+	} else {
+		fmt.Fprintf(w, "%-39s  %-10s  %-20s  %-9s  %s\n", "IP", "SEQUENCE", "UNTIL", "LEFT", "PORTS")
+		for _, g := range grants {
+			ports := make([]string, len(g.Ports))
+			for i, p := range g.Ports {
+				ports[i] = p.String()
+			}
+			left := time.Until(g.Until).Round(time.Second)
+			fmt.Fprintf(w, "%-39s  %-10s  %-20s  %-9s  %s\n", g.IP, g.Sequence, rfc3339(g.Until), left, strings.Join(ports, ","))
+		}
+	}
+	if len(lockouts) == 0 {
+		_, err = fmt.Fprintln(w, "no lockouts")
+		return err
+	}
+	fmt.Fprintf(w, "\n%-39s  %s\n", "LOCKED OUT", "UNTIL")
+	for _, l := range lockouts {
+		fmt.Fprintf(w, "%-39s  %s\n", l.Client, rfc3339(l.Until))
+	}
+	return nil
+}
+
+// ipArg reads the one IP address a command takes.
+func ipArg(env *environment, fs *pflag.FlagSet, args []string) (netip.Addr, error) {
+	if len(args) != 1 {
+		return netip.Addr{}, usagef(env, fs, "name exactly one IP address")
+	}
+	ip, err := netip.ParseAddr(args[0])
+	if err != nil || ip.Zone() != "" {
+		return netip.Addr{}, usagef(env, fs, "%q is not an IP address", args[0])
+	}
+	return ip.Unmap(), nil
+}
+
+// runRevoke is `webknock revoke IP`: end an address's grants now.
+func runRevoke(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
+	ip, err := ipArg(env, fs, args)
+	if err != nil {
+		return err
+	}
+	_, c, err := admin(env, fs)
+	if err != nil {
+		return err
+	}
+	if err := c.Revoke(ctx, ip); err != nil {
+		return fmt.Errorf("revoke %s: %w", ip, err)
+	}
+	_, err = fmt.Fprintf(env.stdout, "revoked %s\n", ip)
+	return err
+}
+
+func grantFlags(fs *pflag.FlagSet) {
+	fs.Duration("for", 0, "how long, at most the sequence's window (default: the window)")
+	fs.String("sequence", "", "whose ports to open (default: the first sequence)")
+}
+
+// runGrant is `webknock grant IP`: let an address in by hand.
+func runGrant(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
+	ip, err := ipArg(env, fs, args)
+	if err != nil {
+		return err
+	}
+	dur, _ := fs.GetDuration("for")
+	seq, _ := fs.GetString("sequence")
+	if dur < 0 {
+		return usagef(env, fs, "--for %s is negative", dur)
+	}
+	_, c, err := admin(env, fs)
+	if err != nil {
+		return err
+	}
+	g, err := c.Grant(ctx, ip, seq, dur)
+	if err != nil {
+		return fmt.Errorf("grant %s: %w", ip, err)
+	}
+	ports := make([]string, len(g.Ports))
+	for i, p := range g.Ports {
+		ports[i] = p.String()
+	}
+	_, err = fmt.Fprintf(env.stdout, "granted %s %s until %s (sequence %s)\n", g.IP, strings.Join(ports, ","), rfc3339(g.Until), g.Sequence)
+	return err
+}
+
+// runUnlock is `webknock unlock IP`: end an address's lockout.
+func runUnlock(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
+	ip, err := ipArg(env, fs, args)
+	if err != nil {
+		return err
+	}
+	_, c, err := admin(env, fs)
+	if err != nil {
+		return err
+	}
+	if err := c.Unlock(ctx, ip); err != nil {
+		return fmt.Errorf("unlock %s: %w", ip, err)
+	}
+	_, err = fmt.Fprintf(env.stdout, "unlocked %s\n", ip)
+	return err
+}
