@@ -76,12 +76,22 @@ func loadPositions(dir string) ([]position, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load positions: %w", err)
 	}
+	return parsePositions(name, b)
+}
+
+// parsePositions reads the positions of a positions file's contents b.
+func parsePositions(name string, b []byte) ([]position, error) {
 	var doc positionsDoc
 	if err := json.Unmarshal(b, &doc); err != nil {
 		return nil, fmt.Errorf("parse %s: %w", name, err)
 	}
 	if doc.Version != 1 {
 		return nil, fmt.Errorf("parse %s: unknown version %d", name, doc.Version)
+	}
+	for i, p := range doc.Files {
+		if p.Offset < 0 || p.Path == "" {
+			return nil, fmt.Errorf("parse %s: files[%d]: want a path and an offset of 0 or more", name, i)
+		}
 	}
 	return doc.Files, nil
 }

@@ -218,3 +218,25 @@ func writeMode(t *testing.T, name, text string, mode os.FileMode) {
 		t.Fatal(err)
 	}
 }
+
+// FuzzPositions: a positions file of any content is read or refused with
+// an error, never a panic, and what is read has a path and an offset that
+// cannot be negative.
+func FuzzPositions(f *testing.F) {
+	f.Add([]byte(`{"version":1,"files":[{"path":"/var/log/a.log","dev":2049,"ino":7,"offset":12,"first_line":"ab"}]}`))
+	f.Add([]byte(`{"version":1,"files":[{"path":"/a","offset":-1}]}`))
+	f.Add([]byte(`{"version":2,"files":[]}`))
+	f.Add([]byte(`{"version":1,"files":[{"path":"/a","rotated":"/a.1","closed":true,"offset":9223372036854775807}]}`))
+	f.Add([]byte(`[`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ps, err := parsePositions("positions.json", b)
+		if err != nil {
+			return
+		}
+		for _, p := range ps {
+			if p.Offset < 0 || p.Path == "" {
+				t.Fatalf("parsePositions(%q) accepted %+v", b, p)
+			}
+		}
+	})
+}
