@@ -74,7 +74,7 @@ func noAdmin(w http.ResponseWriter) {
 type grantRequest struct {
 	IP       string `json:"ip"`
 	Sequence string `json:"sequence,omitempty"` // "": the daemon's default
-	For      string `json:"for"`                // a Go duration: "10m", "1h30m"
+	For      string `json:"for,omitempty"`      // a Go duration: "10m", "1h30m"; "": the sequence's window
 }
 
 // grant is POST /api/grants on the admin socket: 201 with the grant.
@@ -102,18 +102,18 @@ func (s *Server) grant(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("%s is not an address a client connects from", ip), http.StatusBadRequest)
 		return
 	}
-	if req.For == "" {
-		http.Error(w, `bad grant request: "for" is missing: how long to open, like "10m"`, http.StatusBadRequest)
-		return
-	}
-	d, err := time.ParseDuration(req.For)
-	if err != nil || d <= 0 {
-		http.Error(w, fmt.Sprintf(`bad duration %q: want a positive duration like "10m" or "1h30m"`, req.For), http.StatusBadRequest)
-		return
+	var d time.Duration // 0: the sequence's window
+	if req.For != "" {
+		var err error
+		if d, err = time.ParseDuration(req.For); err != nil || d <= 0 {
+			http.Error(w, fmt.Sprintf(`bad duration %q: want a positive duration like "10m" or "1h30m"`, req.For), http.StatusBadRequest)
+			return
+		}
 	}
 	g, err := s.opts.Admin.Grant(r.Context(), ip, req.Sequence, d)
 	switch {
-	case errors.Is(err, ErrUnknownSequence), errors.Is(err, ErrBadRequest), errors.Is(err, firewall.ErrExpired):
+	case errors.Is(err, ErrUnknownSequence), errors.Is(err, ErrBadRequest), errors.Is(err, firewall.ErrExpired),
+		errors.Is(err, firewall.ErrNotAllowed), errors.Is(err, firewall.ErrRevoked):
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	case errors.Is(err, firewall.ErrTableFull):

@@ -144,9 +144,14 @@ func (c *Client) Revoke(ctx context.Context, ip netip.Addr) error {
 }
 
 // Grant opens the ports of sequence ("" for the daemon's default) to ip
-// for d, and returns the grant as the daemon applied it.
+// for d (0: the sequence's window), and returns the grant as the daemon
+// applied it.
 func (c *Client) Grant(ctx context.Context, ip netip.Addr, sequence string, d time.Duration) (firewall.Grant, error) {
-	body, err := json.Marshal(grantRequest{IP: ip.String(), Sequence: sequence, For: d.String()})
+	req := grantRequest{IP: ip.String(), Sequence: sequence}
+	if d != 0 { // 0: the sequence's window; a negative one is the daemon's to refuse
+		req.For = d.String()
+	}
+	body, err := json.Marshal(req)
 	if err != nil {
 		return firewall.Grant{}, fmt.Errorf("grant %s: %w", ip, err)
 	}

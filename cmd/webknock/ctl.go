@@ -11,7 +11,6 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/webknock/webknock/config"
 	"github.com/webknock/webknock/firewall"
 	"github.com/webknock/webknock/internal/statedir"
 	"github.com/webknock/webknock/web"
@@ -45,15 +44,15 @@ func runFlush(ctx context.Context, env *environment, fs *pflag.FlagSet, args []s
 }
 
 // admin returns the client of the running daemon's admin socket.
-func admin(env *environment, fs *pflag.FlagSet) (*config.Config, *web.Client, error) {
+func admin(env *environment, fs *pflag.FlagSet) (*web.Client, error) {
 	cfg, err := loadConfig(env, fs, nil)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if cfg.Web.Socket == "" {
-		return nil, nil, fmt.Errorf("web.socket is empty in %s: the daemon serves no admin socket", cfg.File)
+		return nil, fmt.Errorf("web.socket is empty in %s: the daemon serves no admin socket", cfg.File)
 	}
-	return cfg, web.NewClient(cfg.Web.Socket), nil
+	return web.NewClient(cfg.Web.Socket), nil
 }
 
 // runStatus is `webknock status`: the live grants and lockouts.
@@ -61,7 +60,7 @@ func runStatus(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 	if len(args) > 0 {
 		return usagef(env, fs, "unexpected argument %q", args[0])
 	}
-	_, c, err := admin(env, fs)
+	c, err := admin(env, fs)
 	if err != nil {
 		return err
 	}
@@ -112,18 +111,29 @@ func ipArg(env *environment, fs *pflag.FlagSet, args []string) (netip.Addr, erro
 
 // runRevoke is `webknock revoke IP`: end an address's grants now.
 func runRevoke(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
+	return onIP(ctx, env, fs, args, "revoke", (*web.Client).Revoke)
+}
+
+// runUnlock is `webknock unlock IP`: end an address's lockout.
+func runUnlock(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
+	return onIP(ctx, env, fs, args, "unlock", (*web.Client).Unlock)
+}
+
+// onIP asks the daemon to do verb to the one address of args, and says so.
+func onIP(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string, verb string,
+	do func(*web.Client, context.Context, netip.Addr) error) error {
 	ip, err := ipArg(env, fs, args)
 	if err != nil {
 		return err
 	}
-	_, c, err := admin(env, fs)
+	c, err := admin(env, fs)
 	if err != nil {
 		return err
 	}
-	if err := c.Revoke(ctx, ip); err != nil {
-		return fmt.Errorf("revoke %s: %w", ip, err)
+	if err := do(c, ctx, ip); err != nil {
+		return fmt.Errorf("%s %s: %w", verb, ip, err)
 	}
-	_, err = fmt.Fprintf(env.stdout, "revoked %s\n", ip)
+	_, err = fmt.Fprintf(env.stdout, "%sed %s\n", strings.TrimSuffix(verb, "e"), ip)
 	return err
 }
 
@@ -143,7 +153,7 @@ func runGrant(ctx context.Context, env *environment, fs *pflag.FlagSet, args []s
 	if dur < 0 {
 		return usagef(env, fs, "--for %s is negative", dur)
 	}
-	_, c, err := admin(env, fs)
+	c, err := admin(env, fs)
 	if err != nil {
 		return err
 	}
@@ -156,22 +166,5 @@ func runGrant(ctx context.Context, env *environment, fs *pflag.FlagSet, args []s
 		ports[i] = p.String()
 	}
 	_, err = fmt.Fprintf(env.stdout, "granted %s %s until %s (sequence %s)\n", g.IP, strings.Join(ports, ","), rfc3339(g.Until), g.Sequence)
-	return err
-}
-
-// runUnlock is `webknock unlock IP`: end an address's lockout.
-func runUnlock(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
-	ip, err := ipArg(env, fs, args)
-	if err != nil {
-		return err
-	}
-	_, c, err := admin(env, fs)
-	if err != nil {
-		return err
-	}
-	if err := c.Unlock(ctx, ip); err != nil {
-		return fmt.Errorf("unlock %s: %w", ip, err)
-	}
-	_, err = fmt.Fprintf(env.stdout, "unlocked %s\n", ip)
 	return err
 }

@@ -167,45 +167,6 @@ func (e *e2e) tryRunA(cfg string, env []string) (out string, code int, started b
 	return out, code, started
 }
 
-// startDaemonA is startDaemon with the environment env.
-func (e *e2e) startDaemonA(cfg string, env []string) *daemonProc {
-	e.t.Helper()
-	cmd := e.in(e.srv, webknockBinary(e.t), "run", "-c", cfg, "--json-logs", "--debug")
-	cmd.Env = env
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	d := &daemonProc{cmd: cmd, records: make(chan map[string]any, 1024)}
-	if err := cmd.Start(); err != nil {
-		e.t.Fatalf("start webknock: %v", err)
-	}
-	e.t.Cleanup(func() { stop(cmd) })
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			d.mu.Lock()
-			d.all.Write(sc.Bytes())
-			d.all.WriteByte('\n')
-			d.mu.Unlock()
-			var rec map[string]any
-			if json.Unmarshal(sc.Bytes(), &rec) == nil {
-				d.records <- rec
-			}
-		}
-		close(d.records)
-	}()
-	e.t.Cleanup(func() {
-		if e.t.Failed() {
-			d.mu.Lock()
-			e.t.Logf("webknock log:\n%s", d.all.String())
-			d.mu.Unlock()
-		}
-	})
-	d.wait(e.t, "webknock running", "")
-	return d
-}
-
 // logA returns the records the daemon has written so far.
 func (d *daemonProc) logA() []map[string]any {
 	d.mu.Lock()
@@ -441,7 +402,9 @@ func TestE2ESafetyA_NoIP6Tables(t *testing.T) {
 	off := e.configA("webknock-v4.yaml", confA{ipv6Off: true})
 	e.startNginx()
 	e.startListener()
-	d := e.startDaemonA(off, env)
+	cmd := e.daemonCmd(off)
+	cmd.Env = env
+	d := e.startDaemonCmd(cmd)
 	warned := false
 	for _, rec := range d.logA() {
 		if rec["level"] == "WARN" && strings.Contains(fmt.Sprint(rec["msg"]), "IPv6") {

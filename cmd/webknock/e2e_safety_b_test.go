@@ -101,52 +101,6 @@ func (e *e2e) writeTokenB(token string) {
 	}
 }
 
-// daemonCmdB is the command of `webknock run -c cfg` in the server
-// namespace, with env added to the environment.
-func (e *e2e) daemonCmdB(cfg string, env ...string) *exec.Cmd {
-	cmd := e.in(e.srv, webknockBinary(e.t), "run", "-c", cfg, "--json-logs", "--debug")
-	cmd.Env = append(os.Environ(), env...)
-	return cmd
-}
-
-// startDaemonB is startDaemon for a command of the caller's.
-func (e *e2e) startDaemonB(cmd *exec.Cmd) *daemonProc {
-	e.t.Helper()
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	d := &daemonProc{cmd: cmd, records: make(chan map[string]any, 1024)}
-	if err := cmd.Start(); err != nil {
-		e.t.Fatalf("start webknock: %v", err)
-	}
-	e.t.Cleanup(func() { stop(cmd) })
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-		for sc.Scan() {
-			d.mu.Lock()
-			d.all.Write(sc.Bytes())
-			d.all.WriteByte('\n')
-			d.mu.Unlock()
-			var rec map[string]any
-			if json.Unmarshal(sc.Bytes(), &rec) == nil {
-				d.records <- rec
-			}
-		}
-		close(d.records)
-	}()
-	e.t.Cleanup(func() {
-		if e.t.Failed() {
-			d.mu.Lock()
-			e.t.Logf("webknock log:\n%s", d.all.String())
-			d.mu.Unlock()
-		}
-	})
-	d.wait(e.t, "webknock running", "")
-	return d
-}
-
 // stopB stops the daemon with SIGTERM and reads its log to the end.
 func (d *daemonProc) stopB() {
 	stop(d.cmd)
@@ -395,7 +349,7 @@ func TestE2ESafetyB_IdleConnections(t *testing.T) {
 	e.writeTokenB("0123456789abcdef0123456789abcdef")
 	cfg := e.configB(optsB{listen: "127.0.0.1:7080"})
 	cmd := e.in(e.srv, "sh", "-c", `ulimit -n 320 && exec "$@"`, "sh", webknockBinary(t), "run", "-c", cfg, "--json-logs", "--debug")
-	d := e.startDaemonB(cmd)
+	d := e.startDaemonCmd(cmd)
 	if code, body := e.httpB("GET", "http://127.0.0.1:7080/healthz", ""); code != "200" {
 		t.Fatalf("GET /healthz before the flood: %s %s", code, body)
 	}
@@ -757,7 +711,7 @@ exec '`+real+`' "$@"
 	e.startNginx()
 	e.startListener()
 	e.writeTokenB("0123456789abcdef0123456789abcdef")
-	d := e.startDaemonB(e.daemonCmdB(e.configB(optsB{listen: "127.0.0.1:7080"}),
+	d := e.startDaemonCmd(e.daemonCmd(e.configB(optsB{listen: "127.0.0.1:7080"}),
 		"PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH")))
 	// Before the daemon stops (cleanups run last first): let it go.
 	t.Cleanup(func() { os.Remove(flag) })

@@ -398,7 +398,22 @@ type daemonProc struct {
 
 func (e *e2e) startDaemon(cfg string) *daemonProc {
 	e.t.Helper()
+	return e.startDaemonCmd(e.daemonCmd(cfg))
+}
+
+// daemonCmd is the command of `webknock run -c cfg` in the server
+// namespace, with env added to the environment.
+func (e *e2e) daemonCmd(cfg string, env ...string) *exec.Cmd {
 	cmd := e.in(e.srv, webknockBinary(e.t), "run", "-c", cfg, "--json-logs", "--debug")
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
+	return cmd
+}
+
+// startDaemonCmd starts cmd, a `webknock run`, and waits until it runs.
+func (e *e2e) startDaemonCmd(cmd *exec.Cmd) *daemonProc {
+	e.t.Helper()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		e.t.Fatal(err)
@@ -410,6 +425,7 @@ func (e *e2e) startDaemon(cfg string) *daemonProc {
 	e.t.Cleanup(func() { stop(cmd) })
 	go func() {
 		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 		for sc.Scan() {
 			d.mu.Lock()
 			d.all.Write(sc.Bytes())

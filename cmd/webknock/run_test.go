@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -247,5 +248,68 @@ func TestRunSignals(t *testing.T) {
 	recs.wait(t, "webknock stopping; firewall rules stay in place")
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("webknock run after SIGTERM: %v, want exit 0", err)
+	}
+}
+
+// TestAdminSocket: through the daemon's admin socket the command line
+// lists a lockout, clears it with `unlock`, lets an address in with
+// `grant` (at most the window), and revokes it.
+func TestAdminSocket(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "access.log")
+	appendLines(t, log, "")
+	cfgPath := writeRunConfig(t, dir, log, "/k/open")
+	cfg, err := config.Load(config.Options{Path: cfgPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger, recs := newLogRecords(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, logger, nil, nil) }()
+	defer func() { cancel(); <-done }()
+	recs.wait(t, "webknock running")
+
+	var lines []string
+	at := time.Now().Add(-time.Minute)
+	for i := range 5 { // five resets lock the address out
+		lines = append(lines, knockLines("203.0.113.7", at.Add(time.Duration(2*i)*time.Second), "/k/a1", "/k/open")...)
+	}
+	appendLines(t, log, lines...)
+	recs.wait(t, "lockout")
+	wk := func(args ...string) string {
+		t.Helper()
+		out, errOut, code := runCmd(t, "", append(args[:1:1], append([]string{"-c", cfgPath}, args[1:]...)...)...)
+		if code != exitOK {
+			t.Fatalf("webknock %v = exit %d: %s", args, code, errOut)
+		}
+		return out
+	}
+	if out := wk("status"); !strings.Contains(out, "LOCKED OUT") || !strings.Contains(out, "203.0.113.7") {
+		t.Fatalf("status:\n%s\nwant the lockout of 203.0.113.7", out)
+	}
+	if out := wk("unlock", "203.0.113.7"); out != "unlocked 203.0.113.7\n" {
+		t.Errorf("unlock said %q", out)
+	}
+	if out := wk("status"); !strings.Contains(out, "no lockouts") {
+		t.Errorf("status after unlock:\n%s", out)
+	}
+	if _, errOut, code := runCmd(t, "", "unlock", "-c", cfgPath, "203.0.113.7"); code != exitFail || !strings.Contains(errOut, "unlock 203.0.113.7") {
+		t.Errorf("second unlock = exit %d, %q; want a failure naming the address", code, errOut)
+	}
+	if out := wk("grant", "198.51.100.9", "--for", "5m"); !strings.Contains(out, "granted 198.51.100.9 22/tcp until") {
+		t.Errorf("grant said %q", out)
+	}
+	if _, errOut, code := runCmd(t, "", "grant", "-c", cfgPath, "198.51.100.9", "--for", "11m"); code != exitFail || !strings.Contains(errOut, "longer than the window") {
+		t.Errorf("grant beyond the window = exit %d, %q", code, errOut)
+	}
+	if out := wk("status"); !strings.Contains(out, "198.51.100.9") {
+		t.Errorf("status after grant:\n%s", out)
+	}
+	if out := wk("revoke", "198.51.100.9"); out != "revoked 198.51.100.9\n" {
+		t.Errorf("revoke said %q", out)
+	}
+	if out := wk("status"); !strings.Contains(out, "no active grants") {
+		t.Errorf("status after revoke:\n%s", out)
 	}
 }
