@@ -55,8 +55,18 @@ func TestFamiliesIndependent(t *testing.T) {
 	v4 := make(chan error, 1)
 	go func() { v4 <- f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until}) }()
 	wait(hung, "hung insert")
+	if h := f.Health(); !h.InSync || len(h.Problems) != 0 {
+		t.Errorf("Health while a call has just started = %+v, want in sync", h)
+	}
+	e.clk.Jump(slowCall) // the wall clock only: the call's deadline is not reached
+	if h := f.Health(); h.InSync || !slices.Contains(h.Problems, "IPv4: iptables has not answered for 3s") {
+		t.Errorf("Health while a call hangs = %v, %q; want IPv4 named", h.InSync, h.Problems)
+	}
 	grant6("2001:db8::1")
 	kill()
+	if h := f.Health(); h.InSync || !slices.Contains(h.Problems, "IPv4: iptables did not answer in time; the call was killed") {
+		t.Errorf("Health after a killed call = %v, %q; want IPv4 named", h.InSync, h.Problems)
+	}
 	// backoff waits out the retrier's backoff before attempt n+1.
 	backoff := func(n int) {
 		t.Helper()

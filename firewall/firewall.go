@@ -452,8 +452,16 @@ func (f *Firewall) Health() Health {
 		say := func(format string, args ...any) {
 			h.Problems = append(h.Problems, w.fam.String()+": "+fmt.Sprintf(format, args...))
 		}
-		if suspended {
+		rt.mu.Lock()
+		hangs := rt.hangs
+		rt.mu.Unlock()
+		switch d := rt.waiting(); {
+		case suspended:
 			say("%s calls time out; suspended", w.fam.command())
+		case d >= slowCall:
+			say("%s has not answered for %s", w.fam.command(), d.Round(time.Second))
+		case hangs > 0:
+			say("%s did not answer in time; the call was killed", w.fam.command())
 		}
 		if stuck > 0 {
 			say("%d killed %s calls have not exited", stuck, w.fam.command())

@@ -31,6 +31,10 @@ const (
 	// for one call timeout: the worker goes on instead of waiting out each
 	// rule's attempts.
 	hangsToSuspend = 2
+	// slowCall is how long a call may wait before Health says so: a call
+	// takes milliseconds, unless iptables hangs or another program holds
+	// the xtables lock.
+	slowCall = 3 * time.Second
 )
 
 var (
@@ -55,6 +59,7 @@ type retrier struct {
 	timedOut atomic.Uint64
 	lockBusy atomic.Uint64
 	stuck    atomic.Int64 // abandoned attempts still running
+	since    atomic.Int64 // when the running attempt started (unix ns); 0: none
 
 	mu        sync.Mutex
 	hangs     int       // attempts in a row that timed out
@@ -136,6 +141,8 @@ func (rt *retrier) attempt(ctx context.Context, attempt int, fn func(context.Con
 	// The deadline is set before the call starts: a test that sees the
 	// call start can advance the clock past it.
 	deadline := rt.clock.After(rt.timeout)
+	rt.since.Store(rt.clock.Now().UnixNano())
+	defer rt.since.Store(0)
 	cctx, cancel := context.WithCancel(ctx)
 	var state atomic.Int32
 	res := make(chan error, 1)
@@ -197,6 +204,16 @@ func (rt *retrier) hung() {
 		rt.suspended = rt.clock.Now().Add(rt.timeout)
 		rt.log.Error(cmp.Or(rt.cmd, "iptables")+" hangs; no call until a timeout has passed", keyCount, rt.hangs, keyUntil, rt.suspended)
 	}
+}
+
+// waiting says how long the running attempt has waited for iptables; 0
+// when none runs.
+func (rt *retrier) waiting() time.Duration {
+	s := rt.since.Load()
+	if s == 0 {
+		return 0
+	}
+	return max(0, rt.clock.Now().Sub(time.Unix(0, s)))
 }
 
 // suspendedNow tells whether calls are suspended.

@@ -734,7 +734,7 @@ exec '`+real+`' "$@"
 	}
 
 	var body string
-	pollB(t, "/healthz to answer 503 naming IPv4", 35*time.Second, func() bool {
+	pollB(t, "/healthz to answer 503 naming IPv4", 15*time.Second, func() bool {
 		var code string
 		code, body = e.httpB("GET", "http://127.0.0.1:7080/healthz", "")
 		return code == "503" && strings.Contains(body, "IPv4")
