@@ -29,10 +29,6 @@ func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)
 		d.log.Error("reload refused: firewall.backend, chain, hook, ipv6 and state_dir change only with a restart; keeping the running configuration")
 		return
 	}
-	for _, w := range cfg.Warnings {
-		d.log.Warn("configuration: " + w.Error())
-	}
-
 	// Everything that can fail comes first, so that a refusal changes nothing.
 	var lns *web.Listeners
 	if cfg.Web.Listen != old.Web.Listen || cfg.Web.Socket != old.Web.Socket {
@@ -77,5 +73,8 @@ func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)
 	d.cfg = cfg
 	d.shared.Store(cfg)
 	ok = true
+	for _, w := range cfg.Warnings {
+		d.log.Warn("configuration: " + w.Error())
+	}
 	d.log.Info("configuration reloaded", "sequences", len(cfg.Sequences))
 }

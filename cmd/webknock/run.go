@@ -164,9 +164,11 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, hup <-c
 	d.webp.Store(srv)
 	d.stats.follow.Store(true)
 
+	webCtx, stopWeb := context.WithCancel(ctx)
 	webDone := make(chan error, 1)
-	go func() { webDone <- d.web.Serve(ctx) }()
+	go func() { webDone <- d.web.Serve(webCtx) }()
 	defer func() {
+		stopWeb() // also when the loop ends on an error of its own
 		if err := <-webDone; err != nil {
 			logger.Error("web server", keyErr, err)
 		}
