@@ -21,69 +21,6 @@ import (
 	"time"
 )
 
-// confA is what a test changes in the daemon's configuration; "" keeps the
-// default of configWeb.
-type confA struct {
-	log     string // log.paths[0]; default e.log
-	state   string // state_dir; default e.dir/state
-	chain   string // firewall.chain; default none (WEBKNOCK)
-	listen  string // web.listen; default none
-	socket  string // web.socket; default e.socket()
-	window  string // default 10m
-	ipv6Off bool   // firewall.ipv6: false
-}
-
-// configA writes the configuration c as file name in the scratch directory.
-func (e *e2e) configA(name string, c confA) string {
-	e.t.Helper()
-	if c.log == "" {
-		c.log = e.log
-	}
-	if c.state == "" {
-		c.state = filepath.Join(e.dir, "state")
-	}
-	if c.listen == "" {
-		c.listen = `""`
-	}
-	if c.socket == "" {
-		c.socket = e.socket()
-	}
-	if c.window == "" {
-		c.window = "10m"
-	}
-	token := filepath.Join(e.dir, "token-a")
-	if err := os.WriteFile(token, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
-		e.t.Fatal(err)
-	}
-	fw := "  backend: iptables\n  protect: true\n"
-	if c.chain != "" {
-		fw += "  chain: " + c.chain + "\n"
-	}
-	if c.ipv6Off {
-		fw += "  ipv6: false\n"
-	}
-	path := filepath.Join(e.dir, name)
-	write(e.t, path, fmt.Sprintf(`log:
-  paths: [%s]
-  format: combined
-  start: saved
-state_dir: %s
-firewall:
-%ssequences:
-  - name: ssh
-    steps: [/k/a1, /k/b2, /k/c3]
-    knock_page: /k/open
-    timeout: 30s
-    window: %s
-    ports: [22/tcp]
-web:
-  listen: %s
-  token_file: %s
-  socket: %s
-`, c.log, c.state, fw, c.window, c.listen, token, c.socket))
-	return path
-}
-
 // wkA runs a short webknock command in the server namespace with env (nil:
 // the test's) and returns its output and exit status.
 func (e *e2e) wkA(env []string, args ...string) (string, int) {
@@ -209,7 +146,7 @@ func (e *e2e) healthzA() (int, string) {
 func TestE2ESafetyA_MissingLogDir(t *testing.T) {
 	e := newE2E(t, "nginx")
 	logPath := filepath.Join(e.dir, "ngnix", "acess.log")
-	cfg := e.configA("webknock.yaml", confA{log: logPath, listen: "127.0.0.1:7080"})
+	cfg := e.writeConfig(e2eConf{paths: []string{logPath}, listen: "127.0.0.1:7080"})
 
 	out, code := e.wkA(nil, "check", "-c", cfg)
 	if code != 1 || !strings.Contains(out, "log.paths[0]") || !strings.Contains(out, filepath.Join(e.dir, "ngnix")) {
@@ -265,7 +202,7 @@ func TestE2ESafetyA_TwoDaemons(t *testing.T) {
 	e := newE2E(t, "nginx")
 	e.startNginx()
 	e.startListener()
-	cfg := e.configA("webknock.yaml", confA{})
+	cfg := e.writeConfig(e2eConf{})
 	d := e.startDaemon(cfg)
 	e.knock(cliV4[0], fullKnock...)
 	d.wait(t, "grant", cliV4[0])
@@ -285,7 +222,7 @@ func TestE2ESafetyA_TwoDaemons(t *testing.T) {
 
 	// Another state_dir, the same chain: the chain's ownership marker
 	// says it belongs to the first daemon's state_dir.
-	other := e.configA("webknock-other.yaml", confA{state: filepath.Join(e.dir, "state2"), socket: filepath.Join(e.dir, "run2", "webknock.sock")})
+	other := e.writeConfig(e2eConf{name: "webknock-other.yaml", state: filepath.Join(e.dir, "state2"), socket: filepath.Join(e.dir, "run2", "webknock.sock")})
 	out, code, started = e.tryRunA(other, nil)
 	switch {
 	case started:
@@ -316,7 +253,7 @@ func TestE2ESafetyA_ForeignChain(t *testing.T) {
 	ipt("-I", "INPUT", "-p", "tcp", "-m", "multiport", "--dports", "22", "-j", "f2b-sshd")
 	f2b := e.must("ip", "netns", "exec", e.srv, "iptables", "-w", "5", "-S", "f2b-sshd")
 	before := e.rulesetA()
-	cfg := e.configA("webknock.yaml", confA{chain: "f2b-sshd"})
+	cfg := e.writeConfig(e2eConf{chain: "f2b-sshd"})
 
 	out, code, started := e.tryRunA(cfg, nil)
 	if started || code == 0 || !strings.Contains(out, "f2b-sshd") || !strings.Contains(out, "not webknock's") {
@@ -376,7 +313,7 @@ func TestE2ESafetyA_NoIP6Tables(t *testing.T) {
 	}
 	write(t, e.log, "")
 	before := e.rulesetA()
-	cfg := e.configA("webknock.yaml", confA{})
+	cfg := e.writeConfig(e2eConf{})
 	for _, c := range []struct {
 		name, script string
 	}{
@@ -399,7 +336,7 @@ func TestE2ESafetyA_NoIP6Tables(t *testing.T) {
 
 	// Knowingly without IPv6: it starts, says so, and grants over IPv4.
 	env := e.pathA("bin-off", "")
-	off := e.configA("webknock-v4.yaml", confA{ipv6Off: true})
+	off := e.writeConfig(e2eConf{name: "webknock-v4.yaml", ipv6Off: true})
 	e.startNginx()
 	e.startListener()
 	cmd := e.daemonCmd(off)
@@ -454,7 +391,7 @@ func TestE2ESafetyA_PlantedState(t *testing.T) {
 		t.Fatalf("grants.json not planted by nobody: %v", err)
 	}
 	before := e.rulesetA()
-	cfg := e.configA("webknock.yaml", confA{})
+	cfg := e.writeConfig(e2eConf{})
 	planted := regexp.MustCompile(`192\.0\.2\.14|198\.51\.100\.66|--dport (1|65535) |2037-`)
 
 	for _, c := range []struct{ name, want string }{
@@ -507,7 +444,7 @@ func TestE2ESafetyA_LogClockAhead(t *testing.T) {
 	write(t, e.log, "")
 	e.startListener()
 	const window = 10 * time.Minute
-	d := e.startDaemon(e.configA("webknock.yaml", confA{window: "10m"}))
+	d := e.startDaemon(e.writeConfig(e2eConf{window: "10m"}))
 
 	ahead := map[string]time.Time{
 		cliV4[0]: time.Now().Add(24 * time.Hour).UTC(),
@@ -576,7 +513,7 @@ func TestE2ESafetyA_Overrides(t *testing.T) {
 	e := newE2E(t)
 	write(t, e.log, "")
 	e.startListener()
-	cfg := e.configA("webknock.yaml", confA{})
+	cfg := e.writeConfig(e2eConf{})
 	d := e.startDaemon(cfg)
 
 	before := e.rulesetA()

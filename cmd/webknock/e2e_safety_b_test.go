@@ -45,52 +45,6 @@ const (
 
 var admKnockB = []string{"/k/x1", "/k/y2", "/k/adm"}
 
-// optsB is what configB writes; zero fields take the defaults of configWeb.
-type optsB struct {
-	paths  []string // default: the access log nginx writes
-	format string   // default: combined
-	start  string   // default: saved
-	listen string   // default: no TCP listener
-	seqs   string   // default: seqSSHB
-}
-
-// configB writes the daemon's configuration and returns its path.
-func (e *e2e) configB(o optsB) string {
-	e.t.Helper()
-	if o.paths == nil {
-		o.paths = []string{e.log}
-	}
-	if o.format == "" {
-		o.format = "combined"
-	}
-	if o.start == "" {
-		o.start = "saved"
-	}
-	if o.listen == "" {
-		o.listen = `""`
-	}
-	if o.seqs == "" {
-		o.seqs = seqSSHB
-	}
-	path := filepath.Join(e.dir, "webknock.yaml")
-	write(e.t, path, fmt.Sprintf(`log:
-  paths: [%s]
-  format: %s
-  start: %s
-state_dir: %s
-firewall:
-  backend: iptables
-  protect: true
-sequences:
-%sweb:
-  listen: %s
-  token_file: %s
-  socket: %s
-`, strings.Join(o.paths, ", "), o.format, o.start, filepath.Join(e.dir, "state"), o.seqs, o.listen,
-		e.tokenFileB(), e.socket()))
-	return path
-}
-
 func (e *e2e) tokenFileB() string { return filepath.Join(e.dir, "token") }
 
 // writeTokenB writes the bearer token file, private as an admin keeps it.
@@ -312,7 +266,7 @@ func TestE2ESafetyB_WebListenTaken(t *testing.T) {
 		t.Fatalf("squatter did not start: %q %v", line, err)
 	}
 	e.writeTokenB("0123456789abcdef0123456789abcdef")
-	cfg := e.configB(optsB{listen: "127.0.0.1:7080"})
+	cfg := e.writeConfig(e2eConf{listen: "127.0.0.1:7080"})
 
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
@@ -347,7 +301,7 @@ func TestE2ESafetyB_IdleConnections(t *testing.T) {
 	e.startNginx()
 	e.startListener()
 	e.writeTokenB("0123456789abcdef0123456789abcdef")
-	cfg := e.configB(optsB{listen: "127.0.0.1:7080"})
+	cfg := e.writeConfig(e2eConf{listen: "127.0.0.1:7080"})
 	cmd := e.in(e.srv, "sh", "-c", `ulimit -n 320 && exec "$@"`, "sh", webknockBinary(t), "run", "-c", cfg, "--json-logs", "--debug")
 	d := e.startDaemonCmd(cmd)
 	if code, body := e.httpB("GET", "http://127.0.0.1:7080/healthz", ""); code != "200" {
@@ -394,7 +348,7 @@ func TestE2ESafetyB_WrongFormat(t *testing.T) {
 	e := newE2E(t, "nginx")
 	e.startNginx()
 	e.writeTokenB("0123456789abcdef0123456789abcdef")
-	d := e.startDaemon(e.configB(optsB{format: "vhost_combined", listen: "127.0.0.1:7080"}))
+	d := e.startDaemon(e.writeConfig(e2eConf{format: "vhost_combined", listen: "127.0.0.1:7080"}))
 	paths := make([]string, 25)
 	for i := range paths {
 		paths[i] = fmt.Sprintf("/page-%d", i)
@@ -418,7 +372,7 @@ func TestE2ESafetyB_MistypedPath(t *testing.T) {
 	e.startNginx()
 	e.writeTokenB("0123456789abcdef0123456789abcdef")
 	typo := filepath.Join(e.dir, "acess.log")
-	d := e.startDaemon(e.configB(optsB{paths: []string{typo}, listen: "127.0.0.1:7080"}))
+	d := e.startDaemon(e.writeConfig(e2eConf{paths: []string{typo}, listen: "127.0.0.1:7080"}))
 	rec := d.seenB(t, "ERROR naming "+typo, 10*time.Second, func(rec map[string]any) bool {
 		return rec["level"] == "ERROR" && mentionsB(rec, typo)
 	})
@@ -439,12 +393,12 @@ func TestE2ESafetyB_ReloadWeb(t *testing.T) {
 	e.startListener()
 	const oldToken, newToken = "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
 	e.writeTokenB(oldToken)
-	d := e.startDaemon(e.configB(optsB{listen: "127.0.0.1:7080"}))
+	d := e.startDaemon(e.writeConfig(e2eConf{listen: "127.0.0.1:7080"}))
 	if code, body := e.httpB("GET", "http://127.0.0.1:7080/healthz", ""); code != "200" {
 		t.Fatalf("GET /healthz on the first port: %s %s", code, body)
 	}
 
-	e.configB(optsB{listen: "127.0.0.1:7081"})
+	e.writeConfig(e2eConf{listen: "127.0.0.1:7081"})
 	e.writeTokenB(newToken)
 	d.hupB(t)
 	if code, body := e.httpB("GET", "http://127.0.0.1:7081/healthz", ""); code != "200" {
@@ -476,7 +430,7 @@ func TestE2ESafetyB_ReloadKeepsKnocks(t *testing.T) {
 	e.startNginx()
 	e.startListener()
 	clients := e.addClientsB(100, 20)
-	d := e.startDaemon(e.configB(optsB{}))
+	d := e.startDaemon(e.writeConfig(e2eConf{}))
 	var lost []string
 	for _, c := range clients {
 		e.knock(c, fullKnock[0])
@@ -539,7 +493,7 @@ func TestE2ESafetyB_ReloadRemovesSequence(t *testing.T) {
 	e := newE2E(t, "nginx")
 	e.startNginx()
 	e.startListener()
-	d := e.startDaemon(e.configB(optsB{seqs: seqSSHB + seqAdmB}))
+	d := e.startDaemon(e.writeConfig(e2eConf{seqs: seqSSHB + seqAdmB}))
 	adm, ssh := cliV4[0], cliV4[1]
 	e.knock(adm, admKnockB...)
 	if g := d.wait(t, "grant", adm); g["sequence"] != "adm" {
@@ -553,7 +507,7 @@ func TestE2ESafetyB_ReloadRemovesSequence(t *testing.T) {
 	}
 	e.assertOpen(adm, ssh)
 
-	e.configB(optsB{seqs: seqSSHB})
+	e.writeConfig(e2eConf{seqs: seqSSHB})
 	d.hupB(t)
 	rules := chain()
 	if strings.Contains(rules, adm+"/32") || strings.Contains(rules, "webknock:adm:") {
@@ -577,7 +531,7 @@ func TestE2ESafetyB_RevokeRemembered(t *testing.T) {
 	e.startNginx()
 	e.startListener()
 	e.writeTokenB("0123456789abcdef0123456789abcdef")
-	cfg := e.configB(optsB{listen: "127.0.0.1:7080"})
+	cfg := e.writeConfig(e2eConf{listen: "127.0.0.1:7080"})
 	d := e.startDaemon(cfg)
 	a := cliV4[0]
 	e.knock(a, fullKnock...)
@@ -589,7 +543,7 @@ func TestE2ESafetyB_RevokeRemembered(t *testing.T) {
 	d.wait(t, "grant removed", a)
 	d.stopB()
 
-	e.configB(optsB{start: "beginning", listen: "127.0.0.1:7080"})
+	e.writeConfig(e2eConf{start: "beginning", listen: "127.0.0.1:7080"})
 	d = e.startDaemon(cfg)
 	isGrant := func(rec map[string]any) bool { return rec["msg"] == "grant" && strB(rec, "ip") == a }
 	rec := d.nextB(t, 10*time.Second, func(rec map[string]any) bool {
@@ -619,7 +573,7 @@ func TestE2ESafetyB_RotatedGlob(t *testing.T) {
 	e.startNginx()
 	e.startListener()
 	e.writeTokenB("0123456789abcdef0123456789abcdef")
-	cfg := e.configB(optsB{paths: []string{e.log + "*"}, listen: "127.0.0.1:7080"})
+	cfg := e.writeConfig(e2eConf{paths: []string{e.log + "*"}, listen: "127.0.0.1:7080"})
 	d := e.startDaemon(cfg)
 	a, b, c, x := cliV4[0], cliV4[1], cliV4[2], cliV4[3]
 	e.knock(a, fullKnock...)
@@ -711,7 +665,7 @@ exec '`+real+`' "$@"
 	e.startNginx()
 	e.startListener()
 	e.writeTokenB("0123456789abcdef0123456789abcdef")
-	d := e.startDaemonCmd(e.daemonCmd(e.configB(optsB{listen: "127.0.0.1:7080"}),
+	d := e.startDaemonCmd(e.daemonCmd(e.writeConfig(e2eConf{listen: "127.0.0.1:7080"}),
 		"PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH")))
 	// Before the daemon stops (cleanups run last first): let it go.
 	t.Cleanup(func() { os.Remove(flag) })

@@ -351,37 +351,83 @@ func write(t testing.TB, path, text string) {
 // web server.
 func (e *e2e) config(window string) string {
 	e.t.Helper()
-	return e.configWeb(window, `""`)
+	return e.writeConfig(e2eConf{window: window})
 }
 
-// configWeb writes the configuration with web.listen set to listen and the
-// token file token in the scratch directory.
+// configWeb writes the configuration with the given window and web.listen.
 func (e *e2e) configWeb(window, listen string) string {
 	e.t.Helper()
-	if _, err := os.Stat(filepath.Join(e.dir, "token")); listen != `""` && err != nil {
-		write(e.t, filepath.Join(e.dir, "token"), "0123456789abcdef0123456789abcdef\n")
+	return e.writeConfig(e2eConf{window: window, listen: listen})
+}
+
+// e2eConf is a configuration of the daemon; a field left zero takes its
+// default.
+type e2eConf struct {
+	name    string   // the file in the scratch directory; default webknock.yaml
+	paths   []string // log.paths; default the access log nginx writes
+	format  string   // log.format; default combined
+	start   string   // log.start; default saved
+	state   string   // state_dir; default e.dir/state
+	chain   string   // firewall.chain; default WEBKNOCK
+	ipv6Off bool     // firewall.ipv6: false
+	window  string   // the window of the ssh sequence; default 10m
+	seqs    string   // the sequences block; default the ssh sequence
+	listen  string   // web.listen; default none
+	socket  string   // web.socket; default e.socket()
+}
+
+// writeConfig writes c and returns its path. The bearer token file is
+// made (private) if there is none.
+func (e *e2e) writeConfig(c e2eConf) string {
+	e.t.Helper()
+	def := func(v *string, d string) {
+		if *v == "" {
+			*v = d
+		}
 	}
-	path := filepath.Join(e.dir, "webknock.yaml")
-	write(e.t, path, fmt.Sprintf(`log:
-  paths: [%s]
-  format: combined
-  start: saved
-state_dir: %s
-firewall:
-  backend: iptables
-  protect: true
-sequences:
-  - name: ssh
+	def(&c.name, "webknock.yaml")
+	if c.paths == nil {
+		c.paths = []string{e.log}
+	}
+	def(&c.format, "combined")
+	def(&c.start, "saved")
+	def(&c.state, filepath.Join(e.dir, "state"))
+	def(&c.window, "10m")
+	def(&c.seqs, `  - name: ssh
     steps: [/k/a1, /k/b2, /k/c3]
     knock_page: /k/open
     timeout: 30s
-    window: %s
+    window: `+c.window+`
     ports: [22/tcp]
-web:
+`)
+	def(&c.listen, `""`)
+	def(&c.socket, e.socket())
+	token := filepath.Join(e.dir, "token")
+	if _, err := os.Stat(token); err != nil {
+		if err := os.WriteFile(token, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	fw := "  backend: iptables\n  protect: true\n"
+	if c.chain != "" {
+		fw += "  chain: " + c.chain + "\n"
+	}
+	if c.ipv6Off {
+		fw += "  ipv6: false\n"
+	}
+	path := filepath.Join(e.dir, c.name)
+	write(e.t, path, fmt.Sprintf(`log:
+  paths: [%s]
+  format: %s
+  start: %s
+state_dir: %s
+firewall:
+%ssequences:
+%sweb:
   listen: %s
   token_file: %s
   socket: %s
-`, e.log, filepath.Join(e.dir, "state"), window, listen, filepath.Join(e.dir, "token"), e.socket()))
+`, strings.Join(c.paths, ", "), c.format, c.start, c.state, fw, c.seqs, c.listen, token, c.socket))
 	return path
 }
 

@@ -179,14 +179,15 @@ func TestServe(t *testing.T) {
 	}
 }
 
-// TestServeClockAhead: a knock dated a day ahead of the host's clock gets a
-// grant that ends one window from now, not from the log's time, and the
-// log's clock is warned about.
-func TestServeClockAhead(t *testing.T) {
+// startServe runs the daemon with the dry-run firewall on a new log until
+// the test ends, and returns its configuration file, its log and its
+// records.
+func startServe(t *testing.T) (cfgPath, log string, recs *logRecords) {
+	t.Helper()
 	dir := t.TempDir()
-	log := filepath.Join(dir, "access.log")
+	log = filepath.Join(dir, "access.log")
 	appendLines(t, log, "")
-	cfgPath := writeRunConfig(t, dir, log, "/k/open")
+	cfgPath = writeRunConfig(t, dir, log, "/k/open")
 	cfg, err := config.Load(config.Options{Path: cfgPath})
 	if err != nil {
 		t.Fatal(err)
@@ -195,8 +196,16 @@ func TestServeClockAhead(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- serve(ctx, cfg, logger, nil, nil) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { cancel(); <-done })
 	recs.wait(t, "webknock running")
+	return cfgPath, log, recs
+}
+
+// TestServeClockAhead: a knock dated a day ahead of the host's clock gets a
+// grant that ends one window from now, not from the log's time, and the
+// log's clock is warned about.
+func TestServeClockAhead(t *testing.T) {
+	_, log, recs := startServe(t)
 	start := time.Now()
 	appendLines(t, log, knockLines("203.0.113.7", start.Add(24*time.Hour), "/k/a1", "/k/b2", "/k/open")...)
 	if w := recs.wait(t, "grant cut to its window from now: the log's clock is ahead of this host's"); w["level"] != "WARN" {
@@ -255,20 +264,7 @@ func TestRunSignals(t *testing.T) {
 // lists a lockout, clears it with `unlock`, lets an address in with
 // `grant` (at most the window), and revokes it.
 func TestAdminSocket(t *testing.T) {
-	dir := t.TempDir()
-	log := filepath.Join(dir, "access.log")
-	appendLines(t, log, "")
-	cfgPath := writeRunConfig(t, dir, log, "/k/open")
-	cfg, err := config.Load(config.Options{Path: cfgPath})
-	if err != nil {
-		t.Fatal(err)
-	}
-	logger, recs := newLogRecords(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, logger, nil, nil) }()
-	defer func() { cancel(); <-done }()
-	recs.wait(t, "webknock running")
+	cfgPath, log, recs := startServe(t)
 
 	var lines []string
 	at := time.Now().Add(-time.Minute)
