@@ -118,17 +118,32 @@ func bindTCP(listen string) (net.Listener, error) {
 	return ln, nil
 }
 
-func bindUnix(path string) (*net.UnixListener, error) {
+// CheckSocket says whether the admin socket can be bound at path, changing
+// nothing: an absolute path short enough for a unix socket, in a directory
+// that, if it exists, is ours and writable by no one else (Bind makes a
+// missing one, mode 0700).
+func CheckSocket(path string) error {
+	return checkSocket(path, false)
+}
+
+func checkSocket(path string, create bool) error {
 	switch {
 	case !filepath.IsAbs(path):
-		return nil, fmt.Errorf("web.socket %q: want an absolute path like /run/webknock/webknock.sock", path)
+		return fmt.Errorf("web.socket %q: want an absolute path like /run/webknock/webknock.sock", path)
 	case len(path) > maxSocketPath:
-		return nil, fmt.Errorf("web.socket %s: the path has %d bytes; a unix socket's has at most %d", path, len(path), maxSocketPath)
+		return fmt.Errorf("web.socket %s: the path has %d bytes; a unix socket's has at most %d", path, len(path), maxSocketPath)
+	}
+	if err := statedir.Owned("socket directory", filepath.Dir(filepath.Clean(path)), create); err != nil {
+		return fmt.Errorf("web.socket %s: %w", path, err)
+	}
+	return nil
+}
+
+func bindUnix(path string) (*net.UnixListener, error) {
+	if err := checkSocket(path, true); err != nil {
+		return nil, err
 	}
 	path = filepath.Clean(path)
-	if err := statedir.Owned("socket directory", filepath.Dir(path), true); err != nil {
-		return nil, fmt.Errorf("web.socket %s: %w", path, err)
-	}
 	if err := removeStale(path); err != nil {
 		return nil, fmt.Errorf("web.socket %s: %w", path, err)
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 
 	"github.com/webknock/webknock/config"
 	"github.com/webknock/webknock/firewall"
@@ -80,9 +79,7 @@ func checkWith(cfg *config.Config, strictLogs bool) (errs, warns []*config.Field
 		}
 	}
 	if s := cfg.Web.Socket; s != "" {
-		if !filepath.IsAbs(s) {
-			bad("web.socket", fmt.Errorf("socket %q is relative; want an absolute path like /run/webknock/webknock.sock", s))
-		} else if err := statedir.Owned("socket directory", filepath.Dir(s), false); err != nil {
+		if err := web.CheckSocket(s); err != nil {
 			bad("web.socket", err)
 		}
 	}
