@@ -29,7 +29,6 @@ const (
 	keyUntil    = "until"
 	keyPorts    = "ports"
 	keyFile     = "file"
-	keyReason   = "reason"
 	keyErr      = "err"
 	keyStep     = "step"
 )
