@@ -32,9 +32,6 @@
 package knock
 
 import (
-	"crypto/subtle"
-	"errors"
-	"fmt"
 	"hash/maphash"
 	"net/netip"
 	"slices"
@@ -42,40 +39,6 @@ import (
 	"strings"
 	"time"
 )
-
-// DefaultMaxClients bounds the client table when Config.MaxClients is 0.
-// A full table of first steps takes about 16 MiB.
-const DefaultMaxClients = 100000
-
-// Sequence is one secret series of paths and what it opens.
-type Sequence struct {
-	Name            string
-	Steps           []string      // >= 1 paths, in order
-	StepStatus      []int         // a step advances only with one of these statuses
-	Methods         []string      // upper case; hits with other methods never change anything
-	KnockPage       string        // the final hit that grants
-	KnockPageStatus []int         // nil/empty: any status
-	Timeout         time.Duration // from the first step to the knock page
-	Window          time.Duration // how long access lasts after the knock page
-	Ports           []string      // opaque to knock, copied into grant events ("22/tcp")
-}
-
-// Lockout ignores an address that fails too often.
-type Lockout struct {
-	Failures int           // 0 disables lockout
-	Period   time.Duration // failures counted within this period
-	Duration time.Duration // how long the address is then ignored
-}
-
-// Config is everything a Tracker needs.
-type Config struct {
-	Sequences []Sequence
-	Lockout   Lockout
-	// MaxClients bounds the client table; 0 means DefaultMaxClients. When
-	// it is full, first steps are evicted before clients that got further
-	// (see the package documentation).
-	MaxClients int
-}
 
 // Hit is one request from the access log.
 type Hit struct {
@@ -149,172 +112,6 @@ type Tracker struct {
 	evictedProtected uint64
 }
 
-// class says which entries are evicted first.
-type class uint8
-
-const (
-	probationary class = iota // first steps only, nothing on record
-	protected                 // progress past step 1, failures or a lockout
-)
-
-// list is an intrusive doubly linked list of entries.
-type list struct {
-	root entry // sentinel: root.next is the most recently touched
-	len  int
-}
-
-// knockPage marks the knock page in pathRef.step.
-const knockPage = -1
-
-// pathRef locates a path: which sequence, which step (or knockPage).
-type pathRef struct {
-	path string
-	seq  int32
-	step int32
-}
-
-// progress is one sequence in progress for one client (p > 0).
-type progress struct {
-	first time.Time
-	seq   int32
-	p     int32
-}
-
-// entry is everything remembered about one client. It exists only while
-// there is something to remember, and is kept small (112 bytes) because a
-// flood of first knocks fills the table with them.
-type entry struct {
-	addr       netip.Addr
-	prev, next *entry
-	prog       []progress // only sequences with p > 0, ordered by seq
-	rec        *record    // nil unless a failure or lockout is on record
-	// inline backs prog for the usual single sequence in progress, so a new
-	// client costs one allocation.
-	inline [1]progress
-	class  class
-}
-
-// record is what only failing clients need; a first step has none.
-type record struct {
-	fails       []time.Time
-	lockedUntil time.Time
-}
-
-// New checks cfg and returns an empty Tracker. The error lists every problem.
-func New(cfg Config) (*Tracker, error) {
-	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-
-	maxClients := cfg.MaxClients
-	switch {
-	case maxClients == 0:
-		maxClients = DefaultMaxClients
-	case maxClients < 0:
-		bad("max clients: %d is negative", maxClients)
-	}
-	lo := cfg.Lockout
-	switch {
-	case lo.Failures < 0:
-		bad("lockout: failures: %d is negative", lo.Failures)
-	case lo.Failures > 0:
-		if lo.Period <= 0 {
-			bad("lockout: period: %v is not positive", lo.Period)
-		}
-		if lo.Duration <= 0 {
-			bad("lockout: duration: %v is not positive", lo.Duration)
-		}
-	}
-	if len(cfg.Sequences) == 0 {
-		bad("sequences: none")
-	}
-
-	t := &Tracker{
-		paths:   make(map[uint64][]pathRef),
-		seed:    maphash.MakeSeed(),
-		lockout: lo,
-		max:     maxClients,
-		// A quarter of the table, rounded, is kept for first steps.
-		maxProtected: maxClients - (maxClients+2)/4,
-		clients:      make(map[netip.Addr]*entry),
-	}
-	for c := range t.lists {
-		r := &t.lists[c].root
-		r.next, r.prev = r, r
-	}
-	owner := make(map[string]string) // path → where it is used, for the error
-	names := make(map[string]bool)
-	for i, s := range cfg.Sequences {
-		where := fmt.Sprintf("sequence %q", s.Name)
-		if s.Name == "" {
-			where = fmt.Sprintf("sequence %d", i)
-		}
-		if names[s.Name] {
-			// Events name their sequence; two alike would be ambiguous.
-			bad("%s: name used twice", where)
-		}
-		names[s.Name] = true
-		if len(s.Steps) == 0 {
-			bad("%s: steps: none", where)
-		}
-		addPath := func(field, path string, step int32) {
-			switch {
-			case path == "":
-				bad("%s: %s: empty path", where, field)
-			case owner[path] != "":
-				bad("%s: %s: path %q already used by %s", where, field, path, owner[path])
-			default:
-				owner[path] = where + " " + field
-				h := maphash.String(t.seed, path)
-				t.paths[h] = append(t.paths[h], pathRef{path: path, seq: int32(i), step: step})
-			}
-		}
-		for j, p := range s.Steps {
-			addPath(fmt.Sprintf("steps[%d]", j), p, int32(j))
-		}
-		addPath("knock page", s.KnockPage, knockPage)
-		if len(s.StepStatus) == 0 {
-			bad("%s: step status: none, no step could ever advance", where)
-		}
-		if len(s.Methods) == 0 {
-			bad("%s: methods: none, no hit could ever knock", where)
-		}
-		for _, m := range s.Methods {
-			// Hits are compared byte for byte; "get" would silently never match.
-			if m == "" || m != strings.ToUpper(m) {
-				bad("%s: methods: %q is not an upper-case method", where, m)
-			}
-		}
-		if s.Timeout <= 0 {
-			bad("%s: timeout: %v is not positive", where, s.Timeout)
-		}
-		if s.Window <= 0 {
-			bad("%s: window: %v is not positive", where, s.Window)
-		}
-		// Own copies: a caller reusing its slices must not change a running tracker.
-		s.Steps = slices.Clone(s.Steps)
-		s.StepStatus = slices.Clone(s.StepStatus)
-		s.Methods = slices.Clone(s.Methods)
-		s.KnockPageStatus = slices.Clone(s.KnockPageStatus)
-		s.Ports = slices.Clone(s.Ports)
-		t.seqs = append(t.seqs, s)
-	}
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("knock config: %w", errors.Join(errs...))
-	}
-	return t, nil
-}
-
-// Paths returns every step and knock page of every sequence, in config order,
-// so a reader can drop lines that cannot matter before parsing them.
-func (t *Tracker) Paths() []string {
-	var out []string
-	for _, s := range t.seqs {
-		out = append(out, s.Steps...)
-		out = append(out, s.KnockPage)
-	}
-	return out
-}
-
 // Clients returns the number of entries in the client table.
 func (t *Tracker) Clients() int { return len(t.clients) }
 
@@ -325,20 +122,6 @@ func (t *Tracker) Evicted() uint64 { return t.evicted }
 // clients past their first step, or with failures or a lockout on record.
 // Anything above zero means real progress (or a lockout) was lost.
 func (t *Tracker) EvictedProtected() uint64 { return t.evictedProtected }
-
-// lookup finds the sequence path equal to path. The secret paths are never
-// compared byte by byte with a request's: the path is hashed with a key
-// chosen at start, and only a path with the same keyed hash is compared, in
-// constant time, so the time taken says nothing about how much of a secret
-// a request got right.
-func (t *Tracker) lookup(path string) (pathRef, bool) {
-	for _, ref := range t.paths[maphash.String(t.seed, path)] {
-		if subtle.ConstantTimeCompare([]byte(ref.path), []byte(path)) == 1 {
-			return ref, true
-		}
-	}
-	return pathRef{}, false
-}
 
 // Apply appends the events caused by h to dst and returns it.
 func (t *Tracker) Apply(h Hit, dst []Event) []Event {
@@ -472,31 +255,6 @@ func (t *Tracker) catchUp(e *entry, now time.Time, dst []Event) []Event {
 	}
 }
 
-// settle forgets what no longer matters at now, and the entry itself if
-// nothing is left; otherwise it files e under its class. An entry that
-// changes class joins its new list as the most recently touched if the hit
-// touched it, else (Expire) as the least: its place among the others is not
-// known, and a client that did nothing should not outlive one that did.
-func (t *Tracker) settle(e *entry, now time.Time, touched bool) {
-	if r := e.rec; r != nil {
-		if !r.lockedUntil.IsZero() && !r.lockedUntil.After(now) {
-			r.lockedUntil = time.Time{}
-		}
-		r.fails = slices.DeleteFunc(r.fails, func(f time.Time) bool { return now.Sub(f) >= t.lockout.Period })
-		if len(r.fails) == 0 && r.lockedUntil.IsZero() {
-			e.rec = nil
-		}
-	}
-	if len(e.prog) == 0 && e.rec == nil {
-		t.remove(e)
-		return
-	}
-	if c := e.classify(); c != e.class {
-		t.unlink(e)
-		t.link(e, c, touched)
-	}
-}
-
 // Expire discards all progress that has expired at now (emitting a timeout
 // for each, which counts as a failure and may lock a client out), forgets
 // ended lockouts and stale failures, and appends the events to dst ordered
@@ -526,105 +284,4 @@ func (t *Tracker) Expire(now time.Time, dst []Event) []Event {
 		return strings.Compare(a.Sequence, b.Sequence)
 	})
 	return dst
-}
-
-// find returns the index of seq in e.prog, or -1.
-func (e *entry) find(seq int32) int {
-	for i := range e.prog {
-		if e.prog[i].seq == seq {
-			return i
-		}
-	}
-	return -1
-}
-
-// add inserts pr keeping e.prog ordered by sequence.
-func (e *entry) add(pr progress) {
-	i := 0
-	for i < len(e.prog) && e.prog[i].seq < pr.seq {
-		i++
-	}
-	e.prog = slices.Insert(e.prog, i, pr)
-}
-
-// locked reports whether e is locked out at now.
-func (e *entry) locked(now time.Time) bool {
-	return e.rec != nil && e.rec.lockedUntil.After(now)
-}
-
-// classify returns the class e's state puts it in.
-func (e *entry) classify() class {
-	if e.rec != nil {
-		return protected
-	}
-	for _, pr := range e.prog {
-		if pr.p > 1 {
-			return protected
-		}
-	}
-	return probationary
-}
-
-// insert creates the entry of a new client (a first step: probationary),
-// evicting one if the table is full.
-func (t *Tracker) insert(addr netip.Addr) *entry {
-	if len(t.clients) >= t.max {
-		t.evict()
-	}
-	e := &entry{addr: addr}
-	e.prog = e.inline[:0]
-	t.clients[addr] = e
-	t.link(e, probationary, true)
-	return e
-}
-
-// evict removes the least recently touched probationary entry, or the least
-// recently touched protected one if there are more of those than
-// maxProtected or no probationary entry at all.
-func (t *Tracker) evict() {
-	c := probationary
-	if t.lists[protected].len > t.maxProtected || t.lists[probationary].len == 0 {
-		c = protected
-		t.evictedProtected++
-	}
-	t.evicted++
-	t.remove(t.lists[c].root.prev)
-}
-
-// link puts e into the list of class c, first (most recently touched) or last.
-func (t *Tracker) link(e *entry, c class, first bool) {
-	l := &t.lists[c]
-	at := &l.root // insert after at
-	if !first {
-		at = l.root.prev
-	}
-	e.prev, e.next = at, at.next
-	e.prev.next, e.next.prev = e, e
-	e.class = c
-	l.len++
-}
-
-// unlink takes e out of its list.
-func (t *Tracker) unlink(e *entry) {
-	e.prev.next, e.next.prev = e.next, e.prev
-	e.prev, e.next = nil, nil
-	t.lists[e.class].len--
-}
-
-// touch marks e as the most recently touched entry of its class.
-func (t *Tracker) touch(e *entry) {
-	if t.lists[e.class].root.next == e {
-		return
-	}
-	t.unlink(e)
-	t.link(e, e.class, true)
-}
-
-// remove deletes e from the table; removing it twice is harmless.
-func (t *Tracker) remove(e *entry) {
-	if e.next == nil {
-		return
-	}
-	delete(t.clients, e.addr)
-	t.unlink(e)
 }

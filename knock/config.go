@@ -1,0 +1,149 @@
+package knock
+
+import (
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+)
+
+// DefaultMaxClients bounds the client table when Config.MaxClients is 0.
+// A full table of first steps takes about 16 MiB.
+const DefaultMaxClients = 100000
+
+// Sequence is one secret series of paths and what it opens.
+type Sequence struct {
+	Name            string
+	Steps           []string      // >= 1 paths, in order
+	StepStatus      []int         // a step advances only with one of these statuses
+	Methods         []string      // upper case; hits with other methods never change anything
+	KnockPage       string        // the final hit that grants
+	KnockPageStatus []int         // nil/empty: any status
+	Timeout         time.Duration // from the first step to the knock page
+	Window          time.Duration // how long access lasts after the knock page
+	Ports           []string      // opaque to knock, copied into grant events ("22/tcp")
+}
+
+// Lockout ignores an address that fails too often.
+type Lockout struct {
+	Failures int           // 0 disables lockout
+	Period   time.Duration // failures counted within this period
+	Duration time.Duration // how long the address is then ignored
+}
+
+// Config is everything a Tracker needs.
+type Config struct {
+	Sequences []Sequence
+	Lockout   Lockout
+	// MaxClients bounds the client table; 0 means DefaultMaxClients. When
+	// it is full, first steps are evicted before clients that got further
+	// (see the package documentation).
+	MaxClients int
+}
+
+// New checks cfg and returns an empty Tracker. The error lists every problem.
+func New(cfg Config) (*Tracker, error) {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	maxClients := cfg.MaxClients
+	switch {
+	case maxClients == 0:
+		maxClients = DefaultMaxClients
+	case maxClients < 0:
+		bad("max clients: %d is negative", maxClients)
+	}
+	lo := cfg.Lockout
+	switch {
+	case lo.Failures < 0:
+		bad("lockout: failures: %d is negative", lo.Failures)
+	case lo.Failures > 0:
+		if lo.Period <= 0 {
+			bad("lockout: period: %v is not positive", lo.Period)
+		}
+		if lo.Duration <= 0 {
+			bad("lockout: duration: %v is not positive", lo.Duration)
+		}
+	}
+	if len(cfg.Sequences) == 0 {
+		bad("sequences: none")
+	}
+
+	t := &Tracker{
+		paths:   make(map[uint64][]pathRef),
+		seed:    maphash.MakeSeed(),
+		lockout: lo,
+		max:     maxClients,
+		// A quarter of the table, rounded, is kept for first steps.
+		maxProtected: maxClients - (maxClients+2)/4,
+		clients:      make(map[netip.Addr]*entry),
+	}
+	for c := range t.lists {
+		r := &t.lists[c].root
+		r.next, r.prev = r, r
+	}
+	owner := make(map[string]string) // path → where it is used, for the error
+	names := make(map[string]bool)
+	for i, s := range cfg.Sequences {
+		where := fmt.Sprintf("sequence %q", s.Name)
+		if s.Name == "" {
+			where = fmt.Sprintf("sequence %d", i)
+		}
+		if names[s.Name] {
+			// Events name their sequence; two alike would be ambiguous.
+			bad("%s: name used twice", where)
+		}
+		names[s.Name] = true
+		if len(s.Steps) == 0 {
+			bad("%s: steps: none", where)
+		}
+		addPath := func(field, path string, step int32) {
+			switch {
+			case path == "":
+				bad("%s: %s: empty path", where, field)
+			case owner[path] != "":
+				bad("%s: %s: path %q already used by %s", where, field, path, owner[path])
+			default:
+				owner[path] = where + " " + field
+				h := maphash.String(t.seed, path)
+				t.paths[h] = append(t.paths[h], pathRef{path: path, seq: int32(i), step: step})
+			}
+		}
+		for j, p := range s.Steps {
+			addPath(fmt.Sprintf("steps[%d]", j), p, int32(j))
+		}
+		addPath("knock page", s.KnockPage, knockPage)
+		if len(s.StepStatus) == 0 {
+			bad("%s: step status: none, no step could ever advance", where)
+		}
+		if len(s.Methods) == 0 {
+			bad("%s: methods: none, no hit could ever knock", where)
+		}
+		for _, m := range s.Methods {
+			// Hits are compared byte for byte; "get" would silently never match.
+			if m == "" || m != strings.ToUpper(m) {
+				bad("%s: methods: %q is not an upper-case method", where, m)
+			}
+		}
+		if s.Timeout <= 0 {
+			bad("%s: timeout: %v is not positive", where, s.Timeout)
+		}
+		if s.Window <= 0 {
+			bad("%s: window: %v is not positive", where, s.Window)
+		}
+		// Own copies: a caller reusing its slices must not change a running tracker.
+		s.Steps = slices.Clone(s.Steps)
+		s.StepStatus = slices.Clone(s.StepStatus)
+		s.Methods = slices.Clone(s.Methods)
+		s.KnockPageStatus = slices.Clone(s.KnockPageStatus)
+		s.Ports = slices.Clone(s.Ports)
+		t.seqs = append(t.seqs, s)
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("knock config: %w", errors.Join(errs...))
+	}
+	return t, nil
+}
