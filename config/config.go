@@ -56,6 +56,28 @@ type Sequence struct {
 	Timeout         time.Duration
 	Window          time.Duration
 	Ports           []Port
+	// OneTime makes the paths one-time: derived from a key and the time
+	// step (hmac mode: no Steps or KnockPage), or a static Steps with a
+	// knock page of Prefix and the RFC 6238 code (totp mode). nil: static.
+	OneTime *OneTime
+}
+
+// The one-time modes.
+const (
+	ModeHMAC = "hmac"
+	ModeTOTP = "totp"
+)
+
+// OneTime configures a one-time sequence (DESIGN.md, "One-time sequences").
+type OneTime struct {
+	KeyFile string
+	Mode    string // ModeHMAC or ModeTOTP
+	Prefix  string // every one-time path starts with it
+	Steps   int    // hmac: derived steps before the derived knock page
+	// Period is the time step: 60s by default in hmac mode, always 30s in
+	// totp mode (what authenticator apps use).
+	Period time.Duration
+	Skew   int // time steps accepted either side of the line's own
 }
 
 // Port is a TCP or UDP port.
@@ -140,6 +162,12 @@ func sequenceDefaults() Sequence {
 		Window:     10 * time.Minute,
 		Ports:      []Port{{Number: 22, Proto: "tcp"}},
 	}
+}
+
+// oneTimeDefaults returns the values of a one_time block's unset keys;
+// Period is settled by validation, once the mode is known.
+func oneTimeDefaults() OneTime {
+	return OneTime{Mode: ModeHMAC, Prefix: "/k/", Steps: 2, Skew: 1}
 }
 
 // flagKeys maps the flags of RegisterFlags to the keys they override.

@@ -128,6 +128,27 @@ func (l *loader) setSequences(a loc, v any) {
 				l.setDuration(a, v, &s.Window)
 			case "ports":
 				l.setPorts(a, v, &s.Ports)
+			case "one_time":
+				ot := oneTimeDefaults()
+				s.OneTime = &ot
+				l.mapping(a, v, "one-time settings", func(a loc, v any) {
+					switch a.p[len(a.p)-1] {
+					case "key_file":
+						l.setString(a, v, &ot.KeyFile)
+					case "mode":
+						l.setString(a, v, &ot.Mode)
+					case "prefix":
+						l.setString(a, v, &ot.Prefix)
+					case "steps":
+						l.setInt(a, v, &ot.Steps)
+					case "period":
+						l.setDuration(a, v, &ot.Period)
+					case "skew":
+						l.setInt(a, v, &ot.Skew)
+					default:
+						l.unknown(a)
+					}
+				})
 			default:
 				l.unknown(a)
 			}

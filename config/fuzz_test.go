@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 func FuzzConfig(f *testing.F) {
@@ -64,10 +65,28 @@ func checkInvariants(t *testing.T, c *Config) {
 			t.Fatalf("bad or repeated sequence name %q", s.Name)
 		}
 		names[s.Name] = true
-		if len(s.Steps) == 0 {
-			t.Fatalf("sequence %q without steps", s.Name)
+		paths := append([]string{}, s.Steps...)
+		switch ot := s.OneTime; {
+		case ot == nil:
+			if len(s.Steps) == 0 {
+				t.Fatalf("sequence %q without steps", s.Name)
+			}
+			paths = append(paths, s.KnockPage)
+		case ot.Mode == ModeHMAC:
+			if len(s.Steps) > 0 || s.KnockPage != "" || ot.Steps < 1 || ot.Period < 10*time.Second {
+				t.Fatalf("hmac sequence %q: static paths or bad one_time: %+v %+v", s.Name, s, ot)
+			}
+		case ot.Mode == ModeTOTP:
+			if len(s.Steps) == 0 || s.KnockPage != "" || ot.Period != 30*time.Second {
+				t.Fatalf("totp sequence %q: bad paths or one_time: %+v %+v", s.Name, s, ot)
+			}
+		default:
+			t.Fatalf("sequence %q: one_time mode %q", s.Name, ot.Mode)
 		}
-		for _, p := range append(append([]string{}, s.Steps...), s.KnockPage) {
+		if ot := s.OneTime; ot != nil && (ot.KeyFile == "" || !pathChars.MatchString(ot.Prefix) || ot.Skew < 0) {
+			t.Fatalf("sequence %q: bad one_time %+v", s.Name, ot)
+		}
+		for _, p := range paths {
 			if !pathChars.MatchString(p) || len(p) > 200 || seen[p] {
 				t.Fatalf("sequence %q: bad or repeated path %q", s.Name, p)
 			}

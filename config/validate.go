@@ -13,7 +13,15 @@ import (
 
 const (
 	maxPathLen = 200
-	nameRule   = "1 to 32 characters of A-Z a-z 0-9 _ -"
+	// One-time limits. maxOneTimeSuffix is the longest part that follows
+	// a one-time prefix (an hmac token).
+	maxOneTimeSteps  = 32
+	maxOneTimeSuffix = 22
+	maxSkew          = 10
+	minPeriod        = 10 * time.Second
+	maxPeriod        = time.Hour
+	totpPeriod       = 30 * time.Second
+	nameRule         = "1 to 32 characters of A-Z a-z 0-9 _ -"
 )
 
 var (
@@ -118,16 +126,33 @@ func (l *loader) validateSequences(at func(p ...any) loc, bad func(a loc, format
 			names[s.Name] = i
 		}
 
-		if len(s.Steps) == 0 {
+		ot := s.OneTime
+		switch {
+		case ot != nil && ot.Mode == ModeHMAC:
+			if len(s.Steps) > 0 {
+				bad(at("sequences", i, "steps"), "a one-time sequence in hmac mode derives its steps from the key (one_time.steps says how many); remove steps")
+			}
+		case ot != nil && ot.Mode != ModeTOTP:
+			// A bad mode: reported with one_time.mode.
+		case len(s.Steps) == 0 && ot != nil:
+			bad(at("sequences", i, "steps"), "at least one step required: in totp mode the static steps come before the code, which alone (6 digits) could be guessed")
+		case len(s.Steps) == 0:
 			bad(at("sequences", i, "steps"), "at least one step required")
 		}
 		for j, p := range s.Steps {
 			usePath(at("sequences", i, "steps", j), p)
 		}
-		if s.KnockPage == "" {
+		switch {
+		case ot != nil && s.KnockPage != "":
+			bad(at("sequences", i, "knock_page"), "a one-time sequence derives its knock page from the key and the time; remove knock_page")
+		case ot != nil:
+		case s.KnockPage == "":
 			bad(at("sequences", i, "knock_page"), "required: an absolute path like \"/k/open\"")
-		} else {
+		default:
 			usePath(at("sequences", i, "knock_page"), s.KnockPage)
+		}
+		if ot != nil {
+			validateOneTime(func(p ...any) loc { return at(append([]any{"sequences", i, "one_time"}, p...)...) }, bad, ot)
 		}
 
 		if len(s.StepStatus) == 0 {
@@ -164,6 +189,42 @@ func (l *loader) validateSequences(at func(p ...any) loc, bad func(a loc, format
 				bad(at("sequences", i, "ports", j), "port %q listed twice", p.String())
 			}
 		}
+	}
+}
+
+// validateOneTime checks a one_time block and settles its period.
+func validateOneTime(at func(p ...any) loc, bad func(a loc, format string, args ...any), ot *OneTime) {
+	if ot.KeyFile == "" {
+		bad(at("key_file"), "required: the file holding the sequence's key (webknock init --one-time writes one)")
+	}
+	oneOf(bad, at("mode"), "mode", ot.Mode, ModeHMAC, ModeTOTP)
+	switch ot.Mode {
+	case ModeHMAC:
+		if ot.Steps < 1 || ot.Steps > maxOneTimeSteps {
+			bad(at("steps"), "bad steps %d: want 1 to %d", ot.Steps, maxOneTimeSteps)
+		}
+		switch {
+		case ot.Period == 0:
+			ot.Period = time.Minute
+		case ot.Period < minPeriod || ot.Period > maxPeriod || ot.Period%time.Second != 0:
+			bad(at("period"), "bad period %q: want whole seconds from %v to %v", ot.Period, minPeriod, maxPeriod)
+		}
+	case ModeTOTP:
+		switch ot.Period {
+		case 0:
+			ot.Period = totpPeriod
+		case totpPeriod:
+		default:
+			bad(at("period"), "bad period %q: totp mode uses %v, what authenticator apps use; remove period", ot.Period, totpPeriod)
+		}
+	}
+	if ot.Skew < 0 || ot.Skew > maxSkew {
+		bad(at("skew"), "bad skew %d: want 0 to %d time steps", ot.Skew, maxSkew)
+	}
+	if why := checkPath(ot.Prefix); why != "" {
+		bad(at("prefix"), "bad prefix %q: %s", ot.Prefix, why)
+	} else if len(ot.Prefix) > maxPathLen-maxOneTimeSuffix {
+		bad(at("prefix"), "prefix %q: %d bytes; at most %d allowed", ot.Prefix, len(ot.Prefix), maxPathLen-maxOneTimeSuffix)
 	}
 }
 
