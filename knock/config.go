@@ -6,6 +6,7 @@ import (
 	"hash/maphash"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -25,6 +26,68 @@ type Sequence struct {
 	Timeout         time.Duration // from the first step to the knock page
 	Window          time.Duration // how long access lasts after the knock page
 	Ports           []string      // opaque to knock, copied into grant events ("22/tcp")
+	// OneTime, if set, derives the paths from a key and the time step:
+	// in hmac mode every step and the knock page (Steps and KnockPage stay
+	// empty), in totp mode the knock page only (after the static Steps).
+	OneTime *OneTime
+}
+
+// Mode says which paths of a one-time sequence are derived.
+type Mode uint8
+
+// The one-time modes of DESIGN.md.
+const (
+	ModeHMAC Mode = iota + 1 // steps and knock page: Prefix + Token
+	ModeTOTP                 // knock page only: Prefix + Code
+)
+
+// String returns the mode's name in the configuration.
+func (m Mode) String() string {
+	switch m {
+	case ModeHMAC:
+		return "hmac"
+	case ModeTOTP:
+		return "totp"
+	}
+	return "mode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// OneTime makes a sequence's paths one-time (DESIGN.md, "One-time sequences").
+type OneTime struct {
+	Mode   Mode
+	Key    []byte // KeyBytes bytes
+	Prefix string // every derived path starts with it
+	Steps  int    // hmac: derived steps before the derived knock page
+	// Period is the time step: whole seconds; TOTPPeriod in totp mode.
+	Period time.Duration
+	Skew   int // time steps accepted either side of the line's own
+}
+
+// steps returns the number of steps before the knock page.
+func (s *Sequence) steps() int {
+	if s.OneTime != nil && s.OneTime.Mode == ModeHMAC {
+		return s.OneTime.Steps
+	}
+	return len(s.Steps)
+}
+
+// PathsAt returns the paths a client requests at time at, in order (the
+// steps, then the knock page), and the time step T that one-time paths
+// carry (0 for a static sequence).
+func (s *Sequence) PathsAt(at time.Time) ([]string, int64) {
+	ot := s.OneTime
+	if ot == nil {
+		return append(slices.Clone(s.Steps), s.KnockPage), 0
+	}
+	t := TimeStep(at, ot.Period)
+	if ot.Mode == ModeTOTP {
+		return append(slices.Clone(s.Steps), ot.Prefix+Code(ot.Key, t)), t
+	}
+	paths := make([]string, ot.Steps+1)
+	for i := range paths {
+		paths[i] = ot.Prefix + Token(ot.Key, s.Name, i+1, t)
+	}
+	return paths, t
 }
 
 // Lockout ignores an address that fails too often.

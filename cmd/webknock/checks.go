@@ -69,6 +69,14 @@ func checkWith(cfg *config.Config, strictLogs bool) (errs, warns []*config.Field
 		bad("state_dir", err)
 	}
 
+	for i, s := range cfg.Sequences {
+		if s.OneTime != nil && s.OneTime.KeyFile != "" {
+			if _, err := readKeyFile(s.OneTime.KeyFile); err != nil {
+				bad(fmt.Sprintf("sequences[%d].one_time.key_file", i), err)
+			}
+		}
+	}
+
 	// web
 	if cfg.Web.Listen != "" && cfg.Web.TokenFile != "" {
 		if _, err := web.ReadToken(cfg.Web.TokenFile); err != nil {

@@ -67,25 +67,6 @@ func runReplay(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 	return nil
 }
 
-// knockConfig adapts the configuration to the knock core.
-func knockConfig(cfg *config.Config) knock.Config {
-	kc := knock.Config{Lockout: knock.Lockout{
-		Failures: cfg.Lockout.Failures, Period: cfg.Lockout.Period, Duration: cfg.Lockout.Duration,
-	}}
-	for _, s := range cfg.Sequences {
-		ports := make([]string, len(s.Ports))
-		for i, p := range s.Ports {
-			ports[i] = p.String()
-		}
-		kc.Sequences = append(kc.Sequences, knock.Sequence{
-			Name: s.Name, Steps: s.Steps, StepStatus: s.StepStatus, Methods: s.Methods,
-			KnockPage: s.KnockPage, KnockPageStatus: s.KnockPageStatus,
-			Timeout: s.Timeout, Window: s.Window, Ports: ports,
-		})
-	}
-	return kc
-}
-
 // hitOf adapts a parsed request to the knock core.
 func hitOf(r *weblog.Request) knock.Hit {
 	return knock.Hit{Client: r.Client, Time: r.Time, Method: r.Method, Path: r.Path, Status: r.Status}
@@ -113,7 +94,11 @@ func newReplayer(cfg *config.Config, out io.Writer, asJSON, parseAll bool) (*rep
 	if err != nil {
 		return nil, err
 	}
-	tracker, err := knock.New(knockConfig(cfg))
+	kc, err := knockConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	tracker, err := knock.New(kc)
 	if err != nil {
 		return nil, err
 	}

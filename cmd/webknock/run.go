@@ -200,7 +200,11 @@ func (d *daemon) setCore(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	tracker, err := knock.New(knockConfig(cfg))
+	kc, err := knockConfig(cfg)
+	if err != nil {
+		return err
+	}
+	tracker, err := knock.New(kc)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/webknock/webknock/config"
+	"github.com/webknock/webknock/knock"
+)
+
+// knockConfig adapts the configuration to the knock core, reading the key
+// of every one-time sequence.
+func knockConfig(cfg *config.Config) (knock.Config, error) {
+	kc := knock.Config{Lockout: knock.Lockout{
+		Failures: cfg.Lockout.Failures, Period: cfg.Lockout.Period, Duration: cfg.Lockout.Duration,
+	}}
+	for i, s := range cfg.Sequences {
+		ks, err := knockSequence(&s)
+		if err != nil {
+			return knock.Config{}, fmt.Errorf("sequences[%d].one_time.key_file: %w", i, err)
+		}
+		kc.Sequences = append(kc.Sequences, ks)
+	}
+	return kc, nil
+}
+
+// knockSequence adapts one sequence; the error is the key file's.
+func knockSequence(s *config.Sequence) (knock.Sequence, error) {
+	ports := make([]string, len(s.Ports))
+	for i, p := range s.Ports {
+		ports[i] = p.String()
+	}
+	ks := knock.Sequence{
+		Name: s.Name, Steps: s.Steps, StepStatus: s.StepStatus, Methods: s.Methods,
+		KnockPage: s.KnockPage, KnockPageStatus: s.KnockPageStatus,
+		Timeout: s.Timeout, Window: s.Window, Ports: ports,
+	}
+	if ot := s.OneTime; ot != nil {
+		key, err := readKeyFile(ot.KeyFile)
+		if err != nil {
+			return knock.Sequence{}, err
+		}
+		mode := knock.ModeHMAC
+		if ot.Mode == config.ModeTOTP {
+			mode = knock.ModeTOTP
+		}
+		ks.OneTime = &knock.OneTime{Mode: mode, Key: key, Prefix: ot.Prefix, Steps: ot.Steps, Period: ot.Period, Skew: ot.Skew}
+	}
+	return ks, nil
+}
