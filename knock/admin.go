@@ -1,6 +1,7 @@
 package knock
 
 import (
+	"bytes"
 	"cmp"
 	"net/netip"
 	"slices"
@@ -59,6 +60,11 @@ func (t *Tracker) Adopt(old *Tracker) {
 			}
 		}
 	}
+	for i, j := range same {
+		if j >= 0 {
+			t.used[j] = max(t.used[j], old.used[i])
+		}
+	}
 	// Oldest touched first, so that the table's order of recency is kept.
 	for c := range old.lists {
 		for e := old.lists[c].root.prev; e != &old.lists[c].root; e = e.prev {
@@ -92,5 +98,15 @@ func (t *Tracker) Adopt(old *Tracker) {
 func sameKnock(a, b *Sequence) bool {
 	return slices.Equal(a.Steps, b.Steps) && a.KnockPage == b.KnockPage &&
 		slices.Equal(a.StepStatus, b.StepStatus) && slices.Equal(a.Methods, b.Methods) &&
-		slices.Equal(a.KnockPageStatus, b.KnockPageStatus) && a.Timeout == b.Timeout
+		slices.Equal(a.KnockPageStatus, b.KnockPageStatus) && a.Timeout == b.Timeout &&
+		sameOneTime(a.OneTime, b.OneTime)
+}
+
+// sameOneTime reports whether a and b derive the same paths.
+func sameOneTime(a, b *OneTime) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Mode == b.Mode && bytes.Equal(a.Key, b.Key) && a.Prefix == b.Prefix &&
+		a.Steps == b.Steps && a.Period == b.Period && a.Skew == b.Skew
 }

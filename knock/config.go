@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"maps"
+	"math"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -160,8 +162,24 @@ func New(cfg Config) (*Tracker, error) {
 			bad("%s: name used twice", where)
 		}
 		names[s.Name] = true
-		if len(s.Steps) == 0 {
+		ot := s.OneTime
+		switch {
+		case ot == nil && len(s.Steps) == 0, ot != nil && ot.Mode == ModeTOTP && len(s.Steps) == 0:
 			bad("%s: steps: none", where)
+		case ot != nil && ot.Mode == ModeHMAC && len(s.Steps) > 0:
+			bad("%s: steps: hmac mode derives its steps; want none", where)
+		case len(s.Steps) > maxSteps:
+			bad("%s: steps: %d, more than %d", where, len(s.Steps), maxSteps)
+		}
+		if ot != nil {
+			for _, msg := range checkOneTime(ot) {
+				bad("%s: one-time: %s", where, msg)
+			}
+			if s.KnockPage != "" {
+				bad("%s: knock page: a one-time sequence derives it; want none", where)
+			}
+			ot = cloneOneTime(ot)
+			s.OneTime = ot
 		}
 		addPath := func(field, path string, step int32) {
 			switch {
@@ -172,13 +190,15 @@ func New(cfg Config) (*Tracker, error) {
 			default:
 				owner[path] = where + " " + field
 				h := maphash.String(t.seed, path)
-				t.paths[h] = append(t.paths[h], pathRef{path: path, seq: int32(i), step: step})
+				t.paths[h] = append(t.paths[h], pathRef{path: path, seq: int32(i), step: step, t: noStep})
 			}
 		}
 		for j, p := range s.Steps {
 			addPath(fmt.Sprintf("steps[%d]", j), p, int32(j))
 		}
-		addPath("knock page", s.KnockPage, knockPage)
+		if ot == nil {
+			addPath("knock page", s.KnockPage, knockPage)
+		}
 		if len(s.StepStatus) == 0 {
 			bad("%s: step status: none, no step could ever advance", where)
 		}
@@ -205,8 +225,75 @@ func New(cfg Config) (*Tracker, error) {
 		s.Ports = slices.Clone(s.Ports)
 		t.seqs = append(t.seqs, s)
 	}
+	t.used = make([]int64, len(t.seqs))
+	t.cache = make([][]derivedStep, len(t.seqs))
+	t.derived = make(map[uint64][]pathRef)
+	for i, s := range t.seqs {
+		t.used[i] = noStep
+		ot := s.OneTime
+		if ot == nil {
+			continue
+		}
+		// A static path with the shape of a one-time path could be taken
+		// for one (or the other way round).
+		for _, p := range slices.Sorted(maps.Keys(owner)) {
+			if LooksOneTime(p, ot.Prefix, ot.Mode) {
+				bad("%s: path %q has the shape of a one-time path of sequence %q", owner[p], p, s.Name)
+			}
+		}
+		g := slices.IndexFunc(t.prefixes, func(g prefixGroup) bool { return g.prefix == ot.Prefix })
+		if g < 0 {
+			g = len(t.prefixes)
+			t.prefixes = append(t.prefixes, prefixGroup{prefix: ot.Prefix})
+		}
+		t.prefixes[g].seqs = append(t.prefixes[g].seqs, int32(i))
+	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("knock config: %w", errors.Join(errs...))
 	}
 	return t, nil
+}
+
+// Limits on what a progress entry holds.
+const (
+	maxSteps = math.MaxInt16 - 1 // steps before the knock page
+	maxSkew  = math.MaxInt8      // time steps either side
+)
+
+// checkOneTime returns the problems of ot.
+func checkOneTime(ot *OneTime) []string {
+	var out []string
+	bad := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
+	if len(ot.Key) != KeyBytes {
+		bad("key: %d bytes, want %d", len(ot.Key), KeyBytes)
+	}
+	if !strings.HasPrefix(ot.Prefix, "/") {
+		bad("prefix: %q does not start with /", ot.Prefix)
+	}
+	if ot.Period < time.Second || ot.Period%time.Second != 0 {
+		bad("period: %v is not a positive number of whole seconds", ot.Period)
+	}
+	if ot.Skew < 0 || ot.Skew > maxSkew {
+		bad("skew: %d, want 0 to %d", ot.Skew, maxSkew)
+	}
+	switch ot.Mode {
+	case ModeHMAC:
+		if ot.Steps < 1 || ot.Steps > maxSteps {
+			bad("steps: %d, want 1 to %d", ot.Steps, maxSteps)
+		}
+	case ModeTOTP:
+		if ot.Period != TOTPPeriod {
+			bad("period: %v; totp mode uses %v", ot.Period, TOTPPeriod)
+		}
+	default:
+		bad("mode: %v", ot.Mode)
+	}
+	return out
+}
+
+// cloneOneTime returns a copy of ot that shares nothing with it.
+func cloneOneTime(ot *OneTime) *OneTime {
+	c := *ot
+	c.Key = slices.Clone(ot.Key)
+	return &c
 }

@@ -58,3 +58,12 @@ func (t *Tracker) Check() error {
 	}
 	return errors.Join(errs...)
 }
+
+// DerivedPaths returns how many one-time paths are cached.
+func DerivedPaths(t *Tracker) int {
+	n := 0
+	for _, refs := range t.derived {
+		n += len(refs)
+	}
+	return n
+}

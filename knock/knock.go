@@ -60,6 +60,7 @@ const (
 	KindTimeout                 // progress discarded because the knock page came too late
 	KindGrant                   // the knock page completed the sequence
 	KindLockout                 // too many failures: the client is ignored until Until
+	KindReused                  // a one-time path of a time step that has granted already: it leaked
 )
 
 // String returns the name used in logs and in replay output.
@@ -75,6 +76,8 @@ func (k Kind) String() string {
 		return "grant"
 	case KindLockout:
 		return "lockout"
+	case KindReused:
+		return "reused"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -92,6 +95,12 @@ type Event struct {
 	Step     int       // KindStep: the new progress, 1-based
 	Until    time.Time // KindGrant: access ends; KindLockout: lockout ends
 	Ports    []string  // KindGrant only: the sequence's Ports, shared; do not modify
+	// OneTime is set on the grant and reused events of a one-time sequence;
+	// TimeStep is then the time step T of the paths. A grant's T is used
+	// from then on: the caller persists it (see SetUsed) before it applies
+	// the grant.
+	OneTime  bool
+	TimeStep int64
 }
 
 // Tracker holds the knock state of every client. Create it with New.
@@ -99,8 +108,16 @@ type Event struct {
 // A Tracker is not safe for concurrent use: callers serialise Apply, Expire
 // and the accessors.
 type Tracker struct {
-	seqs         []Sequence
-	paths        map[uint64][]pathRef // by the keyed hash of the path; see lookup
+	seqs  []Sequence
+	paths map[uint64][]pathRef // static paths, by the keyed hash of the path; see lookup
+	// One-time paths: the sequences by prefix, the derived paths of the
+	// cached time steps (by keyed hash) and, by sequence, which steps are
+	// cached and the last used one (noStep if none).
+	prefixes     []prefixGroup
+	derived      map[uint64][]pathRef
+	cache        [][]derivedStep
+	used         []int64
+	refs         []pathRef // lookup's result, reused
 	seed         maphash.Seed
 	lockout      Lockout
 	max          int
@@ -127,13 +144,24 @@ func (t *Tracker) EvictedProtected() uint64 { return t.evictedProtected }
 func (t *Tracker) Apply(h Hit, dst []Event) []Event {
 	// The common case (a path of no sequence) must cost one lookup and
 	// change nothing: browsers fetch /favicon.ico, and many users share a proxy.
-	ref, ok := t.lookup(h.Path)
-	if !ok {
-		return dst
+	for _, ref := range t.lookup(h.Path, h.Time) {
+		dst = t.apply(h, ref, dst)
 	}
+	return dst
+}
+
+// apply appends the events of hit h on the sequence path ref.
+func (t *Tracker) apply(h Hit, ref pathRef, dst []Event) []Event {
 	s := &t.seqs[ref.seq]
 	if !slices.Contains(s.Methods, h.Method) {
 		return dst
+	}
+	ev := Event{Time: h.Time, Client: h.Client, Sequence: s.Name}
+	if ref.t != noStep && ref.t <= t.used[ref.seq] {
+		// Whatever the client's state: a used step never advances, and
+		// whoever requests it holds a URL that leaked.
+		ev.Kind, ev.OneTime, ev.TimeStep = KindReused, true, ref.t
+		return append(dst, ev)
 	}
 	e := t.clients[h.Client]
 	if e != nil {
@@ -155,16 +183,22 @@ func (t *Tracker) Apply(h Hit, dst []Event) []Event {
 			p = int(e.prog[i].p)
 		}
 	}
-	n := len(s.Steps)
-	ev := Event{Time: h.Time, Client: h.Client, Sequence: s.Name}
+	// In hmac mode all paths of one knock carry the same time step: a
+	// path of another step is out of order.
+	same := p == 0 || !s.derivesSteps() || t.stepOf(e.prog[i], s) == ref.t
+	n := s.steps()
 	switch {
 	case ref.step == knockPage:
 		switch {
 		case len(s.KnockPageStatus) > 0 && !slices.Contains(s.KnockPageStatus, h.Status):
 			// Not a knock: the page did not answer as configured.
-		case p == n:
+		case p == n && same:
 			e.prog = slices.Delete(e.prog, i, i+1)
 			ev.Kind, ev.Until, ev.Ports = KindGrant, h.Time.Add(s.Window), s.Ports
+			if ref.t != noStep {
+				t.used[ref.seq] = ref.t
+				ev.OneTime, ev.TimeStep = true, ref.t
+			}
 			dst = append(dst, ev)
 		case p > 0:
 			dst = t.reset(e, i, ev, dst)
@@ -172,21 +206,21 @@ func (t *Tracker) Apply(h Hit, dst []Event) []Event {
 	case !slices.Contains(s.StepStatus, h.Status):
 		// Not a knock (a 499 client abort, a path the server actually has):
 		// it neither advances nor resets.
-	case int(ref.step) == p:
+	case int(ref.step) == p && same:
 		if p == 0 {
 			if e == nil {
 				e = t.insert(h.Client)
 			}
-			e.add(progress{first: h.Time, seq: ref.seq, p: 1})
+			e.add(t.start(ref, h.Time))
 		} else {
 			e.prog[i].p++
 		}
 		ev.Kind, ev.Step = KindStep, p+1
 		dst = append(dst, ev)
-	case p > 0 && int(ref.step) == p-1:
+	case p > 0 && int(ref.step) == p-1 && same:
 		// A reload or a proxy retry of the step just taken.
 	case ref.step == 0:
-		e.prog[i].p, e.prog[i].first = 1, h.Time
+		e.prog[i] = t.start(ref, h.Time)
 		ev.Kind, ev.Step = KindStep, 1
 		dst = append(dst, ev)
 	case p > 0:

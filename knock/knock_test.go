@@ -127,6 +127,9 @@ func format(ev knock.Event) string {
 	if ev.Ports != nil {
 		fmt.Fprintf(&b, " ports=%v", ev.Ports)
 	}
+	if ev.OneTime {
+		fmt.Fprintf(&b, " T=%d", ev.TimeStep)
+	}
 	return b.String()
 }
 
@@ -145,7 +148,8 @@ func equal(a, b []knock.Event) bool {
 	return slices.EqualFunc(a, b, func(x, y knock.Event) bool {
 		return x.Kind == y.Kind && x.Time.Equal(y.Time) && x.Client == y.Client &&
 			x.Sequence == y.Sequence && x.Step == y.Step && x.Until.Equal(y.Until) &&
-			slices.Equal(x.Ports, y.Ports) && (x.Ports == nil) == (y.Ports == nil)
+			slices.Equal(x.Ports, y.Ports) && (x.Ports == nil) == (y.Ports == nil) &&
+			x.OneTime == y.OneTime && x.TimeStep == y.TimeStep
 	})
 }
 
@@ -764,11 +768,11 @@ func TestNewCopiesConfig(t *testing.T) {
 	}
 }
 
-func TestPaths(t *testing.T) {
+func TestNeedles(t *testing.T) {
 	tr := mustNew(t, testConfig())
 	want := []string{"/k/a1", "/k/a2", "/k/a3", "/k/open", "/w/b1", "/w/b2", "/w/open"}
-	if got := tr.Paths(); !slices.Equal(got, want) {
-		t.Errorf("Paths() = %q, want %q", got, want)
+	if got := tr.Needles(); !slices.Equal(got, want) {
+		t.Errorf("Needles() = %q, want %q", got, want)
 	}
 }
 
@@ -778,7 +782,7 @@ func TestKindString(t *testing.T) {
 		want string
 	}{
 		{knock.KindStep, "step"}, {knock.KindReset, "reset"}, {knock.KindTimeout, "timeout"},
-		{knock.KindGrant, "grant"}, {knock.KindLockout, "lockout"}, {0, "kind(0)"}, {42, "kind(42)"},
+		{knock.KindGrant, "grant"}, {knock.KindLockout, "lockout"}, {knock.KindReused, "reused"}, {0, "kind(0)"}, {42, "kind(42)"},
 	}
 	for _, tt := range tests {
 		if got := tt.kind.String(); got != tt.want {

@@ -24,7 +24,10 @@ type list struct {
 type progress struct {
 	first time.Time
 	seq   int32
-	p     int32
+	p     int16
+	// dt is, in hmac mode, the time step of the knock's paths less that of
+	// first: within the skew, so it fits where a whole step would not.
+	dt int8
 }
 
 // entry is everything remembered about one client. It exists only while

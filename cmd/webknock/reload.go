@@ -37,14 +37,14 @@ func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)
 			return
 		}
 	}
-	parser, tracker, paths := d.parser, d.tracker, d.paths
+	parser, tracker := d.parser, d.tracker
 	if err := d.setCore(cfg); err != nil {
 		d.log.Error("reload refused; keeping the running configuration", keyErr, err)
 		lns.Close()
 		return
 	}
 	if err := d.fw.Reconfigure(ctx, firewallOptions(cfg, d.log)); err != nil {
-		d.parser, d.tracker, d.paths = parser, tracker, paths
+		d.parser, d.tracker = parser, tracker
 		d.log.Error("reload refused: firewall; keeping the running configuration", keyErr, err)
 		lns.Close()
 		return

@@ -77,7 +77,6 @@ func hitOf(r *weblog.Request) knock.Hit {
 type replayer struct {
 	parser   *weblog.Parser
 	tracker  *knock.Tracker
-	paths    map[string]bool
 	needles  [][]byte // nil: every line is parsed
 	out      io.Writer
 	asJSON   bool
@@ -103,10 +102,9 @@ func newReplayer(cfg *config.Config, out io.Writer, asJSON, parseAll bool) (*rep
 		return nil, err
 	}
 	rp := &replayer{parser: parser, tracker: tracker, out: out, asJSON: asJSON,
-		paths: map[string]bool{}, skipped: map[weblog.Reason]int64{}}
-	for _, p := range tracker.Paths() {
-		rp.paths[p] = true
-		if !parseAll {
+		skipped: map[weblog.Reason]int64{}}
+	if !parseAll {
+		for _, p := range tracker.Needles() {
 			rp.needles = append(rp.needles, []byte(p))
 		}
 	}
@@ -149,7 +147,7 @@ func (rp *replayer) line(line []byte) {
 			pe = &weblog.ParseError{Reason: weblog.ReasonFormat}
 		}
 		rp.skipped[pe.Reason]++
-		if pe.Reason == weblog.ReasonLoopback && rp.paths[r.Path] {
+		if pe.Reason == weblog.ReasonLoopback && rp.tracker.MayKnock(r.Path) {
 			rp.loopbackKnocks++
 		}
 		return

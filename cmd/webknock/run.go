@@ -91,7 +91,6 @@ type daemon struct {
 	log      *slog.Logger
 	parser   *weblog.Parser
 	tracker  *knock.Tracker
-	paths    map[string]bool
 	fw       *firewall.Firewall
 	follower atomic.Pointer[weblog.Follower]
 	events   []knock.Event
@@ -209,10 +208,6 @@ func (d *daemon) setCore(cfg *config.Config) error {
 		return err
 	}
 	d.parser, d.tracker = parser, tracker
-	d.paths = map[string]bool{}
-	for _, p := range tracker.Paths() {
-		d.paths[p] = true
-	}
 	return nil
 }
 
@@ -228,7 +223,7 @@ func (d *daemon) line(ctx context.Context, l weblog.Line) {
 		}
 		rec.LineSkipped(l.File, string(reason))
 		d.inputs.skipped(l.File, reason, l.Text, d.cfg.Log.Format)
-		if reason == weblog.ReasonLoopback && d.paths[r.Path] && !d.warned {
+		if reason == weblog.ReasonLoopback && d.tracker.MayKnock(r.Path) && !d.warned {
 			d.warned = true
 			d.log.Warn("a knock path was requested from a loopback address: a reverse proxy hides the real clients; list it in log.trusted_proxies and log $http_x_forwarded_for",
 				keyFile, l.File, keyIP, r.Client)
