@@ -70,7 +70,7 @@ const (
 
 // OneTime configures a one-time sequence (DESIGN.md, "One-time sequences").
 type OneTime struct {
-	KeyFile string
+	KeyFile string // a relative path is relative to the configuration file's directory
 	Mode    string // ModeHMAC or ModeTOTP
 	Prefix  string // every one-time path starts with it
 	Steps   int    // hmac: derived steps before the derived knock page

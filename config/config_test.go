@@ -83,7 +83,7 @@ func goodConfig() Config {
 				Timeout:    30 * time.Second,
 				Window:     10 * time.Minute,
 				Ports:      []Port{{22, "tcp"}},
-				OneTime:    &OneTime{KeyFile: "keys/bob.key", Mode: ModeTOTP, Prefix: "/k/", Steps: 2, Period: 30 * time.Second, Skew: 1},
+				OneTime:    &OneTime{KeyFile: "testdata/keys/bob.key", Mode: ModeTOTP, Prefix: "/k/", Steps: 2, Period: 30 * time.Second, Skew: 1},
 			},
 		},
 		Lockout: Lockout{Failures: 3, Period: 5 * time.Minute, Duration: time.Hour},

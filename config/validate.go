@@ -152,7 +152,7 @@ func (l *loader) validateSequences(at func(p ...any) loc, bad func(a loc, format
 			usePath(at("sequences", i, "knock_page"), s.KnockPage)
 		}
 		if ot != nil {
-			validateOneTime(func(p ...any) loc { return at(append([]any{"sequences", i, "one_time"}, p...)...) }, bad, ot)
+			validateOneTime(func(p ...any) loc { return at(append([]any{"sequences", i, "one_time"}, p...)...) }, bad, ot, l.cfg.File)
 		}
 
 		if len(s.StepStatus) == 0 {
@@ -193,9 +193,13 @@ func (l *loader) validateSequences(at func(p ...any) loc, bad func(a loc, format
 }
 
 // validateOneTime checks a one_time block and settles its period.
-func validateOneTime(at func(p ...any) loc, bad func(a loc, format string, args ...any), ot *OneTime) {
-	if ot.KeyFile == "" {
+func validateOneTime(at func(p ...any) loc, bad func(a loc, format string, args ...any), ot *OneTime, file string) {
+	switch {
+	case ot.KeyFile == "":
 		bad(at("key_file"), "required: the file holding the sequence's key (webknock init --one-time writes one)")
+	case !filepath.IsAbs(ot.KeyFile) && file != "":
+		// Relative to the configuration file, which usually sits beside the keys.
+		ot.KeyFile = filepath.Join(filepath.Dir(file), ot.KeyFile)
 	}
 	oneOf(bad, at("mode"), "mode", ot.Mode, ModeHMAC, ModeTOTP)
 	switch ot.Mode {

@@ -119,6 +119,7 @@ func (s *Server) view() pageView {
 		{"lines skipped", count(s.skipped.Load())},
 		{"grants", count(s.kinds[kindIndex(knock.KindGrant)].Load())},
 		{"lockouts", count(s.kinds[kindIndex(knock.KindLockout)].Load())},
+		{"one-time URLs reused", count(s.kinds[kindIndex(knock.KindReused)].Load())},
 		{"firewall failures", count(h.Failures)},
 		{"active grants", strconv.Itoa(len(v.Grants))},
 		{"clients in progress", strconv.Itoa(clients)},
@@ -165,6 +166,8 @@ func detail(e *knock.Event) string {
 		return d
 	case knock.KindLockout:
 		return "until " + e.Until.UTC().Format(timeLayout)
+	case knock.KindReused:
+		return "time step " + strconv.FormatInt(e.TimeStep, 10) + " had granted already"
 	}
 	return ""
 }

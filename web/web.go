@@ -272,13 +272,13 @@ func (s *Server) Event(e knock.Event) {
 
 // kindCount is the number of knock.Kind values plus slot 0 for a kind this
 // package does not know (counted on no series).
-const kindCount = int(knock.KindLockout) + 1
+const kindCount = int(knock.KindReused) + 1
 
-var kinds = [...]knock.Kind{knock.KindStep, knock.KindReset, knock.KindTimeout, knock.KindGrant, knock.KindLockout}
+var kinds = [...]knock.Kind{knock.KindStep, knock.KindReset, knock.KindTimeout, knock.KindGrant, knock.KindLockout, knock.KindReused}
 
 // kindIndex maps a Kind to its counters; 0 for a kind knock adds later.
 func kindIndex(k knock.Kind) int {
-	if k >= knock.KindStep && k <= knock.KindLockout {
+	if k >= knock.KindStep && k <= knock.KindReused {
 		return int(k)
 	}
 	return 0

@@ -444,6 +444,7 @@ func TestMetrics(t *testing.T) {
 	s.Event(knock.Event{Kind: knock.KindStep, Step: 1})
 	s.Event(knock.Event{Kind: knock.KindGrant})
 	s.Event(knock.Event{Kind: knock.KindGrant})
+	s.Event(knock.Event{Kind: knock.KindReused, OneTime: true, TimeStep: 7})
 	s.Rotation("/var/log/a.log")
 	s.Reload(true)
 	s.Reload(false)
@@ -468,6 +469,7 @@ func TestMetrics(t *testing.T) {
 		`webknock_events_total{event="reset"} 0`,
 		`webknock_events_total{event="timeout"} 0`,
 		`webknock_events_total{event="lockout"} 0`,
+		`webknock_events_total{event="reused"} 1`,
 		`webknock_grants_active 2`,
 		`webknock_firewall_failures_total 5`,
 		`webknock_firewall_pending_deletes 2`,
@@ -522,6 +524,8 @@ func TestPage(t *testing.T) {
 	s.Event(knock.Event{Kind: knock.KindLockout, Time: t0.Add(-2 * time.Second), Client: netip.MustParseAddr("198.51.100.66"), Sequence: "<script>alert('x')</script>", Until: t0.Add(15 * time.Minute)})
 	s.Event(knock.Event{Kind: knock.KindGrant, Time: t0.Add(-time.Second), Client: netip.MustParseAddr("203.0.113.7"), Sequence: "ssh",
 		Until: t0.Add(9*time.Minute + 12*time.Second), Ports: []string{"22/tcp"}})
+	s.Event(knock.Event{Kind: knock.KindReused, Time: t0.Add(-time.Second), Client: netip.MustParseAddr("198.51.100.99"), Sequence: "alice",
+		OneTime: true, TimeStep: 29000000})
 	s.LineRead("a")
 	s.LineSkipped("a", "format")
 
@@ -548,6 +552,8 @@ func TestPage(t *testing.T) {
 		"<dt>lines skipped</dt><dd>1</dd>",
 		"<dt>grants</dt><dd>1</dd>",
 		"<dt>lockouts</dt><dd>1</dd>",
+		"<dt>one-time URLs reused</dt><dd>1</dd>",
+		`<td data-label="Detail">time step 29000000 had granted already</td>`,
 		"<dt>firewall failures</dt><dd>3</dd>",
 		"<dt>clients in progress</dt><dd>42</dd>",
 		`<p class="health ok">ok</p>`,

@@ -112,6 +112,29 @@ func brokenCases() []brokenCase {
 		}
 		return out
 	}
+	// oneTime adds a second sequence, one-time with key file path.
+	oneTime := func(path, mode string) map[string]string {
+		steps := ""
+		if mode == "totp" {
+			steps = "    steps: [/t/x1]\n"
+		}
+		return map[string]string{"web:": "  - name: alice\n" + steps + "    one_time:\n      key_file: " + path + "\n      mode: " + mode + "\n      prefix: /k/\nweb:"}
+	}
+	file := func(name, text string) func(t *testing.T, dir string) {
+		return func(t *testing.T, dir string) {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	key := func(name string, mode os.FileMode) func(t *testing.T, dir string) {
+		return func(t *testing.T, dir string) {
+			file(name, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n")(t, dir)
+			if err := os.Chmod(filepath.Join(dir, name), mode); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	return []brokenCase{
 		{name: "chain starting with a dash", edit: map[string]string{"  chain:": `  chain: "-WK"`}, want: "firewall.chain:"},
 		{name: "chain built in", edit: map[string]string{"  chain:": "  chain: INPUT"}, want: "firewall.chain:"},
@@ -151,6 +174,15 @@ func brokenCases() []brokenCase {
 		{name: "bad port", edit: map[string]string{"    ports:": "    ports: [22/sctp]"}, want: "sequences[0].ports[0]:"},
 		{name: "unknown key", edit: map[string]string{"  start:": "  strat: end"}, want: "log.strat: unknown key"},
 		{name: "unknown format variable", edit: map[string]string{"  format:": `  format: '$remote_addr [$time_local] "$request" $status $bogus'`}, want: "log.format:"},
+		{name: "one-time key others may read", edit: oneTime("{dir}/alice.key", "hmac"), setup: key("alice.key", 0o644), want: "sequences[1].one_time.key_file:"},
+		{name: "one-time key missing", edit: oneTime("{dir}/none.key", "hmac"), want: "sequences[1].one_time.key_file:"},
+		{name: "one-time key too short", edit: oneTime("{dir}/short.key", "hmac"), setup: file("short.key", "AAAA\n"), want: "sequences[1].one_time.key_file:"},
+		{name: "static path shaped like a one-time path", edit: with(oneTime("{dir}/alice.key", "totp"), "    steps:", "    steps: [/k/123456, /k/b2]"),
+			setup: key("alice.key", 0o600), want: "sequences[0].steps[0]:"},
+		{name: "corrupt one-time state", setup: func(t *testing.T, dir string) {
+			mkdir(0o700)(t, dir)
+			file("state/onetime.json", "{not json")(t, dir)
+		}, want: "onetime.json"},
 		{name: "bad ipv6 switch", edit: map[string]string{"  hook:": "  hook: INPUT\n  ipv6: maybe"}, want: "firewall.ipv6:"},
 	}
 }

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/webknock/webknock/config"
 	"github.com/webknock/webknock/firewall"
 	"github.com/webknock/webknock/internal/statedir"
+	"github.com/webknock/webknock/knock"
 	"github.com/webknock/webknock/web"
 	"github.com/webknock/webknock/weblog"
 )
@@ -68,11 +70,32 @@ func checkWith(cfg *config.Config, strictLogs bool) (errs, warns []*config.Field
 	if err := weblog.CheckState(cfg.StateDir); err != nil && statedir.Check(cfg.StateDir) == nil {
 		bad("state_dir", err)
 	}
+	if _, err := loadUsed(cfg.StateDir); err != nil && statedir.Check(cfg.StateDir) == nil {
+		bad("state_dir", err)
+	}
 
 	for i, s := range cfg.Sequences {
-		if s.OneTime != nil && s.OneTime.KeyFile != "" {
-			if _, err := readKeyFile(s.OneTime.KeyFile); err != nil {
+		ot := s.OneTime
+		if ot == nil {
+			continue
+		}
+		if ot.KeyFile != "" {
+			if _, err := readKeyFile(ot.KeyFile); err != nil {
 				bad(fmt.Sprintf("sequences[%d].one_time.key_file", i), err)
+			}
+		}
+		// knock's rule: a static path must not look like a one-time path.
+		mode := knockMode(ot.Mode)
+		for j, other := range cfg.Sequences {
+			paths := append(slices.Clone(other.Steps), other.KnockPage)
+			for k, p := range paths {
+				if p != "" && knock.LooksOneTime(p, ot.Prefix, mode) {
+					field := fmt.Sprintf("sequences[%d].steps[%d]", j, k)
+					if k == len(other.Steps) {
+						field = fmt.Sprintf("sequences[%d].knock_page", j)
+					}
+					bad(field, fmt.Errorf("path %q has the shape of a one-time path of sequence %q (prefix %q); choose another", p, s.Name, ot.Prefix))
+				}
 			}
 		}
 	}

@@ -39,11 +39,15 @@ func knockSequence(s *config.Sequence) (knock.Sequence, error) {
 		if err != nil {
 			return knock.Sequence{}, err
 		}
-		mode := knock.ModeHMAC
-		if ot.Mode == config.ModeTOTP {
-			mode = knock.ModeTOTP
-		}
-		ks.OneTime = &knock.OneTime{Mode: mode, Key: key, Prefix: ot.Prefix, Steps: ot.Steps, Period: ot.Period, Skew: ot.Skew}
+		ks.OneTime = &knock.OneTime{Mode: knockMode(ot.Mode), Key: key, Prefix: ot.Prefix, Steps: ot.Steps, Period: ot.Period, Skew: ot.Skew}
 	}
 	return ks, nil
+}
+
+// knockMode adapts a one_time mode.
+func knockMode(mode string) knock.Mode {
+	if mode == config.ModeTOTP {
+		return knock.ModeTOTP
+	}
+	return knock.ModeHMAC
 }

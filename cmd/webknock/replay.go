@@ -187,6 +187,7 @@ type jsonEvent struct {
 	Step     int      `json:"step,omitempty"`
 	Until    string   `json:"until,omitempty"`
 	Ports    []string `json:"ports,omitempty"`
+	TimeStep *int64   `json:"time_step,omitempty"` // one-time grant and reused
 }
 
 func rfc3339(t time.Time) string { return t.UTC().Format(time.RFC3339) }
@@ -197,6 +198,9 @@ func writeEvent(w io.Writer, e *knock.Event, asJSON bool) error {
 			Sequence: e.Sequence, Step: e.Step, Ports: e.Ports}
 		if !e.Until.IsZero() {
 			je.Until = rfc3339(e.Until)
+		}
+		if e.OneTime {
+			je.TimeStep = &e.TimeStep
 		}
 		b, err := json.Marshal(je)
 		if err != nil {
@@ -213,6 +217,8 @@ func writeEvent(w io.Writer, e *knock.Event, asJSON bool) error {
 		detail = fmt.Sprintf("until %s %s", rfc3339(e.Until), strings.Join(e.Ports, ","))
 	case knock.KindLockout:
 		detail = "until " + rfc3339(e.Until)
+	case knock.KindReused:
+		detail = fmt.Sprintf("time step %d", e.TimeStep)
 	}
 	_, err := fmt.Fprintf(w, "%-20s  %-7s  %-15s  %-10s  %s\n", rfc3339(e.Time), e.Kind, e.Client, e.Sequence, detail)
 	return err

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -31,7 +32,7 @@ func TestReplayGolden(t *testing.T) {
 	for _, log := range logs {
 		name := strings.TrimSuffix(filepath.Base(log), ".log")
 		t.Run(name, func(t *testing.T) {
-			cfg := strings.TrimSuffix(log, ".log") + ".yaml"
+			cfg := withKeys(t, strings.TrimSuffix(log, ".log")+".yaml")
 			out, errOut, code := runCmd(t, "", "replay", "--json", "-c", cfg, log)
 			if code != 0 {
 				t.Fatalf("replay exit %d: %s", code, errOut)
@@ -43,4 +44,23 @@ func TestReplayGolden(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withKeys copies the configuration cfg and the key files beside it
+// (*.key) into a directory of the test's and returns the copy's path: git
+// keeps no file modes but the executable bit, and a key file must be 0600.
+func withKeys(t *testing.T, cfg string) string {
+	t.Helper()
+	dir := t.TempDir()
+	keys, _ := filepath.Glob(filepath.Join(filepath.Dir(cfg), "*.key"))
+	for _, f := range append(keys, cfg) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return filepath.Join(dir, filepath.Base(cfg))
 }

@@ -31,6 +31,7 @@ const (
 	keyFile     = "file"
 	keyErr      = "err"
 	keyStep     = "step"
+	keyTimeStep = "time_step"
 )
 
 func runFlags(fs *pflag.FlagSet) {
@@ -101,6 +102,10 @@ type daemon struct {
 	stats    trackerStats
 	admin    chan func()
 	now      func() time.Time
+	// used is the last used time step of each one-time sequence, as
+	// persisted; reusedWarned the reuses already warned about.
+	used         map[string]usedStep
+	reusedWarned map[reusedKey]bool
 }
 
 // trackerStats lets the web server read what the daemon's goroutine alone
@@ -122,7 +127,7 @@ func (s *trackerStats) Evicted() uint64 { return s.evicted.Load() }
 // the state directory is locked, the web listeners bound and the logs
 // opened first, and firewall.Open probes everything before its first change.
 func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, hup <-chan os.Signal, reload func() (*config.Config, error)) error {
-	d := &daemon{cfg: cfg, log: logger, admin: make(chan func()), now: time.Now}
+	d := &daemon{cfg: cfg, log: logger, admin: make(chan func()), now: time.Now, reusedWarned: map[reusedKey]bool{}}
 	d.shared.Store(cfg)
 	d.inputs.init(logger)
 	for _, w := range cfg.Warnings {
@@ -136,6 +141,10 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, hup <-c
 		return err
 	}
 	defer lock.Close()
+	if d.used, err = loadUsed(cfg.StateDir); err != nil {
+		return err
+	}
+	d.applyUsed(cfg)
 	lns, err := web.Bind(cfg.Web.Listen, cfg.Web.Socket)
 	if err != nil {
 		return err
@@ -208,6 +217,7 @@ func (d *daemon) setCore(cfg *config.Config) error {
 		return err
 	}
 	d.parser, d.tracker = parser, tracker
+	d.applyUsed(cfg)
 	return nil
 }
 
@@ -252,7 +262,16 @@ func (d *daemon) event(ctx context.Context, e *knock.Event) {
 		d.log.Debug(e.Kind.String(), attrs...)
 	case knock.KindLockout:
 		d.log.Warn("lockout", append(attrs, keyUntil, e.Until)...)
+	case knock.KindReused:
+		d.reused(e, attrs)
 	case knock.KindGrant:
+		if e.OneTime {
+			if err := d.markUsed(e); err != nil {
+				d.log.Error("grant refused: the one-time step it used could not be saved, and could open again after a restart",
+					append(attrs, keyUntil, e.Until, keyErr, err)...)
+				return
+			}
+		}
 		g := firewall.Grant{IP: e.Client, Sequence: e.Sequence, Knocked: e.Time, Until: e.Until, Ports: d.ports(e.Sequence)}
 		applied, err := d.fw.Grant(ctx, g)
 		if err == nil {

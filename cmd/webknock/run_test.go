@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -188,6 +189,14 @@ func startServe(t *testing.T) (cfgPath, log string, recs *logRecords) {
 	log = filepath.Join(dir, "access.log")
 	appendLines(t, log, "")
 	cfgPath = writeRunConfig(t, dir, log, "/k/open")
+	recs, _ = serveConfig(t, cfgPath)
+	return cfgPath, log, recs
+}
+
+// serveConfig runs the daemon in-process on the configuration file cfgPath
+// until the test ends or stop is called; it returns once it runs.
+func serveConfig(t *testing.T, cfgPath string) (recs *logRecords, stop func()) {
+	t.Helper()
 	cfg, err := config.Load(config.Options{Path: cfgPath})
 	if err != nil {
 		t.Fatal(err)
@@ -196,9 +205,11 @@ func startServe(t *testing.T) (cfgPath, log string, recs *logRecords) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- serve(ctx, cfg, logger, nil, nil) }()
-	t.Cleanup(func() { cancel(); <-done })
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
 	recs.wait(t, "webknock running")
-	return cfgPath, log, recs
+	return recs, stop
 }
 
 // TestServeClockAhead: a knock dated a day ahead of the host's clock gets a
