@@ -6,9 +6,11 @@ package knock
 
 import (
 	"crypto/hmac"
+	"crypto/pbkdf2"
 	"crypto/sha256"
 	"encoding/base32"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -32,6 +34,15 @@ const (
 	// tokenContext starts every HMAC message, so a key used elsewhere can
 	// never produce a webknock token by accident.
 	tokenContext = "webknock/v1"
+
+	// KDFName names DeriveKey on a key file's second line.
+	KDFName = "pbkdf2-sha256"
+	// KDFIterations is DeriveKey's PBKDF2 iteration count.
+	KDFIterations = 600000
+	// SaltBytes is the length of DeriveKey's salt.
+	SaltBytes = 16
+	// checkContext is the message of KeyCheck, apart from every token's.
+	checkContext = tokenContext + " check"
 )
 
 // ParseKey decodes a key file: the standard base64 of KeyBytes random bytes
@@ -55,6 +66,73 @@ func ParseKey(data []byte) ([]byte, error) {
 // EncodeKey returns the key file text of key: what ParseKey reads.
 func EncodeKey(key []byte) []byte {
 	return []byte(base64.StdEncoding.EncodeToString(key) + "\n")
+}
+
+// DeriveKey returns the key made from a passphrase:
+// PBKDF2-HMAC-SHA256(passphrase, salt, KDFIterations, KeyBytes). A browser
+// computes the same with WebCrypto, so the passphrase can stand in for the
+// key file.
+func DeriveKey(passphrase string, salt []byte) []byte {
+	key, err := pbkdf2.Key(sha256.New, passphrase, salt, KDFIterations, KeyBytes)
+	if err != nil {
+		// Only a FIPS 140-only mode refuses, and only salts shorter than ours.
+		panic("knock: pbkdf2: " + err.Error())
+	}
+	return key
+}
+
+// KeyCheck returns the hex of the first 2 bytes of
+// HMAC-SHA256(key, "webknock/v1 check"): enough to catch a mistyped
+// passphrase, too short to confirm a guessed one (1 wrong in 65536 passes).
+func KeyCheck(key []byte) string {
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(checkContext))
+	return hex.EncodeToString(mac.Sum(nil)[:2])
+}
+
+// KeyFile is a key file's content: the key and, if it was made from a
+// passphrase, the salt DeriveKey used.
+type KeyFile struct {
+	Key  []byte
+	Salt []byte // nil: random key
+}
+
+// ParseKeyFile decodes a key file as ParseKey does, and its optional second
+// line "pbkdf2-sha256 600000 SALT" (SALT the standard base64 of SaltBytes
+// bytes) that a key made from a passphrase carries. A second line of any
+// other kind is ignored, as ParseKey ignores it.
+func ParseKeyFile(data []byte) (KeyFile, error) {
+	key, err := ParseKey(data)
+	if err != nil {
+		return KeyFile{}, err
+	}
+	kf := KeyFile{Key: key}
+	lines := strings.SplitN(string(data), "\n", 3)
+	if len(lines) < 2 {
+		return kf, nil
+	}
+	f := strings.Fields(lines[1])
+	if len(f) == 0 || f[0] != KDFName {
+		return kf, nil
+	}
+	if len(f) != 3 || f[1] != strconv.Itoa(KDFIterations) {
+		return KeyFile{}, fmt.Errorf("second line: want %q, SALT the standard base64 of %d bytes", KDFName+" "+strconv.Itoa(KDFIterations)+" SALT", SaltBytes)
+	}
+	salt, err := base64.StdEncoding.Strict().DecodeString(f[2])
+	if err != nil || len(salt) != SaltBytes {
+		return KeyFile{}, fmt.Errorf("second line: bad salt: want the standard base64 of %d bytes", SaltBytes)
+	}
+	kf.Salt = salt
+	return kf, nil
+}
+
+// EncodeKeyFile returns the key file text of kf: what ParseKeyFile reads.
+func EncodeKeyFile(kf KeyFile) []byte {
+	b := EncodeKey(kf.Key)
+	if kf.Salt != nil {
+		b = fmt.Appendf(b, "%s %d %s\n", KDFName, KDFIterations, base64.StdEncoding.EncodeToString(kf.Salt))
+	}
+	return b
 }
 
 // TimeStep returns T for time at and period: floor(unix seconds / period).

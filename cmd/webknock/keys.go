@@ -15,11 +15,24 @@ import (
 // maxKeyFileBytes bounds a key file: one line of base64 and some slack.
 const maxKeyFileBytes = 4 << 10
 
-// readKeyFile reads a one-time key file. It must be a regular file (a link
-// to one is followed) owned by webknock's user or by root, that no other
-// user may read or write: whoever reads the key can knock, and whoever
-// writes it can choose it.
+// readKeyFile reads a one-time key file's key.
 func readKeyFile(path string) ([]byte, error) {
+	b, err := readKeyFileData(path)
+	if err != nil {
+		return nil, err
+	}
+	key, err := knock.ParseKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: %w", path, err)
+	}
+	return key, nil
+}
+
+// readKeyFileData reads a one-time key file. It must be a regular file (a
+// link to one is followed) owned by webknock's user or by root, that no
+// other user may read or write: whoever reads the key can knock, and
+// whoever writes it can choose it.
+func readKeyFileData(path string) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("key file: %w", err)
@@ -45,9 +58,5 @@ func readKeyFile(path string) ([]byte, error) {
 	if len(b) > maxKeyFileBytes {
 		return nil, fmt.Errorf("key file %s: longer than %d bytes", path, maxKeyFileBytes)
 	}
-	key, err := knock.ParseKey(b)
-	if err != nil {
-		return nil, fmt.Errorf("key file %s: %w", path, err)
-	}
-	return key, nil
+	return b, nil
 }

@@ -127,11 +127,31 @@ var commands = []*command{
 	},
 	{
 		name:    "init",
-		summary: "print random knock paths as a sequences: block; optionally write a token",
-		usage:   "webknock init [--name NAME] [--steps N] [--prefix /k/] [--ports 22/tcp] [--bytes 12] [--token FILE]",
-		example: "webknock init --name ssh --steps 3 --ports 22/tcp --token /etc/webknock/token",
-		flags:   initFlags,
-		run:     runInit,
+		summary: "print random knock paths, or a new one-time key's, as a sequences: block",
+		usage: "webknock init [--name NAME] [--steps N] [--prefix /k/] [--ports 22/tcp] [--bytes 12] [--token FILE]\n" +
+			"  webknock init --one-time [--totp] [--name NAME] [--key FILE] [--passphrase] [--period 1m] [--skew 1] ...",
+		example: "webknock init --name ssh --steps 3 --ports 22/tcp --token /etc/webknock/token\n" +
+			"  webknock init --one-time --name alice --key /etc/webknock/keys/alice.key",
+		flags: initFlags,
+		run:   runInit,
+	},
+	{
+		name:    "url",
+		summary: "print the URLs that knock now (or at a given time)",
+		usage:   "webknock url -c FILE [--sequence NAME] [--at TIME] [--base URL]",
+		example: "webknock url -c /etc/webknock/webknock.yaml --sequence alice --base https://www.example.com",
+		flags:   urlFlags,
+		run:     runURL,
+		config:  true,
+	},
+	{
+		name:    "helper",
+		summary: "write a web page that computes a one-time sequence's URLs and knocks",
+		usage:   "webknock helper -c FILE [--sequence NAME] --base URL [--passphrase] -o FILE.html",
+		example: "webknock helper -c /etc/webknock/webknock.yaml --sequence alice --base https://www.example.com -o alice.html",
+		flags:   helperFlags,
+		run:     runHelper,
+		config:  true,
 	},
 	{
 		name:    "version",
