@@ -1,34 +1,70 @@
 #!/usr/bin/env bash
 # Times `webknock replay` against `wc -l` on the same large log, side by side,
-# and reports webknock's peak memory. Usage: bench/replay.sh [LINES] [RUNS]
+# with testdata/example.yaml (2 sequences), with a generated configuration of
+# SEQUENCES static sequences (default 1000; the log holds their knocks too)
+# and with every further CONFIG named; prints the best CPU time (user+sys)
+# and the best wall time of RUNS runs as ratios to wc -l's, and webknock's
+# peak memory. WEBKNOCK=BINARY times that build instead of the tree's.
+# Usage: [SEQUENCES=N] [WEBKNOCK=BINARY] bench/replay.sh [LINES] [RUNS] [CONFIG...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lines=${1:-1000000}
 runs=${2:-5}
+shift $(($# < 2 ? $# : 2))
+seqs=${SEQUENCES:-1000}
 out=bench/out
 mkdir -p "$out"
-log=$out/access-$lines.log
-go build -o "$out/webknock" ./cmd/webknock
-[ -s "$log" ] || go run ./bench/genlog -lines "$lines" > "$log"
-cat "$log" > /dev/null # warm the page cache for both
-best() { # best wall time in seconds of $runs runs of "$@"
-  local b=999 s e t
-  for _ in $(seq "$runs"); do
-    s=$(date +%s.%N); "$@" > /dev/null 2>&1; e=$(date +%s.%N)
-    t=$(echo "$e - $s" | bc -l); b=$(echo "if ($t < $b) $t else $b" | bc -l)
-  done
-  printf '%.4f' "$b"
-}
-wc_t=$(best wc -l "$log")
-wk_t=$(best "$out/webknock" replay -c testdata/example.yaml "$log")
-all_t=$(best "$out/webknock" replay --parse-all -c testdata/example.yaml "$log")
+log=$out/access-$lines-s$seqs.log
+many=$out/sequences-$seqs.yaml
 command -v /usr/bin/time > /dev/null || { echo "bench/replay.sh needs GNU time (apt-get install time)" >&2; exit 1; }
-/usr/bin/time -o "$out/rss" -f '%M' "$out/webknock" replay -c testdata/example.yaml "$log" > /dev/null 2>&1
-rss=$(cat "$out/rss")
-summary=$("$out/webknock" replay -c testdata/example.yaml "$log" 2>&1 >/dev/null | tail -n1)
-printf 'log:                 %s (%s lines, %s MB)\n' "$log" "$lines" "$(( $(stat -c %s "$log") / 1000000 ))"
-printf 'wc -l:               %s s\n' "$wc_t"
-printf 'webknock replay:     %s s  (%.2fx wc -l)\n' "$wk_t" "$(echo "$wk_t / $wc_t" | bc -l)"
-printf 'replay --parse-all:  %s s  (%.2fx wc -l)\n' "$all_t" "$(echo "$all_t / $wc_t" | bc -l)"
-printf 'replay peak RSS:     %s KiB\n' "$rss"
-printf 'replay summary:      %s\n' "$summary"
+wk=${WEBKNOCK:-$out/webknock}
+[ -n "${WEBKNOCK:-}" ] || go build -o "$wk" ./cmd/webknock
+if [ ! -s "$log" ] || [ ! -s "$many" ]; then
+  go run ./bench/genlog -lines "$lines" -sequences "$seqs" -config "$many" > "$log"
+fi
+cat "$log" > /dev/null # warm the page cache for all
+
+# The commands: wc -l, replay with each configuration, replay parsing every
+# line, and replay of an empty log with each configuration (what starting
+# costs, mostly loading the configuration). They run in turn, RUNS times, so
+# that other load on the machine falls on all of them alike.
+configs=(testdata/example.yaml "$many" "$@")
+names=("wc -l") flags=("") cfgs=("") logs=("$log")
+for cfg in "${configs[@]}"; do
+  names+=("replay $(basename "$cfg")") flags+=("") cfgs+=("$cfg") logs+=("$log")
+done
+names+=("replay --parse-all example.yaml") flags+=(--parse-all) cfgs+=(testdata/example.yaml) logs+=("$log")
+for cfg in "${configs[@]}"; do
+  names+=("  start only: $(basename "$cfg")") flags+=("") cfgs+=("$cfg") logs+=(/dev/null)
+done
+ncmd=${#names[@]}
+run() {
+  if [ "$1" = 0 ]; then
+    wc -l "$log"
+  else
+    # shellcheck disable=SC2086 # an empty flag is no argument
+    "$wk" replay ${flags[$1]} -c "${cfgs[$1]}" "${logs[$1]}"
+  fi
+}
+declare -a cpu wall
+for _ in $(seq "$runs"); do
+  for ((i = 0; i < ncmd; i++)); do
+    # user, system and real seconds of one run (bash's time: milliseconds)
+    t=$( { TIMEFORMAT='%3U %3S %3R'; time run "$i" > /dev/null 2>&1; } 2>&1 )
+    read -r u s r <<< "$t"
+    cpu[i]=$(awk -v u="$u" -v s="$s" -v b="${cpu[i]:-999}" 'BEGIN { c = u + s; print (c < b ? c : b) }')
+    wall[i]=$(awk -v a="$r" -v b="${wall[i]:-999}" 'BEGIN { print (a < b ? a : b) }')
+  done
+done
+
+printf 'log:  %s (%s lines, %s MB), best of %s runs\n\n' "$log" "$lines" "$(( $(stat -c %s "$log") / 1000000 ))" "$runs"
+printf '%-40s %8s %8s %8s %8s\n' "" "CPU s" "x wc -l" "wall s" "x wc -l"
+for ((i = 0; i < ncmd; i++)); do
+  awk -v n="${names[$i]}" -v c="${cpu[i]}" -v w="${wall[i]}" -v c0="${cpu[0]}" -v w0="${wall[0]}" \
+    'BEGIN { printf "%-40s %8.3f %8.2f %8.3f %8.2f\n", n, c, c / (c0 > 0 ? c0 : 0.001), w, w / (w0 > 0 ? w0 : 0.001) }'
+done
+echo
+for cfg in "${configs[@]}"; do
+  /usr/bin/time -o "$out/rss" -f '%M' "$wk" replay -c "$cfg" "$log" > /dev/null 2> "$out/summary"
+  printf '%-24s peak RSS %s KiB; %s\n' "$(basename "$cfg")" "$(cat "$out/rss")" "$(tail -n 1 "$out/summary")"
+done

@@ -2,7 +2,10 @@ package weblog
 
 import (
 	"bytes"
+	"encoding/base64"
+	"math/rand/v2"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 )
@@ -86,16 +89,40 @@ func BenchmarkParseGonx(b *testing.B) {
 	}
 }
 
-// BenchmarkScanLines measures finding knock lines in a log where none knock.
+// BenchmarkScanLines measures finding knock lines in a real log where none
+// knock: with the paths of one sequence, with the 4,000 paths of a thousand
+// sequences made as webknock init makes them, and with a one-time prefix.
 func BenchmarkScanLines(b *testing.B) {
-	line := `83.149.9.216 - - [17/May/2015:10:05:03 +0000] "GET /presentations/logstash-monitorama-2013/images/kibana-search.png HTTP/1.1" 200 203023 "http://semicomplete.com/presentations/logstash-monitorama-2013/" "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_9_1) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/32.0.1700.77 Safari/537.36"` + "\n"
-	data := []byte(strings.Repeat(line, 20000))
-	needles := [][]byte{[]byte("/k/7f3a9c"), []byte("/k/91c2e0"), []byte("/k/00aa5d"), []byte("/k/open")}
-	b.SetBytes(int64(len(data)))
-	for b.Loop() {
-		if _, err := ScanLines(bytes.NewReader(data), needles, func(int64, []byte) error { return nil }); err != nil {
-			b.Fatal(err)
+	real, err := os.ReadFile("../testdata/corpus/elastic-apache_logs/apache_logs")
+	if err != nil {
+		b.Fatal(err)
+	}
+	data := bytes.Repeat(real, 4)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var many [][]byte
+	raw := make([]byte, 12)
+	for range 4000 {
+		for j := range raw {
+			raw[j] = byte(rng.Uint32())
 		}
+		many = append(many, []byte("/k/"+base64.RawURLEncoding.EncodeToString(raw)))
+	}
+	for _, bc := range []struct {
+		name    string
+		needles [][]byte
+	}{
+		{"needles=4", [][]byte{[]byte("/k/7f3a9c"), []byte("/k/91c2e0"), []byte("/k/00aa5d"), []byte("/k/open")}},
+		{"needles=4000", many},
+		{"prefix", [][]byte{[]byte("/k/")}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				if _, err := ScanLines(bytes.NewReader(data), bc.needles, func(int64, []byte) error { return nil }); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 

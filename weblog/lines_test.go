@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -54,6 +55,14 @@ func TestScanLines(t *testing.T) {
 		{name: "overlong last line without newline", input: "a\n" + huge,
 			want: []seenLine{{1, "a"}}, stats: ScanStats{Lines: 2, Examined: 1, Overlong: 1}},
 		{name: "empty input", input: "", stats: ScanStats{}},
+		{name: "empty needle", input: "a\nb", needles: []string{"x", ""}, want: []seenLine{{1, "a"}, {2, "b"}},
+			stats: ScanStats{Lines: 2, Examined: 2}},
+		{name: "needle with a newline", input: "a\nb\n/k/a", needles: []string{"a\nb", "/k/a"}, want: []seenLine{{3, "/k/a"}},
+			stats: ScanStats{Lines: 3, Examined: 1}},
+		{name: "only a needle with a newline", input: "a\nb\n", needles: []string{"a\nb"}, stats: ScanStats{Lines: 2}},
+		{name: "short and long needles", input: "GET /k/\nGET /k/abc\nGET /k\n/x/k/\nk/", needles: []string{"/k/abc", "/k/", "/k/a"},
+			want:  []seenLine{{1, "GET /k/"}, {2, "GET /k/abc"}, {4, "/x/k/"}},
+			stats: ScanStats{Lines: 5, Examined: 3}},
 	}
 	for _, tc := range tests {
 		for _, rd := range []struct {
@@ -91,32 +100,108 @@ func trim(ls []seenLine) []seenLine {
 
 // TestScanLinesNeedlesEqualFilter checks on random input, read in random
 // pieces, that the chunk search hands over exactly the lines a line-by-line
-// filter would.
+// filter would: with two needles, and with hundreds that share prefixes,
+// hold one another or are as short as "/k/".
 func TestScanLinesNeedlesEqualFilter(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	alphabet := []byte("ab/k\n")
-	for i := 0; i < 300; i++ {
+	for i := 0; i < 400; i++ {
 		n := rng.IntN(3 * chunkBytes / 2)
-		if i%50 != 0 {
+		if i%50 != 0 && i%100 != 25 {
 			n = rng.IntN(4000)
 		}
-		data := make([]byte, n)
-		for j := range data {
-			data[j] = alphabet[rng.IntN(len(alphabet))]
-		}
+		var data []byte
 		needles := [][]byte{[]byte("/k/a"), []byte("ba/")}
+		if i%2 == 0 {
+			alphabet := []byte("ab/k\n")
+			data = make([]byte, n)
+			for j := range data {
+				data[j] = alphabet[rng.IntN(len(alphabet))]
+			}
+		} else {
+			needles = randomNeedles(rng, 1+rng.IntN(600), i%4 == 3)
+			data = randomLog(rng, n, needles)
+		}
 		all, stAll := scanAll(t, bytes.NewReader(data), nil)
 		var want []seenLine
 		for _, l := range all {
-			if containsAny([]byte(l.text), needles) {
+			if naiveHolds([]byte(l.text), needles) {
 				want = append(want, l)
 			}
 		}
 		got, st := scanAll(t, iotest.HalfReader(bytes.NewReader(data)), needles)
 		if fmt.Sprint(got) != fmt.Sprint(want) || st.Lines != stAll.Lines {
-			t.Fatalf("input %d: needles gave %d lines (%d total), filter gave %d (%d total)", i, len(got), st.Lines, len(want), stAll.Lines)
+			t.Fatalf("input %d (%d needles): needles gave %d lines (%d total), filter gave %d (%d total)",
+				i, len(needles), len(got), st.Lines, len(want), stAll.Lines)
 		}
 	}
+}
+
+// randomNeedles makes n knock-path-like needles over a small alphabet, so
+// that they share prefixes; some are repeats, prefixes or extensions of
+// others; with short, "/k/" (which holds most of the others) and needles of
+// two bytes join them.
+func randomNeedles(rng *rand.Rand, n int, short bool) [][]byte {
+	const alphabet = "abkAB01-_"
+	var nds [][]byte
+	for len(nds) < n {
+		var nd []byte
+		switch r := rng.IntN(20); {
+		case r < 3 && len(nds) > 0: // a prefix, an extension or a repeat of another
+			nd = slices.Clone(nds[rng.IntN(len(nds))])
+			switch rng.IntN(3) {
+			case 0:
+				nd = nd[:min(len(nd), 4+rng.IntN(len(nd)))]
+			case 1:
+				nd = append(nd, alphabet[rng.IntN(len(alphabet))])
+			}
+		case r == 3:
+			nd = []byte("/k/a\nb") // no line holds it
+		default:
+			nd = []byte([]string{"/k/", "/k/", "/k/", "/x/", "/"}[rng.IntN(5)])
+			for range 3 + rng.IntN(14) {
+				nd = append(nd, alphabet[rng.IntN(len(alphabet))])
+			}
+		}
+		nds = append(nds, nd)
+	}
+	if short {
+		nds = append(nds, []byte("/k/"), []byte("kB"), []byte("-_"))
+	}
+	return nds
+}
+
+// randomLog makes about n bytes of lines of random bytes, needles and near
+// misses of needles.
+func randomLog(rng *rand.Rand, n int, needles [][]byte) []byte {
+	const alphabet = "abkAB01-_/ x"
+	var b []byte
+	for len(b) < n {
+		switch r := rng.IntN(20); {
+		case r < 6:
+			b = append(b, alphabet[rng.IntN(len(alphabet))])
+		case r < 10:
+			b = append(b, '\n')
+		case r < 12:
+			b = append(b, needles[rng.IntN(len(needles))]...)
+		case r < 17: // a needle with one byte changed
+			nd := slices.Clone(needles[rng.IntN(len(needles))])
+			nd[rng.IntN(len(nd))] = alphabet[rng.IntN(len(alphabet))]
+			b = append(b, nd...)
+		default: // a needle cut short
+			nd := needles[rng.IntN(len(needles))]
+			b = append(b, nd[:rng.IntN(len(nd))]...)
+		}
+	}
+	return b
+}
+
+func naiveHolds(line []byte, needles [][]byte) bool {
+	for _, nd := range needles {
+		if bytes.Contains(line, nd) {
+			return true
+		}
+	}
+	return false
 }
 
 func TestScanLinesStopsOnCallbackError(t *testing.T) {
@@ -125,4 +210,45 @@ func TestScanLinesStopsOnCallbackError(t *testing.T) {
 	if err != stop {
 		t.Errorf("ScanLines error = %v, want %v", err, stop)
 	}
+}
+
+// FuzzScanLines checks the chunk search against a line-by-line filter on
+// arbitrary input. The needles are list split at '|' and pieces of data
+// that picks points at (start, length byte pairs), so that some occur.
+func FuzzScanLines(f *testing.F) {
+	f.Add([]byte("GET /k/a\nGET /x\nGET /k/b?1\n/k/a /k/b\n"), "/k/a|/k/b", []byte{})
+	f.Add([]byte("a/k/\nb\n/k/abc\n/k/ab"), "/k/|/k/abc|/k/ab", []byte{2, 3, 9, 1})
+	f.Add([]byte("x\ny /k/Lm82aa z\n/k/7f3a9c"), "/k/7f3a9c|/k/Lm82aa|/k/open|a\nb", []byte{0, 2})
+	f.Fuzz(func(t *testing.T, data []byte, list string, picks []byte) {
+		var needles [][]byte
+		for _, s := range strings.Split(list, "|") {
+			if s != "" {
+				needles = append(needles, []byte(s))
+			}
+		}
+		for i := 0; i+1 < len(picks) && len(data) > 0; i += 2 {
+			st := int(picks[i]) % len(data)
+			needles = append(needles, data[st:min(len(data), st+1+int(picks[i+1])%24)])
+		}
+		if needles == nil {
+			return
+		}
+		var want []seenLine
+		var no int64
+		for rest := data; len(rest) > 0; {
+			line := rest
+			rest = nil
+			if i := bytes.IndexByte(line, '\n'); i >= 0 {
+				line, rest = line[:i], line[i+1:]
+			}
+			no++
+			if len(line) <= MaxLineBytes && naiveHolds(line, needles) {
+				want = append(want, seenLine{no, string(line)})
+			}
+		}
+		got, st := scanAll(t, iotest.HalfReader(bytes.NewReader(data)), needles)
+		if fmt.Sprint(got) != fmt.Sprint(want) || st.Lines != no {
+			t.Fatalf("ScanLines(%q, %q) = %v in %d lines, want %v in %d", data, needles, got, st.Lines, want, no)
+		}
+	})
 }

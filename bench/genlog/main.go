@@ -1,10 +1,13 @@
 // Command genlog writes a large combined access log for the replay
 // benchmark: real lines of the public corpus with fresh times and clients,
-// and, rarely, the knocks of testdata/example.yaml.
+// and, rarely, the knocks of testdata/example.yaml. With -sequences it also
+// writes a configuration of that many random sequences and mixes in their
+// knocks.
 package main
 
 import (
 	"bufio"
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -15,7 +18,10 @@ import (
 
 func main() {
 	lines := flag.Int("lines", 1000000, "lines to write")
-	knocks := flag.Int("knocks", 20, "complete knocks to mix in")
+	knocks := flag.Int("knocks", 20, "complete knocks of testdata/example.yaml's ssh sequence to mix in")
+	sequences := flag.Int("sequences", 0, "also make this many static sequences of random paths (3 steps and a knock page, like webknock init's), write them to -config and mix in their knocks")
+	configFile := flag.String("config", "", "with -sequences: the configuration `FILE` to write")
+	seqKnocks := flag.Int("sequence-knocks", 500, "with -sequences: knocks of random sequences to mix in; every fifth stops after two steps")
 	corpus := flag.String("corpus", "testdata/corpus/elastic-apache_logs/apache_logs", "combined log whose lines are reused")
 	flood := flag.Bool("flood", false, "instead: every line a first step from a new IPv6 address, with one genuine knock in the middle")
 	now := flag.Bool("now", false, "with -flood: times end now (for a live daemon) rather than on a fixed day")
@@ -28,7 +34,18 @@ func main() {
 		}
 		err = generateFlood(*lines, start)
 	} else {
-		err = generate(*lines, *knocks, *corpus)
+		var seqs [][]string
+		if *sequences > 0 {
+			if *configFile == "" {
+				fmt.Fprintln(os.Stderr, "genlog: -sequences needs -config FILE")
+				os.Exit(2)
+			}
+			seqs = randomSequences(*sequences)
+			err = writeConfig(*configFile, seqs)
+		}
+		if err == nil {
+			err = generate(*lines, *knocks, *corpus, seqs, *seqKnocks)
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "genlog:", err)
@@ -36,7 +53,41 @@ func main() {
 	}
 }
 
-func generate(n, knocks int, corpus string) error {
+// randomSequences makes n sequences of four paths each (the last is the
+// knock page), the same on every run.
+func randomSequences(n int) [][]string {
+	rng := rand.New(rand.NewPCG(3, 4))
+	seen := map[string]bool{}
+	buf := make([]byte, 12) // webknock init's default: 16 characters
+	seqs := make([][]string, n)
+	for i := range seqs {
+		for len(seqs[i]) < 4 {
+			for j := range buf {
+				buf[j] = byte(rng.Uint32())
+			}
+			if p := "/k/" + base64.RawURLEncoding.EncodeToString(buf); !seen[p] {
+				seen[p] = true
+				seqs[i] = append(seqs[i], p)
+			}
+		}
+	}
+	return seqs
+}
+
+// writeConfig writes seqs as a configuration shaped like testdata/example.yaml.
+func writeConfig(name string, seqs [][]string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by bench/genlog: %d static sequences of random paths.\n", len(seqs))
+	b.WriteString("log:\n  paths: [/var/log/nginx/access.log]\n  format: combined\nstate_dir: /var/lib/webknock\nfirewall:\n  backend: dry-run\nsequences:\n")
+	for i, s := range seqs {
+		fmt.Fprintf(&b, "  - name: s%04d\n    steps: [%s]\n    knock_page: %s\n    timeout: 30s\n    window: 10m\n    ports: [22/tcp]\n",
+			i+1, strings.Join(s[:3], ", "), s[3])
+	}
+	b.WriteString("web:\n  listen: \"\"\n")
+	return os.WriteFile(name, []byte(b.String()), 0o644)
+}
+
+func generate(n, knocks int, corpus string, seqs [][]string, seqKnocks int) error {
 	data, err := os.ReadFile(corpus)
 	if err != nil {
 		return err
@@ -45,7 +96,7 @@ func generate(n, knocks int, corpus string) error {
 	for _, l := range strings.Split(string(data), "\n") {
 		// Lines of at most 200 bytes make a log of about 180 bytes a line.
 		if i := strings.Index(l, "] \""); i > 0 && strings.Count(l, "\"") == 6 && len(l) <= 200 {
-			tails = append(tails, l[i+1:])
+			tails = append(tails, l[i:])
 		}
 	}
 	if len(tails) == 0 {
@@ -56,16 +107,34 @@ func generate(n, knocks int, corpus string) error {
 	start := time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)
 	steps := []string{"/k/7f3a9c", "/k/91c2e0", "/k/00aa5d", "/k/open"}
 	every := n / max(knocks, 1)
-	var pending []string // knock paths still to write, one per line
-	var knocker string
+	everySeq := n / max(seqKnocks, 1)
+	if len(seqs) == 0 {
+		seqKnocks = 0
+	}
+	type knockLine struct{ client, path string }
+	var pending []knockLine // knock lines still to write, in order
+	seqKnock := 0
 	for i := 0; i < n; i++ {
 		ts := start.Add(time.Duration(i) * 86400 * time.Second / time.Duration(n)).Format("02/Jan/2006:15:04:05 -0700")
-		if knocks > 0 && i%every == every/2 && len(pending) == 0 {
-			pending = append(pending[:0], steps...)
-			knocker = fmt.Sprintf("203.0.113.%d", rng.IntN(250)+1)
+		if knocks > 0 && i%every == every/2 {
+			knocker := fmt.Sprintf("203.0.113.%d", rng.IntN(250)+1)
+			for _, p := range steps {
+				pending = append(pending, knockLine{knocker, p})
+			}
+		}
+		if seqKnocks > 0 && i%everySeq == everySeq/3 {
+			seqKnock++
+			knocker := fmt.Sprintf("198.51.100.%d", rng.IntN(250)+1)
+			paths := seqs[rng.IntN(len(seqs))]
+			if seqKnock%5 == 0 {
+				paths = paths[:2]
+			}
+			for _, p := range paths {
+				pending = append(pending, knockLine{knocker, p})
+			}
 		}
 		if len(pending) > 0 {
-			fmt.Fprintf(w, "%s - - [%s] \"GET %s HTTP/1.1\" 404 153 \"-\" \"Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0\"\n", knocker, ts, pending[0])
+			fmt.Fprintf(w, "%s - - [%s] \"GET %s HTTP/1.1\" 404 153 \"-\" \"Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0\"\n", pending[0].client, ts, pending[0].path)
 			pending = pending[1:]
 			continue
 		}

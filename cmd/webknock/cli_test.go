@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -130,19 +131,97 @@ func TestFastPathEqualsParseAll(t *testing.T) {
 		}
 		b.WriteByte('\n')
 	}
-	log := filepath.Join(t.TempDir(), "access.log")
-	if err := os.WriteFile(log, b.Bytes(), 0o644); err != nil {
+	replayBothWays(t, "../../testdata/example.yaml", b.Bytes(), 5)
+}
+
+// TestFastPathEqualsParseAllManySequences does the same with a thousand
+// sequences of random paths made as webknock init makes them (4,000 paths to
+// look for): whole knocks, partial and misordered ones, variants of the
+// paths and real lines.
+func TestFastPathEqualsParseAllManySequences(t *testing.T) {
+	corpus, err := os.ReadFile("../../testdata/corpus/elastic-apache_logs/apache_logs")
+	if err != nil {
 		t.Fatal(err)
 	}
-	fast, errFast, code1 := runCmd(t, "", "replay", "--json", "-c", "../../testdata/example.yaml", log)
-	all, errAll, code2 := runCmd(t, "", "replay", "--json", "--parse-all", "-c", "../../testdata/example.yaml", log)
+	real := strings.Split(strings.TrimSpace(string(corpus)), "\n")
+	rng := rand.New(rand.NewPCG(5, 8))
+	seqs := make([][]string, 1000)
+	raw := make([]byte, 12)
+	var cfg strings.Builder
+	cfg.WriteString("log:\n  paths: [/var/log/nginx/access.log]\n  format: combined\nstate_dir: /var/lib/webknock\nfirewall:\n  backend: dry-run\nsequences:\n")
+	for i := range seqs {
+		for range 4 {
+			for j := range raw {
+				raw[j] = byte(rng.Uint32())
+			}
+			seqs[i] = append(seqs[i], "/k/"+base64.RawURLEncoding.EncodeToString(raw))
+		}
+		fmt.Fprintf(&cfg, "  - name: s%04d\n    steps: [%s]\n    knock_page: %s\n    timeout: 30s\n    window: 10m\n    ports: [22/tcp]\n",
+			i, strings.Join(seqs[i][:3], ", "), seqs[i][3])
+	}
+	cfg.WriteString("web:\n  listen: \"\"\n")
+	cfgFile := filepath.Join(t.TempDir(), "many.yaml")
+	if err := os.WriteFile(cfgFile, []byte(cfg.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	variants := []func(p string) string{
+		func(p string) string { return p + "?r=1" },
+		func(p string) string { return p + "/" },
+		func(p string) string { return "/x" + p },
+		func(p string) string { return strings.ToUpper(p) },
+		func(p string) string { return p[:len(p)-1] },
+		func(p string) string { return p[:len(p)-1] + "~" },
+		func(p string) string { return "/k/" },
+	}
+	var b bytes.Buffer
+	for i := 0; i < 60000; i++ {
+		sec := i / 20
+		ts := fmt.Sprintf("22/Nov/2026:%02d:%02d:%02d +0000", 10+sec/3600, sec/60%60, sec%60)
+		ip := fmt.Sprintf("198.51.100.%d", rng.IntN(200)+1)
+		seq := seqs[rng.IntN(len(seqs))]
+		var paths []string
+		methods := []string{"GET", "GET", "GET", "HEAD", "POST"}
+		switch r := rng.IntN(10); {
+		case r < 6:
+			line := real[rng.IntN(len(real))]
+			if j := strings.Index(line, "["); j > 0 && len(line) > j+28 {
+				line = line[:j+1] + ts + line[j+27:]
+			}
+			b.WriteString(line + "\n")
+			continue
+		case r < 8: // a whole knock
+			paths, methods = seq, methods[:1]
+		case r == 8: // some steps, in any order
+			paths = append([]string(nil), seq[:rng.IntN(4)]...)
+			rng.Shuffle(len(paths), func(i, j int) { paths[i], paths[j] = paths[j], paths[i] })
+		default:
+			paths = []string{variants[rng.IntN(len(variants))](seq[rng.IntN(4)])}
+		}
+		for _, p := range paths {
+			method := methods[rng.IntN(len(methods))]
+			fmt.Fprintf(&b, `%s - - [%s] "%s %s HTTP/1.1" 404 0 "-" "ua %s"`+"\n", ip, ts, method, p, seqs[rng.IntN(len(seqs))][0])
+		}
+	}
+	replayBothWays(t, cfgFile, b.Bytes(), 5000)
+}
+
+// replayBothWays replays log with cfg on the fast path and parsing every
+// line: the events must be identical, with at least minGrants grants.
+func replayBothWays(t *testing.T, cfg string, data []byte, minGrants int) {
+	t.Helper()
+	log := filepath.Join(t.TempDir(), "access.log")
+	if err := os.WriteFile(log, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fast, errFast, code1 := runCmd(t, "", "replay", "--json", "-c", cfg, log)
+	all, errAll, code2 := runCmd(t, "", "replay", "--json", "--parse-all", "-c", cfg, log)
 	if code1 != 0 || code2 != 0 {
 		t.Fatalf("exit %d %d: %s %s", code1, code2, errFast, errAll)
 	}
 	if fast != all {
 		t.Fatalf("the events differ:\nfast path: %d bytes\nparse-all: %d bytes", len(fast), len(all))
 	}
-	if n := strings.Count(fast, `"grant"`); n < 5 {
+	if n := strings.Count(fast, `"grant"`); n < minGrants {
 		t.Fatalf("only %d grants: the log does not exercise the knock paths", n)
 	}
 	t.Logf("%d event bytes, %d grants; %s", len(fast), strings.Count(fast, `"grant"`), strings.TrimSpace(errFast))
