@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/knadh/koanf/parsers/yaml"
 	"github.com/knadh/koanf/providers/env/v2"
 	"github.com/knadh/koanf/providers/file"
 	"github.com/knadh/koanf/providers/posflag"
@@ -87,7 +86,7 @@ func Load(o Options) (*Config, error) {
 
 	// ko holds the layers merged so far, so posflag can see what is set.
 	ko := koanf.New(".")
-	l.loadFile(ko)
+	l.loadFile()
 	l.loadEnv(ko, o.Environ)
 	if o.Flags != nil {
 		l.loadFlags(ko, o.Flags)
@@ -151,16 +150,7 @@ func (l *loader) failf(a loc, format string, args ...any) {
 	l.failed[a.p.String()] = true
 }
 
-// bytesProvider hands koanf the bytes already read, so the file is read once
-// for both the values and their line numbers.
-type bytesProvider []byte
-
-func (b bytesProvider) ReadBytes() ([]byte, error) { return b, nil }
-func (b bytesProvider) Read() (map[string]any, error) {
-	return nil, errors.New("bytes provider needs a parser")
-}
-
-func (l *loader) loadFile(ko *koanf.Koanf) {
+func (l *loader) loadFile() {
 	whole := loc{src: l.file}
 	l.broken = true
 	b, err := file.Provider(l.file.name).ReadBytes()
@@ -186,14 +176,17 @@ func (l *loader) loadFile(ko *koanf.Koanf) {
 			return
 		}
 	}
-	fk := koanf.New(".")
-	if err := fk.Load(bytesProvider(b), yaml.Parser()); err != nil {
+	// The values come from the node tree already parsed: parsing the bytes
+	// again, or copying the result into koanf, would triple the cost of a
+	// file with thousands of sequences. The environment and flags, which
+	// set only some keys of the sections, decode over these values.
+	var root map[string]any
+	if err := doc.Decode(&root); err != nil {
 		l.yamlProblems(err)
 		return
 	}
 	l.broken = false
-	l.decodeRoot(loc{src: l.file}, fk.Raw())
-	_ = ko.Merge(fk)
+	l.decodeRoot(loc{src: l.file}, root)
 }
 
 var yamlLine = regexp.MustCompile(`^line (\d+): (.*)$`)
