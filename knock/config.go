@@ -3,6 +3,7 @@ package knock
 import (
 	"errors"
 	"fmt"
+	"hash"
 	"hash/maphash"
 	"maps"
 	"math"
@@ -227,6 +228,7 @@ func New(cfg Config) (*Tracker, error) {
 	}
 	t.used = make([]int64, len(t.seqs))
 	t.cache = make([][]derivedStep, len(t.seqs))
+	t.macs = make([]hash.Hash, len(t.seqs))
 	t.derived = make(map[uint64][]pathRef)
 	for i, s := range t.seqs {
 		t.used[i] = noStep
@@ -241,12 +243,7 @@ func New(cfg Config) (*Tracker, error) {
 				bad("%s: path %q has the shape of a one-time path of sequence %q", owner[p], p, s.Name)
 			}
 		}
-		g := slices.IndexFunc(t.prefixes, func(g prefixGroup) bool { return g.prefix == ot.Prefix })
-		if g < 0 {
-			g = len(t.prefixes)
-			t.prefixes = append(t.prefixes, prefixGroup{prefix: ot.Prefix})
-		}
-		t.prefixes[g].seqs = append(t.prefixes[g].seqs, int32(i))
+		t.prefixes.add(ot.Prefix, int32(i))
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("knock config: %w", errors.Join(errs...))

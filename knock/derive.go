@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"strconv"
 	"strings"
 	"time"
@@ -152,18 +153,28 @@ func TimeStep(at time.Time, period time.Duration) int64 {
 //	first 22 chars of base64url-without-padding(
 //	  HMAC-SHA256(key, "webknock/v1" 0x00 name 0x00 decimal(i) 0x00 decimal(t)))
 func Token(key []byte, name string, i int, t int64) string {
-	mac := hmac.New(sha256.New, key)
-	msg := make([]byte, 0, len(tokenContext)+len(name)+24)
-	msg = append(msg, tokenContext...)
+	return tokenWith(newTokenMAC(key), name, i, t)
+}
+
+// newTokenMAC returns the HMAC of key that tokenWith uses: keyed once, it
+// derives every token of its sequence.
+func newTokenMAC(key []byte) hash.Hash { return hmac.New(sha256.New, key) }
+
+// tokenWith is Token with mac, HMAC-SHA256 of the key, reset and reused.
+func tokenWith(mac hash.Hash, name string, i int, t int64) string {
+	var buf [128]byte
+	msg := append(buf[:0], tokenContext...)
 	msg = append(msg, 0)
 	msg = append(msg, name...)
 	msg = append(msg, 0)
 	msg = strconv.AppendInt(msg, int64(i), 10)
 	msg = append(msg, 0)
 	msg = strconv.AppendInt(msg, t, 10)
+	mac.Reset()
 	mac.Write(msg)
+	var sum [sha256.Size]byte
 	var enc [43]byte
-	base64.RawURLEncoding.Encode(enc[:], mac.Sum(nil))
+	base64.RawURLEncoding.Encode(enc[:], mac.Sum(sum[:0]))
 	return string(enc[:TokenLen])
 }
 

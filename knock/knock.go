@@ -32,6 +32,7 @@
 package knock
 
 import (
+	"hash"
 	"hash/maphash"
 	"net/netip"
 	"slices"
@@ -113,9 +114,10 @@ type Tracker struct {
 	// One-time paths: the sequences by prefix, the derived paths of the
 	// cached time steps (by keyed hash) and, by sequence, which steps are
 	// cached and the last used one (noStep if none).
-	prefixes     []prefixGroup
+	prefixes     prefixIndex
 	derived      map[uint64][]pathRef
 	cache        [][]derivedStep
+	macs         []hash.Hash // hmac mode: HMAC-SHA256 keyed once, reused
 	used         []int64
 	refs         []pathRef // lookup's result, reused
 	seed         maphash.Seed

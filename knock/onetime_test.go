@@ -256,3 +256,37 @@ func TestOneTimeCacheOutOfOrder(t *testing.T) {
 		t.Errorf("%d derived paths cached, want at most %d", n, (2*1+1+2)*3+2)
 	}
 }
+
+// TestOneTimePrefixes: sequences under prefixes of several lengths, one
+// inside another, each find their own paths and only theirs.
+func TestOneTimePrefixes(t *testing.T) {
+	cfg := otConfig()
+	for _, p := range []struct{ name, prefix string }{{"carol", "/o/c/"}, {"dave", "/x/abc/"}} {
+		s := cfg.Sequences[0]
+		s.Name = p.name
+		ot := *s.OneTime
+		ot.Prefix = p.prefix
+		s.OneTime = &ot
+		cfg.Sequences = append(cfg.Sequences, s)
+	}
+	tr := mustNew(t, cfg)
+	path := func(name, prefix string, i int) string { return prefix + knock.Token(kaKey(), name, i, minute0) }
+	for _, seq := range []struct{ name, prefix string }{{"carol", "/o/c/"}, {"alice", "/o/"}, {"dave", "/x/abc/"}} {
+		var got []knock.Event
+		for i := 1; i <= 3; i++ {
+			got = tr.Apply(get(c1, time.Duration(i)*s, path(seq.name, seq.prefix, i), 404), got)
+		}
+		if len(got) != 3 || got[2].Kind != knock.KindGrant || got[2].Sequence != seq.name {
+			t.Errorf("%s's knock: %s", seq.name, formatAll(got))
+		}
+	}
+	// A path of carol's under alice's prefix, or of dave's under carol's, is none.
+	for _, p := range []string{path("carol", "/o/", 1), path("dave", "/o/c/", 1), "/x/ab" + knock.Token(kaKey(), "dave", 1, minute0)} {
+		if got := tr.Apply(get(c2, 10*s, p, 404), nil); len(got) != 0 {
+			t.Errorf("%s: %s, want nothing", p, formatAll(got))
+		}
+	}
+	if got, want := strings.Join(tr.Needles(), " "), "/t/b1 /t/b2 /o/ /t/ /o/c/ /x/abc/"; got != want {
+		t.Errorf("Needles() = %q, want %q", got, want)
+	}
+}

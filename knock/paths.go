@@ -33,6 +33,44 @@ type prefixGroup struct {
 	seqs   []int32
 }
 
+// prefixIndex finds the one-time prefixes a path starts with in a lookup
+// per distinct prefix length, so a site with a sequence (and a prefix) per
+// user pays for its users only when a path is one of theirs.
+type prefixIndex struct {
+	groups []prefixGroup  // in the order of the configuration
+	byText map[string]int // prefix -> index in groups
+	lens   []int          // the distinct lengths of the prefixes, ascending
+}
+
+// add files sequence si under prefix.
+func (x *prefixIndex) add(prefix string, si int32) {
+	if x.byText == nil {
+		x.byText = map[string]int{}
+	}
+	g, ok := x.byText[prefix]
+	if !ok {
+		g = len(x.groups)
+		x.byText[prefix] = g
+		x.groups = append(x.groups, prefixGroup{prefix: prefix})
+		if i, found := slices.BinarySearch(x.lens, len(prefix)); !found {
+			x.lens = slices.Insert(x.lens, i, len(prefix))
+		}
+	}
+	x.groups[g].seqs = append(x.groups[g].seqs, si)
+}
+
+// matching calls fn for each group whose prefix path starts with.
+func (x *prefixIndex) matching(path string, fn func(g *prefixGroup)) {
+	for _, l := range x.lens {
+		if l >= len(path) {
+			return
+		}
+		if g, ok := x.byText[path[:l]]; ok {
+			fn(&x.groups[g])
+		}
+	}
+}
+
 // derivedStep is the paths of one time step of a one-time sequence.
 type derivedStep struct {
 	t     int64
@@ -55,7 +93,7 @@ func (t *Tracker) Needles() []string {
 			out = append(out, s.KnockPage)
 		}
 	}
-	for _, g := range t.prefixes {
+	for _, g := range t.prefixes.groups {
 		out = append(out, g.prefix)
 	}
 	return out
@@ -70,12 +108,9 @@ func (t *Tracker) MayKnock(path string) bool {
 			return true
 		}
 	}
-	for _, g := range t.prefixes {
-		if t.shaped(g, path) {
-			return true
-		}
-	}
-	return false
+	found := false
+	t.prefixes.matching(path, func(g *prefixGroup) { found = found || t.shaped(g, path) })
+	return found
 }
 
 // LooksOneTime reports whether path has the shape of a one-time path of a
@@ -98,7 +133,7 @@ func LooksOneTime(path, prefix string, mode Mode) bool {
 const base64URLChars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 // shaped reports whether path may be a one-time path of a sequence of g.
-func (t *Tracker) shaped(g prefixGroup, path string) bool {
+func (t *Tracker) shaped(g *prefixGroup, path string) bool {
 	for _, si := range g.seqs {
 		if LooksOneTime(path, g.prefix, t.seqs[si].OneTime.Mode) {
 			return true
@@ -125,9 +160,9 @@ func (t *Tracker) lookup(path string, at time.Time) []pathRef {
 		}
 	}
 	derived := false
-	for _, g := range t.prefixes {
+	t.prefixes.matching(path, func(g *prefixGroup) {
 		if !t.shaped(g, path) {
-			continue
+			return
 		}
 		for _, si := range g.seqs {
 			if lo, hi, ok := t.window(si, at); ok {
@@ -137,7 +172,7 @@ func (t *Tracker) lookup(path string, at time.Time) []pathRef {
 			}
 		}
 		derived = true
-	}
+	})
 	if derived {
 		for _, ref := range t.derived[h] {
 			lo, hi, ok := t.window(ref.seq, at)
@@ -189,9 +224,12 @@ func (t *Tracker) deriveStep(si int32, ts, now int64) {
 	if ot.Mode == ModeTOTP {
 		ds.paths = []string{ot.Prefix + Code(ot.Key, ts)}
 	} else {
+		if t.macs[si] == nil {
+			t.macs[si] = newTokenMAC(ot.Key)
+		}
 		ds.paths = make([]string, ot.Steps+1)
 		for i := range ds.paths {
-			ds.paths[i] = ot.Prefix + Token(ot.Key, s.Name, i+1, ts)
+			ds.paths[i] = ot.Prefix + tokenWith(t.macs[si], s.Name, i+1, ts)
 		}
 	}
 	for i, p := range ds.paths {
