@@ -25,6 +25,9 @@ const (
 	initMaxSteps   = 32
 	initMaxPathLen = 200 // config's limit on a step or knock page
 	tokenBytes     = 32
+	// oneTimePrefixBytes is the randomness of a one-time sequence's own
+	// prefix: enough that sequences made apart do not share one.
+	oneTimePrefixBytes = 6
 )
 
 // initNameRe is config's rule for sequence names (they go into rule comments).
@@ -98,7 +101,12 @@ func runInit(_ context.Context, env *environment, fs *pflag.FlagSet, args []stri
 		}
 		ports[i] = norm
 	}
-	ot, err := newInitOneTime(env, fs, name, prefix)
+	// Each one-time sequence gets a prefix of its own under --prefix: a
+	// one-time path is then looked up only in its own sequence, so a site
+	// with a sequence per user does not derive every user's paths for
+	// every knock.
+	otPrefix := randomKnockPaths(prefix, 1, oneTimePrefixBytes)[0] + "/"
+	ot, err := newInitOneTime(env, fs, name, otPrefix)
 	if err != nil {
 		return err
 	}
@@ -117,7 +125,7 @@ func runInit(_ context.Context, env *environment, fs *pflag.FlagSet, args []stri
 		if err := ot.writeKey(); err != nil {
 			return err
 		}
-		block := ot.block(name, prefix, steps, randomKnockPaths(prefix, steps, nbytes), ports)
+		block := ot.block(name, prefix, otPrefix, steps, randomKnockPaths(prefix, steps, nbytes), ports)
 		if _, err := fmt.Fprint(env.stdout, block); err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/base32"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -66,9 +67,11 @@ func TestInitOneTime(t *testing.T) {
 			if tc.mode == config.ModeHMAC {
 				steps = ot.Steps
 			}
-			if s.Name != "seq" || ot.KeyFile != keyFile || ot.Mode != tc.mode || steps != tc.steps || ot.Prefix != tc.prefix ||
+			// Each sequence has a random prefix of its own under --prefix.
+			ownPrefix := regexp.MustCompile("^" + regexp.QuoteMeta(tc.prefix) + "[A-Za-z0-9_-]{8}/$")
+			if s.Name != "seq" || ot.KeyFile != keyFile || ot.Mode != tc.mode || steps != tc.steps || !ownPrefix.MatchString(ot.Prefix) ||
 				ot.Period != tc.period || ot.Skew != tc.skew {
-				t.Errorf("init %q = %s %+v, %d steps; want key file %s, mode %s, %d steps, prefix %s, period %v, skew %d\n%s",
+				t.Errorf("init %q = %s %+v, %d steps; want key file %s, mode %s, %d steps, prefix %sXXXXXXXX/, period %v, skew %d\n%s",
 					args, s.Name, *ot, steps, keyFile, tc.mode, tc.steps, tc.prefix, tc.period, tc.skew, out)
 			}
 			if ks, err := knockSequence(&s); err != nil || !bytes.Equal(ks.OneTime.Key, key) {
