@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Times `webknock replay` against `wc -l` on the same large log, side by side,
 # with testdata/example.yaml (2 sequences), with a generated configuration of
-# SEQUENCES static sequences (default 1000; the log holds their knocks too)
-# and with every further CONFIG named; prints the best CPU time (user+sys)
+# SEQUENCES static sequences (default 1000; the log holds their knocks too),
+# with a generated configuration of ONETIME one-time sequences (default
+# 1000, on a log of the same size holding their knocks) and with every
+# further CONFIG named; prints the best CPU time (user+sys)
 # and the best wall time of RUNS runs as ratios to wc -l's, and webknock's
 # peak memory. WEBKNOCK=BINARY times that build instead of the tree's.
-# Usage: [SEQUENCES=N] [WEBKNOCK=BINARY] bench/replay.sh [LINES] [RUNS] [CONFIG...]
+# Usage: [SEQUENCES=N] [ONETIME=N] [WEBKNOCK=BINARY] bench/replay.sh [LINES] [RUNS] [CONFIG...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lines=${1:-1000000}
@@ -16,22 +18,30 @@ out=bench/out
 mkdir -p "$out"
 log=$out/access-$lines-s$seqs.log
 many=$out/sequences-$seqs.yaml
+ot=${ONETIME:-1000}
+otlog=$out/access-$lines-o$ot.log
+otcfg=$out/onetime-$ot.yaml
 command -v /usr/bin/time > /dev/null || { echo "bench/replay.sh needs GNU time (apt-get install time)" >&2; exit 1; }
 wk=${WEBKNOCK:-$out/webknock}
 [ -n "${WEBKNOCK:-}" ] || go build -o "$wk" ./cmd/webknock
 if [ ! -s "$log" ] || [ ! -s "$many" ]; then
   go run ./bench/genlog -lines "$lines" -sequences "$seqs" -config "$many" > "$log"
 fi
-cat "$log" > /dev/null # warm the page cache for all
+if [ ! -s "$otlog" ] || [ ! -s "$otcfg" ]; then
+  go run ./bench/genlog -lines "$lines" -onetime "$ot" -config "$otcfg" > "$otlog"
+fi
+cat "$log" "$otlog" > /dev/null # warm the page cache for all
 
 # The commands: wc -l, replay with each configuration, replay parsing every
 # line, and replay of an empty log with each configuration (what starting
 # costs, mostly loading the configuration). They run in turn, RUNS times, so
 # that other load on the machine falls on all of them alike.
-configs=(testdata/example.yaml "$many" "$@")
+configs=(testdata/example.yaml "$many" "$otcfg" "$@")
+logOf() { if [ "$1" = "$otcfg" ]; then echo "$otlog"; else echo "$log"; fi; }
 names=("wc -l") flags=("") cfgs=("") logs=("$log")
+names+=("wc -l (one-time log)") flags+=("") cfgs+=("") logs+=("$otlog")
 for cfg in "${configs[@]}"; do
-  names+=("replay $(basename "$cfg")") flags+=("") cfgs+=("$cfg") logs+=("$log")
+  names+=("replay $(basename "$cfg")") flags+=("") cfgs+=("$cfg") logs+=("$(logOf "$cfg")")
 done
 names+=("replay --parse-all example.yaml") flags+=(--parse-all) cfgs+=(testdata/example.yaml) logs+=("$log")
 for cfg in "${configs[@]}"; do
@@ -39,8 +49,8 @@ for cfg in "${configs[@]}"; do
 done
 ncmd=${#names[@]}
 run() {
-  if [ "$1" = 0 ]; then
-    wc -l "$log"
+  if [ -z "${cfgs[$1]}" ]; then
+    wc -l "${logs[$1]}"
   else
     # shellcheck disable=SC2086 # an empty flag is no argument
     "$wk" replay ${flags[$1]} -c "${cfgs[$1]}" "${logs[$1]}"
@@ -65,6 +75,6 @@ for ((i = 0; i < ncmd; i++)); do
 done
 echo
 for cfg in "${configs[@]}"; do
-  /usr/bin/time -o "$out/rss" -f '%M' "$wk" replay -c "$cfg" "$log" > /dev/null 2> "$out/summary"
+  /usr/bin/time -o "$out/rss" -f '%M' "$wk" replay -c "$cfg" "$(logOf "$cfg")" > /dev/null 2> "$out/summary"
   printf '%-24s peak RSS %s KiB; %s\n' "$(basename "$cfg")" "$(cat "$out/rss")" "$(tail -n 1 "$out/summary")"
 done

@@ -2,7 +2,8 @@
 // benchmark: real lines of the public corpus with fresh times and clients,
 // and, rarely, the knocks of testdata/example.yaml. With -sequences it also
 // writes a configuration of that many random sequences and mixes in their
-// knocks.
+// knocks; with -onetime, of that many one-time sequences (hmac mode, one
+// key file) and their knocks, derived for each knock's time.
 package main
 
 import (
@@ -12,15 +13,20 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/webknock/webknock/knock"
 )
 
 func main() {
 	lines := flag.Int("lines", 1000000, "lines to write")
 	knocks := flag.Int("knocks", 20, "complete knocks of testdata/example.yaml's ssh sequence to mix in")
 	sequences := flag.Int("sequences", 0, "also make this many static sequences of random paths (3 steps and a knock page, like webknock init's), write them to -config and mix in their knocks")
-	configFile := flag.String("config", "", "with -sequences: the configuration `FILE` to write")
+	oneTime := flag.Int("onetime", 0, "instead of -sequences: make this many one-time sequences (hmac, 2 steps, 60 s) sharing one key, written to -config FILE and FILE's .key")
+	sharedPrefix := flag.Bool("shared-prefix", false, "with -onetime: every sequence under the prefix /k/, rather than one prefix each (as webknock init makes them)")
+	configFile := flag.String("config", "", "with -sequences or -onetime: the configuration `FILE` to write")
 	seqKnocks := flag.Int("sequence-knocks", 500, "with -sequences: knocks of random sequences to mix in; every fifth stops after two steps")
 	corpus := flag.String("corpus", "testdata/corpus/elastic-apache_logs/apache_logs", "combined log whose lines are reused")
 	flood := flag.Bool("flood", false, "instead: every line a first step from a new IPv6 address, with one genuine knock in the middle")
@@ -34,12 +40,15 @@ func main() {
 		}
 		err = generateFlood(*lines, start)
 	} else {
-		var seqs [][]string
-		if *sequences > 0 {
-			if *configFile == "" {
-				fmt.Fprintln(os.Stderr, "genlog: -sequences needs -config FILE")
-				os.Exit(2)
-			}
+		var seqs []benchSequence
+		if (*sequences > 0 || *oneTime > 0) && *configFile == "" {
+			fmt.Fprintln(os.Stderr, "genlog: -sequences and -onetime need -config FILE")
+			os.Exit(2)
+		}
+		switch {
+		case *oneTime > 0:
+			seqs, err = oneTimeSequences(*oneTime, *configFile, *sharedPrefix)
+		case *sequences > 0:
 			seqs = randomSequences(*sequences)
 			err = writeConfig(*configFile, seqs)
 		}
@@ -53,21 +62,74 @@ func main() {
 	}
 }
 
+// benchSequence is a sequence whose knocks genlog mixes in: static paths,
+// or a one-time sequence's name and key.
+type benchSequence struct {
+	static []string
+	name   string
+	prefix string
+	key    []byte
+}
+
+// paths returns the paths of a knock at time at, the last the knock page.
+func (s benchSequence) paths(at time.Time) []string {
+	if s.key == nil {
+		return s.static
+	}
+	t := knock.TimeStep(at, time.Minute)
+	return []string{s.prefix + knock.Token(s.key, s.name, 1, t), s.prefix + knock.Token(s.key, s.name, 2, t), s.prefix + knock.Token(s.key, s.name, 3, t)}
+}
+
+// oneTimeSequences makes n one-time sequences sharing one random key,
+// written to config's ".key" file (mode 0600), each under a prefix of its
+// own unless shared, and writes the configuration.
+func oneTimeSequences(n int, config string, shared bool) ([]benchSequence, error) {
+	key := make([]byte, knock.KeyBytes)
+	rng := rand.New(rand.NewPCG(5, 6)) // a benchmark's key, the same on every run
+	for i := range key {
+		key[i] = byte(rng.Uint32())
+	}
+	keyFile := strings.TrimSuffix(config, filepath.Ext(config)) + ".key"
+	if err := os.WriteFile(keyFile, knock.EncodeKey(key), 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(keyFile, 0o600); err != nil { // an existing file keeps its mode
+		return nil, err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by bench/genlog: %d one-time sequences sharing one key.\n", n)
+	b.WriteString("log:\n  paths: [/var/log/nginx/access.log]\n  format: combined\nstate_dir: /var/lib/webknock\nfirewall:\n  backend: dry-run\nsequences:\n")
+	seqs := make([]benchSequence, n)
+	for i := range seqs {
+		seqs[i] = benchSequence{name: fmt.Sprintf("o%04d", i+1), key: key, prefix: "/k/"}
+		if !shared {
+			seqs[i].prefix = fmt.Sprintf("/k/%c%c%c%c%c%c/", base64URL[rng.IntN(64)], base64URL[rng.IntN(64)], base64URL[rng.IntN(64)],
+				base64URL[rng.IntN(64)], base64URL[rng.IntN(64)], base64URL[rng.IntN(64)])
+		}
+		fmt.Fprintf(&b, "  - name: %s\n    one_time:\n      key_file: %s\n      prefix: %s\n      steps: 2\n    timeout: 30s\n    window: 10m\n    ports: [22/tcp]\n",
+			seqs[i].name, filepath.Base(keyFile), seqs[i].prefix)
+	}
+	b.WriteString("web:\n  listen: \"\"\n")
+	return seqs, os.WriteFile(config, []byte(b.String()), 0o644)
+}
+
+const base64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
 // randomSequences makes n sequences of four paths each (the last is the
 // knock page), the same on every run.
-func randomSequences(n int) [][]string {
+func randomSequences(n int) []benchSequence {
 	rng := rand.New(rand.NewPCG(3, 4))
 	seen := map[string]bool{}
 	buf := make([]byte, 12) // webknock init's default: 16 characters
-	seqs := make([][]string, n)
+	seqs := make([]benchSequence, n)
 	for i := range seqs {
-		for len(seqs[i]) < 4 {
+		for len(seqs[i].static) < 4 {
 			for j := range buf {
 				buf[j] = byte(rng.Uint32())
 			}
 			if p := "/k/" + base64.RawURLEncoding.EncodeToString(buf); !seen[p] {
 				seen[p] = true
-				seqs[i] = append(seqs[i], p)
+				seqs[i].static = append(seqs[i].static, p)
 			}
 		}
 	}
@@ -75,19 +137,19 @@ func randomSequences(n int) [][]string {
 }
 
 // writeConfig writes seqs as a configuration shaped like testdata/example.yaml.
-func writeConfig(name string, seqs [][]string) error {
+func writeConfig(name string, seqs []benchSequence) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Written by bench/genlog: %d static sequences of random paths.\n", len(seqs))
 	b.WriteString("log:\n  paths: [/var/log/nginx/access.log]\n  format: combined\nstate_dir: /var/lib/webknock\nfirewall:\n  backend: dry-run\nsequences:\n")
 	for i, s := range seqs {
 		fmt.Fprintf(&b, "  - name: s%04d\n    steps: [%s]\n    knock_page: %s\n    timeout: 30s\n    window: 10m\n    ports: [22/tcp]\n",
-			i+1, strings.Join(s[:3], ", "), s[3])
+			i+1, strings.Join(s.static[:3], ", "), s.static[3])
 	}
 	b.WriteString("web:\n  listen: \"\"\n")
 	return os.WriteFile(name, []byte(b.String()), 0o644)
 }
 
-func generate(n, knocks int, corpus string, seqs [][]string, seqKnocks int) error {
+func generate(n, knocks int, corpus string, seqs []benchSequence, seqKnocks int) error {
 	data, err := os.ReadFile(corpus)
 	if err != nil {
 		return err
@@ -115,7 +177,9 @@ func generate(n, knocks int, corpus string, seqs [][]string, seqKnocks int) erro
 	var pending []knockLine // knock lines still to write, in order
 	seqKnock := 0
 	for i := 0; i < n; i++ {
-		ts := start.Add(time.Duration(i) * 86400 * time.Second / time.Duration(n)).Format("02/Jan/2006:15:04:05 -0700")
+		// One day in n lines (in milliseconds: in nanoseconds the product overflows).
+		at := start.Add(time.Duration(int64(i)*86400000/int64(n)) * time.Millisecond)
+		ts := at.Format("02/Jan/2006:15:04:05 -0700")
 		if knocks > 0 && i%every == every/2 {
 			knocker := fmt.Sprintf("203.0.113.%d", rng.IntN(250)+1)
 			for _, p := range steps {
@@ -125,7 +189,7 @@ func generate(n, knocks int, corpus string, seqs [][]string, seqKnocks int) erro
 		if seqKnocks > 0 && i%everySeq == everySeq/3 {
 			seqKnock++
 			knocker := fmt.Sprintf("198.51.100.%d", rng.IntN(250)+1)
-			paths := seqs[rng.IntN(len(seqs))]
+			paths := seqs[rng.IntN(len(seqs))].paths(at)
 			if seqKnock%5 == 0 {
 				paths = paths[:2]
 			}
