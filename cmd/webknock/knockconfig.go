@@ -13,8 +13,9 @@ func knockConfig(cfg *config.Config) (knock.Config, error) {
 	kc := knock.Config{Lockout: knock.Lockout{
 		Failures: cfg.Lockout.Failures, Period: cfg.Lockout.Period, Duration: cfg.Lockout.Duration,
 	}}
+	keys := map[string][]byte{} // key file -> key: sequences may share one
 	for i, s := range cfg.Sequences {
-		ks, err := knockSequence(&s)
+		ks, err := knockSequenceKeys(&s, keys)
 		if err != nil {
 			return knock.Config{}, fmt.Errorf("sequences[%d].one_time.key_file: %w", i, err)
 		}
@@ -25,6 +26,12 @@ func knockConfig(cfg *config.Config) (knock.Config, error) {
 
 // knockSequence adapts one sequence; the error is the key file's.
 func knockSequence(s *config.Sequence) (knock.Sequence, error) {
+	return knockSequenceKeys(s, nil)
+}
+
+// knockSequenceKeys is knockSequence taking the key from keys, by file,
+// when there (reading and adding it otherwise, if keys is not nil).
+func knockSequenceKeys(s *config.Sequence, keys map[string][]byte) (knock.Sequence, error) {
 	ports := make([]string, len(s.Ports))
 	for i, p := range s.Ports {
 		ports[i] = p.String()
@@ -35,9 +42,15 @@ func knockSequence(s *config.Sequence) (knock.Sequence, error) {
 		Timeout: s.Timeout, Window: s.Window, Ports: ports,
 	}
 	if ot := s.OneTime; ot != nil {
-		key, err := readKeyFile(ot.KeyFile)
-		if err != nil {
-			return knock.Sequence{}, err
+		key, ok := keys[ot.KeyFile]
+		if !ok {
+			var err error
+			if key, err = readKeyFile(ot.KeyFile); err != nil {
+				return knock.Sequence{}, err
+			}
+			if keys != nil {
+				keys[ot.KeyFile] = key
+			}
 		}
 		ks.OneTime = &knock.OneTime{Mode: knockMode(ot.Mode), Key: key, Prefix: ot.Prefix, Steps: ot.Steps, Period: ot.Period, Skew: ot.Skew}
 	}

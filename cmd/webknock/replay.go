@@ -24,6 +24,10 @@ import (
 // overrides it).
 const replayMemoryLimit = 40 << 20
 
+// replayGCPercent is GOGC of a replay (GOGC overrides it); the memory limit
+// still holds the heap down.
+const replayGCPercent = 400
+
 func replayFlags(fs *pflag.FlagSet) {
 	fs.Bool("json", false, "print events as JSON lines")
 	fs.Bool("parse-all", false, "parse every line, not only those holding a knock path (slower; reports every line the format does not match)")
@@ -33,13 +37,18 @@ func runReplay(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 	if len(args) == 0 {
 		return usagef(env, fs, "name at least one LOG (- for standard input)")
 	}
-	cfg, err := loadConfig(env, fs, nil)
-	if err != nil {
-		return err
-	}
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// A replay is a batch job: collect garbage sooner rather than grow.
 		debug.SetMemoryLimit(replayMemoryLimit)
+		if os.Getenv("GOGC") == "" {
+			// Below the limit, collect less often: loading a configuration
+			// of a thousand sequences makes garbage the limit keeps in check.
+			debug.SetGCPercent(replayGCPercent)
+		}
+	}
+	cfg, err := loadConfig(env, fs, nil)
+	if err != nil {
+		return err
 	}
 	asJSON, _ := fs.GetBool("json")
 	parseAll, _ := fs.GetBool("parse-all")
