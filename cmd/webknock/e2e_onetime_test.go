@@ -49,11 +49,7 @@ func squidURLs(t *testing.T, log string) []string {
 // would show opens the port.
 func TestE2EOneTimeThroughProxy(t *testing.T) {
 	e := newE2E(t, "nginx", "squid", "chromium")
-	snippet, err := filepath.Abs("../../config/examples/nginx-webknock.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.startNginxWith("include " + snippet + ";")
+	e.startNginxSnippet()
 	e.startListener()
 	writeKey(t, filepath.Join(e.dir, "alice.key"))
 	bobKey := writeKey(t, filepath.Join(e.dir, "bob.key"))

@@ -303,6 +303,17 @@ http {
 	e.waitHTTP()
 }
 
+// startNginxSnippet starts nginx with the shipped snippet for the knock
+// prefix /k/ in its server block.
+func (e *e2e) startNginxSnippet() {
+	e.t.Helper()
+	snippet, err := filepath.Abs("../../config/examples/nginx-webknock.conf")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.startNginxWith("include " + snippet + ";")
+}
+
 // reopenNginx makes nginx reopen its log, as logrotate's postrotate does.
 func (e *e2e) reopenNginx() {
 	e.t.Helper()
@@ -1150,11 +1161,7 @@ shutdown_lifetime 1 second
 // the admin's status page, rendered by Chromium, shows the grant.
 func TestE2EBrowserThroughProxy(t *testing.T) {
 	e := newE2E(t, "nginx", "squid", "chromium")
-	snippet, err := filepath.Abs("../../config/examples/nginx-webknock.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.startNginxWith("include " + snippet + ";")
+	e.startNginxSnippet()
 	e.startListener()
 	write(t, filepath.Join(e.dir, "token"), "0123456789abcdef0123456789abcdef\n")
 	d := e.startDaemon(e.configWeb("10m", "127.0.0.1:7080"))

@@ -60,17 +60,9 @@ func runHelper(_ context.Context, env *environment, fs *pflag.FlagSet, args []st
 	if base == "" {
 		return usagef(env, fs, "--base URL is required: the site the page knocks on, like https://www.example.com")
 	}
-	cfg, err := loadConfig(env, fs, nil)
+	s, ks, err := loadSequence(env, fs)
 	if err != nil {
 		return err
-	}
-	s, err := sequenceFlag(env, fs, cfg)
-	if err != nil {
-		return err
-	}
-	ks, err := knockSequence(s)
-	if err != nil {
-		return fmt.Errorf("sequence %s: %w", s.Name, err)
 	}
 	var salt []byte
 	if usePass {

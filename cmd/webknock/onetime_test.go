@@ -55,27 +55,6 @@ web:
 	return path, seq
 }
 
-// waitBefore waits for msg and fails if forbidden is logged first.
-func (lr *logRecords) waitBefore(t *testing.T, msg, forbidden string) map[string]any {
-	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for {
-		select {
-		case rec, ok := <-lr.out:
-			switch {
-			case !ok:
-				t.Fatalf("the log ended before %q", msg)
-			case rec["msg"] == forbidden:
-				t.Fatalf("%q logged before %q: %v", forbidden, msg, rec)
-			case rec["msg"] == msg:
-				return rec
-			}
-		case <-deadline:
-			t.Fatalf("no %q logged within 10s", msg)
-		}
-	}
-}
-
 // TestServeOneTime: a one-time knock opens and its time step is saved
 // before the grant; the same URLs from another address open nothing and
 // are warned about; after a restart that reads the whole log again, the

@@ -50,14 +50,22 @@ func newLogRecords(t *testing.T) (*slog.Logger, *logRecords) {
 // wait returns the first record with message msg, or fails after a deadline.
 func (lr *logRecords) wait(t *testing.T, msg string) map[string]any {
 	t.Helper()
+	return lr.waitBefore(t, msg, "")
+}
+
+// waitBefore waits for msg and fails if forbidden is logged first.
+func (lr *logRecords) waitBefore(t *testing.T, msg, forbidden string) map[string]any {
+	t.Helper()
 	deadline := time.After(10 * time.Second)
 	for {
 		select {
 		case rec, ok := <-lr.out:
-			if !ok {
+			switch {
+			case !ok:
 				t.Fatalf("the log ended before %q", msg)
-			}
-			if rec["msg"] == msg {
+			case forbidden != "" && rec["msg"] == forbidden:
+				t.Fatalf("%q logged before %q: %v", forbidden, msg, rec)
+			case rec["msg"] == msg:
 				return rec
 			}
 		case <-deadline:

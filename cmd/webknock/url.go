@@ -41,17 +41,9 @@ func runURL(_ context.Context, env *environment, fs *pflag.FlagSet, args []strin
 	if err != nil {
 		return err
 	}
-	cfg, err := loadConfig(env, fs, nil)
+	_, ks, err := loadSequence(env, fs)
 	if err != nil {
 		return err
-	}
-	s, err := sequenceFlag(env, fs, cfg)
-	if err != nil {
-		return err
-	}
-	ks, err := knockSequence(s)
-	if err != nil {
-		return fmt.Errorf("sequence %s: %w", s.Name, err)
 	}
 	paths, step := ks.PathsAt(at)
 	var b strings.Builder
@@ -82,6 +74,24 @@ func validity(ks knock.Sequence, t int64) string {
 }
 
 // sequenceFlag returns the sequence that --sequence names; without it, the
+// loadSequence loads the configuration of -c and returns the sequence
+// --sequence names, as configured and with its key, for url and helper.
+func loadSequence(env *environment, fs *pflag.FlagSet) (*config.Sequence, knock.Sequence, error) {
+	cfg, err := loadConfig(env, fs, nil)
+	if err != nil {
+		return nil, knock.Sequence{}, err
+	}
+	s, err := sequenceFlag(env, fs, cfg)
+	if err != nil {
+		return nil, knock.Sequence{}, err
+	}
+	ks, err := knockSequence(s)
+	if err != nil {
+		return nil, knock.Sequence{}, fmt.Errorf("sequence %s: %w", s.Name, err)
+	}
+	return s, ks, nil
+}
+
 // only one.
 func sequenceFlag(env *environment, fs *pflag.FlagSet, cfg *config.Config) (*config.Sequence, error) {
 	name, _ := fs.GetString("sequence")
