@@ -364,6 +364,8 @@ func TestValidation(t *testing.T) {
 			want: `config.yaml:6: sequences[0].one_time.period: bad period "1m0s": totp mode uses 30s, what authenticator apps use; remove period`},
 		{name: "one-time prefix too long", yaml: "sequences:\n  - name: ot\n    one_time:\n      key_file: /k.key\n" + "      prefix: /" + strings.Repeat("p", 178) + "\n",
 			want: `config.yaml:5: sequences[0].one_time.prefix: prefix "/` + strings.Repeat("p", 178) + `": 179 bytes; at most 178 allowed`},
+		{name: "too many steps", yaml: "sequences:\n  - name: ssh\n    knock_page: /k/open\n    steps: [" + manySteps(1001) + "]\n",
+			want: `config.yaml:4: sequences[0].steps: 1001 steps; at most 1000 allowed`},
 		{name: "no step status", yaml: seq + "    step_status: []\n",
 			want: `config.yaml:5: sequences[0].step_status: at least one status required, like 404`},
 		{name: "step status out of range", yaml: seq + "    step_status: [404, 99, 600]\n",
@@ -646,4 +648,13 @@ func TestCheckPlacement(t *testing.T) {
 			}
 		})
 	}
+}
+
+// manySteps returns n distinct step paths, comma separated.
+func manySteps(n int) string {
+	var steps []string
+	for i := range n {
+		steps = append(steps, fmt.Sprintf("/k/s%d", i))
+	}
+	return strings.Join(steps, ", ")
 }

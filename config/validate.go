@@ -13,6 +13,7 @@ import (
 
 const (
 	maxPathLen = 200
+	maxSteps   = 1000 // static steps of a sequence
 	// One-time limits. maxOneTimeSuffix is the longest part that follows
 	// a one-time prefix (an hmac token).
 	maxOneTimeSteps  = 32
@@ -138,6 +139,9 @@ func (l *loader) validateSequences(at func(p ...any) loc, bad func(a loc, format
 			bad(at("sequences", i, "steps"), "at least one step required: in totp mode the static steps come before the code, which alone (6 digits) could be guessed")
 		case len(s.Steps) == 0:
 			bad(at("sequences", i, "steps"), "at least one step required")
+		}
+		if len(s.Steps) > maxSteps {
+			bad(at("sequences", i, "steps"), "%d steps; at most %d allowed", len(s.Steps), maxSteps)
 		}
 		for j, p := range s.Steps {
 			usePath(at("sequences", i, "steps", j), p)
