@@ -586,6 +586,17 @@ func (e *e2e) assertOpen(open ...string) {
 	}
 }
 
+// assertNoChain fails the test if the ruleset of a family (cmds:
+// iptables, ip6tables) mentions our chain; when says at what point.
+func (e *e2e) assertNoChain(when string, cmds ...string) {
+	e.t.Helper()
+	for _, cmd := range cmds {
+		if out := e.must("ip", "netns", "exec", e.srv, cmd, "-w", "5", "-S"); strings.Contains(out, "WEBKNOCK") {
+			e.t.Errorf("%s %s:\n%s", cmd, when, out)
+		}
+	}
+}
+
 // grantRules returns our chain's grant rules of a family.
 func (e *e2e) grantRules(cmd string) []string {
 	e.t.Helper()
@@ -727,11 +738,7 @@ func TestE2EKillAndRestart(t *testing.T) {
 	// flush removes the chains and jumps; nothing of ours is left.
 	d.kill9(t)
 	e.must("ip", "netns", "exec", e.srv, webknockBinary(t), "flush", "-c", e.config("10m"))
-	for _, cmd := range []string{"iptables", "ip6tables"} {
-		if out := e.must("ip", "netns", "exec", e.srv, cmd, "-w", "5", "-S"); strings.Contains(out, "WEBKNOCK") {
-			t.Errorf("%s after flush:\n%s", cmd, out)
-		}
-	}
+	e.assertNoChain("after flush", "iptables", "ip6tables")
 }
 
 // TestE2ERotation: knocks written across each kind of rotation all open the
