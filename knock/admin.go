@@ -65,6 +65,7 @@ func (t *Tracker) Adopt(old *Tracker) {
 			t.used[j] = max(t.used[j], old.used[i])
 		}
 	}
+	t.adoptGrants(old)
 	// Oldest touched first, so that the table's order of recency is kept.
 	for c := range old.lists {
 		for e := old.lists[c].root.prev; e != &old.lists[c].root; e = e.prev {

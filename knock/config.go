@@ -33,7 +33,59 @@ type Sequence struct {
 	// in hmac mode every step and the knock page (Steps and KnockPage stay
 	// empty), in totp mode the knock page only (after the static Steps).
 	OneTime *OneTime
+	// ClosePage, if set, ends the grant of the client that requests it
+	// (with one of Methods, whatever the status).
+	ClosePage string
+	// AllowFrom lists the networks that may be granted; empty: any.
+	AllowFrom []netip.Prefix
+	// Expires, if set, is when the sequence stops granting; no grant of
+	// it lasts beyond.
+	Expires time.Time
+	// GrantBits4 and GrantBits6 widen a grant to the client's network of
+	// that many bits; 0 grants the client's address alone.
+	GrantBits4, GrantBits6 int
 }
+
+// source returns what a grant of s to client opens: the client's address,
+// or its network when s widens grants.
+func (s *Sequence) source(client netip.Addr) netip.Prefix {
+	bits := s.GrantBits6
+	if client.Is4() {
+		bits = s.GrantBits4
+	}
+	if bits == 0 {
+		bits = client.BitLen()
+	}
+	p, _ := client.Prefix(bits) // bits is checked by New
+	return p
+}
+
+// allows reports whether s may grant to client at time at, and if not, why.
+func (s *Sequence) allows(client netip.Addr, at time.Time) (bool, string) {
+	if len(s.AllowFrom) > 0 && !slices.ContainsFunc(s.AllowFrom, func(p netip.Prefix) bool { return p.Contains(client) }) {
+		return false, DeniedSource
+	}
+	if !s.Expires.IsZero() && !at.Before(s.Expires) {
+		return false, DeniedExpired
+	}
+	return true, ""
+}
+
+// until returns when a grant of s made at time at ends: after the window,
+// or when the sequence expires, whichever comes first.
+func (s *Sequence) until(at time.Time) time.Time {
+	u := at.Add(s.Window)
+	if !s.Expires.IsZero() && s.Expires.Before(u) {
+		return s.Expires
+	}
+	return u
+}
+
+// Why a knock page was refused (Event.Reason of KindDenied).
+const (
+	DeniedSource  = "allow_from" // the client is outside the sequence's allow_from
+	DeniedExpired = "expired"    // the sequence has expired
+)
 
 // Mode says which paths of a one-time sequence are derived.
 type Mode uint8
@@ -200,6 +252,20 @@ func New(cfg Config) (*Tracker, error) {
 		if ot == nil {
 			addPath("knock page", s.KnockPage, knockPage)
 		}
+		if s.ClosePage != "" {
+			addPath("close page", s.ClosePage, closePage)
+		}
+		if s.GrantBits4 < 0 || s.GrantBits4 > 32 {
+			bad("%s: grant bits: IPv4 /%d is not a prefix length", where, s.GrantBits4)
+		}
+		if s.GrantBits6 < 0 || s.GrantBits6 > 128 {
+			bad("%s: grant bits: IPv6 /%d is not a prefix length", where, s.GrantBits6)
+		}
+		for _, p := range s.AllowFrom {
+			if !p.IsValid() {
+				bad("%s: allow from: an invalid network", where)
+			}
+		}
 		if len(s.StepStatus) == 0 {
 			bad("%s: step status: none, no step could ever advance", where)
 		}
@@ -224,12 +290,14 @@ func New(cfg Config) (*Tracker, error) {
 		s.Methods = slices.Clone(s.Methods)
 		s.KnockPageStatus = slices.Clone(s.KnockPageStatus)
 		s.Ports = slices.Clone(s.Ports)
+		s.AllowFrom = slices.Clone(s.AllowFrom)
 		t.seqs = append(t.seqs, s)
 	}
 	t.used = make([]int64, len(t.seqs))
 	t.cache = make([][]derivedStep, len(t.seqs))
 	t.macs = make([]hash.Hash, len(t.seqs))
 	t.derived = make(map[uint64][]pathRef)
+	t.grants = make(map[grantKey]time.Time)
 	for i, s := range t.seqs {
 		t.used[i] = noStep
 		ot := s.OneTime

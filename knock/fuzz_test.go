@@ -15,11 +15,16 @@ func fuzzConfig(maxClients int) knock.Config {
 	cfg := testConfig()
 	cfg.Lockout = knock.Lockout{Failures: 3, Period: 5 * time.Minute, Duration: 10 * time.Minute}
 	cfg.MaxClients = maxClients
+	// Policy: ssh grants open /24 and /64 networks; web admits two of
+	// the clients and closes on a path browsers request anyway.
+	cfg.Sequences[0].GrantBits4, cfg.Sequences[0].GrantBits6 = 24, 64
+	cfg.Sequences[1].AllowFrom = []netip.Prefix{netip.PrefixFrom(c1, 32), netip.PrefixFrom(v6, 128)}
+	cfg.Sequences[1].ClosePage = "/favicon.ico"
 	return cfg
 }
 
 var (
-	fuzzPaths    = []string{"/k/a1", "/k/a2", "/k/a3", "/k/open", "/w/b1", "/w/b2", "/w/open", "/favicon.ico"}
+	fuzzPaths    = []string{"/k/a1", "/k/a2", "/k/a3", "/k/open", "/w/b1", "/w/b2", "/w/open", "/favicon.ico"} // the last: web's close page
 	fuzzClients  = []netip.Addr{c1, c2, v6, w6, c3, c4, c5, netip.MustParseAddr("2001:db8::3")}
 	fuzzMethods  = []string{"GET", "HEAD", "POST", "GET"}
 	fuzzStatuses = []int{404, 200, 499, 410}
@@ -264,6 +269,11 @@ func checkEvents(t *testing.T, cfg knock.Config, evs []knock.Event) {
 		seqs[s.Name] = s
 	}
 	runs := make(map[key]run)
+	type grantOf struct {
+		src netip.Prefix
+		seq string
+	}
+	grants := make(map[grantOf]time.Time) // held grants of sequences with a close page
 	for i, ev := range evs {
 		k := key{ev.Client, ev.Sequence}
 		s, ok := seqs[ev.Sequence]
@@ -300,6 +310,27 @@ func checkEvents(t *testing.T, cfg knock.Config, evs []knock.Event) {
 				t.Fatalf("event %d %s: want until %v, ports %v", i, format(ev), ev.Time.Add(s.Window), s.Ports)
 			}
 			delete(runs, k)
+			if ok, _ := allowed(s, ev.Client); !ok {
+				t.Fatalf("event %d %s: client outside allow_from", i, format(ev))
+			}
+			if want := grantSource(s, ev.Client); ev.Source != want {
+				t.Fatalf("event %d %s: want source %v", i, format(ev), want)
+			}
+			grants[grantOf{ev.Source, ev.Sequence}] = ev.Until
+		case knock.KindDenied:
+			if !inProgress || r.next != len(s.Steps)+1 || ev.Reason != knock.DeniedSource {
+				t.Fatalf("event %d %s: progress %d since %v%s", i, format(ev), r.next-1, r.start, formatAll(evs[:i+1]))
+			}
+			if ok, _ := allowed(s, ev.Client); ok {
+				t.Fatalf("event %d %s: client inside allow_from", i, format(ev))
+			}
+			delete(runs, k)
+		case knock.KindClose:
+			g := grantOf{grantSource(s, ev.Client), ev.Sequence}
+			if until, ok := grants[g]; !ok || !until.After(ev.Time) || ev.Source != g.src || s.ClosePage == "" {
+				t.Fatalf("event %d %s: no grant of %v held%s", i, format(ev), g.src, formatAll(evs[:i+1]))
+			}
+			delete(grants, g)
 		case knock.KindLockout:
 			if !ev.Until.Equal(ev.Time.Add(cfg.Lockout.Duration)) {
 				t.Fatalf("event %d %s: want until %v", i, format(ev), ev.Time.Add(cfg.Lockout.Duration))
@@ -313,4 +344,30 @@ func checkEvents(t *testing.T, cfg knock.Config, evs []knock.Event) {
 			t.Fatalf("event %d %s: unknown kind", i, format(ev))
 		}
 	}
+}
+
+// allowed reports whether s admits client.
+func allowed(s knock.Sequence, client netip.Addr) (bool, string) {
+	if len(s.AllowFrom) == 0 {
+		return true, ""
+	}
+	for _, p := range s.AllowFrom {
+		if p.Contains(client) {
+			return true, ""
+		}
+	}
+	return false, knock.DeniedSource
+}
+
+// grantSource is what a grant of s to client opens.
+func grantSource(s knock.Sequence, client netip.Addr) netip.Prefix {
+	bits := s.GrantBits6
+	if client.Is4() {
+		bits = s.GrantBits4
+	}
+	if bits == 0 {
+		bits = client.BitLen()
+	}
+	p, _ := client.Prefix(bits)
+	return p
 }

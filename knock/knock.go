@@ -62,6 +62,8 @@ const (
 	KindGrant                   // the knock page completed the sequence
 	KindLockout                 // too many failures: the client is ignored until Until
 	KindReused                  // a one-time path of a time step that has granted already: it leaked
+	KindClose                   // the client requested the close page: its grant ends
+	KindDenied                  // the knock page completed the sequence, but its policy refused the grant
 )
 
 // String returns the name used in logs and in replay output.
@@ -79,6 +81,10 @@ func (k Kind) String() string {
 		return "lockout"
 	case KindReused:
 		return "reused"
+	case KindClose:
+		return "close"
+	case KindDenied:
+		return "denied"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -94,8 +100,13 @@ type Event struct {
 	// whose failure triggered it (a lockout covers all sequences).
 	Sequence string
 	Step     int       // KindStep: the new progress, 1-based
-	Until    time.Time // KindGrant: access ends; KindLockout: lockout ends
-	Ports    []string  // KindGrant only: the sequence's Ports, shared; do not modify
+	Until    time.Time // KindGrant: access ends; KindClose: it would have ended; KindLockout: lockout ends
+	Ports    []string  // KindGrant, KindClose: the sequence's Ports, shared; do not modify
+	// Source is what a grant opens, and what a close ends: Client's
+	// address, or its network when the sequence widens grants.
+	Source netip.Prefix
+	// Reason says why a knock was denied (DeniedSource, DeniedExpired).
+	Reason string
 	// OneTime is set on the grant and reused events of a one-time sequence;
 	// TimeStep is then the time step T of the paths. A grant's T is used
 	// from then on: the caller persists it (see SetUsed) before it applies
@@ -119,7 +130,8 @@ type Tracker struct {
 	cache        [][]derivedStep
 	macs         []hash.Hash // hmac mode: HMAC-SHA256 keyed once, reused
 	used         []int64
-	refs         []pathRef // lookup's result, reused
+	grants       map[grantKey]time.Time // of sequences with a close page: until
+	refs         []pathRef              // lookup's result, reused
 	seed         maphash.Seed
 	lockout      Lockout
 	max          int
@@ -157,6 +169,10 @@ func (t *Tracker) apply(h Hit, ref pathRef, dst []Event) []Event {
 	s := &t.seqs[ref.seq]
 	if !slices.Contains(s.Methods, h.Method) {
 		return dst
+	}
+	if ref.step == closePage {
+		// Closing only takes access away: no lockout or progress stops it.
+		return t.close(h, ref.seq, dst)
 	}
 	ev := Event{Time: h.Time, Client: h.Client, Sequence: s.Name}
 	if ref.t != noStep && ref.t <= t.used[ref.seq] {
@@ -196,11 +212,19 @@ func (t *Tracker) apply(h Hit, ref pathRef, dst []Event) []Event {
 			// Not a knock: the page did not answer as configured.
 		case p == n && same:
 			e.prog = slices.Delete(e.prog, i, i+1)
-			ev.Kind, ev.Until, ev.Ports = KindGrant, h.Time.Add(s.Window), s.Ports
+			if ok, why := s.allows(h.Client, h.Time); !ok {
+				// Whoever knocked knows the sequence; this is no
+				// failure to lock out, and a one-time step stays unused.
+				ev.Kind, ev.Reason = KindDenied, why
+				dst = append(dst, ev)
+				break
+			}
+			ev.Kind, ev.Until, ev.Ports, ev.Source = KindGrant, s.until(h.Time), s.Ports, s.source(h.Client)
 			if ref.t != noStep {
 				t.used[ref.seq] = ref.t
 				ev.OneTime, ev.TimeStep = true, ref.t
 			}
+			t.hold(ev.Source, ref.seq, ev.Until, h.Time)
 			dst = append(dst, ev)
 		case p > 0:
 			dst = t.reset(e, i, ev, dst)
@@ -296,6 +320,7 @@ func (t *Tracker) catchUp(e *entry, now time.Time, dst []Event) []Event {
 // ended lockouts and stale failures, and appends the events to dst ordered
 // by time, then client, then sequence name. It scans the whole table.
 func (t *Tracker) Expire(now time.Time, dst []Event) []Event {
+	t.sweepGrants(now)
 	start := len(dst)
 	for c := range t.lists {
 		// An entry that moves from the first list to the second is seen

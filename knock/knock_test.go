@@ -82,7 +82,8 @@ func timeout(c netip.Addr, d time.Duration, seq string) knock.Event {
 }
 
 func grant(c netip.Addr, d time.Duration, seq string, window time.Duration, ports []string) knock.Event {
-	return knock.Event{Kind: knock.KindGrant, Time: at(d), Client: c, Sequence: seq, Until: at(d + window), Ports: ports}
+	return knock.Event{Kind: knock.KindGrant, Time: at(d), Client: c, Sequence: seq, Until: at(d + window), Ports: ports,
+		Source: netip.PrefixFrom(c, c.BitLen())}
 }
 
 func lockout(c netip.Addr, d time.Duration, seq string) knock.Event {
@@ -130,6 +131,12 @@ func format(ev knock.Event) string {
 	if ev.OneTime {
 		fmt.Fprintf(&b, " T=%d", ev.TimeStep)
 	}
+	if ev.Source.IsValid() {
+		fmt.Fprintf(&b, " source=%s", ev.Source)
+	}
+	if ev.Reason != "" {
+		fmt.Fprintf(&b, " reason=%s", ev.Reason)
+	}
 	return b.String()
 }
 
@@ -149,7 +156,8 @@ func equal(a, b []knock.Event) bool {
 		return x.Kind == y.Kind && x.Time.Equal(y.Time) && x.Client == y.Client &&
 			x.Sequence == y.Sequence && x.Step == y.Step && x.Until.Equal(y.Until) &&
 			slices.Equal(x.Ports, y.Ports) && (x.Ports == nil) == (y.Ports == nil) &&
-			x.OneTime == y.OneTime && x.TimeStep == y.TimeStep
+			x.OneTime == y.OneTime && x.TimeStep == y.TimeStep &&
+			x.Source == y.Source && x.Reason == y.Reason
 	})
 }
 

@@ -12,8 +12,11 @@ import (
 	"time"
 )
 
-// knockPage marks the knock page in pathRef.step.
-const knockPage = -1
+// knockPage and closePage mark those pages in pathRef.step.
+const (
+	knockPage = -1
+	closePage = -2
+)
 
 // noStep is the time step of a static path.
 const noStep = math.MinInt64
@@ -91,6 +94,9 @@ func (t *Tracker) Needles() []string {
 		out = append(out, s.Steps...)
 		if s.OneTime == nil {
 			out = append(out, s.KnockPage)
+		}
+		if s.ClosePage != "" {
+			out = append(out, s.ClosePage)
 		}
 	}
 	for _, g := range t.prefixes.groups {
