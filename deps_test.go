@@ -22,6 +22,7 @@ func TestDependencyDirection(t *testing.T) {
 		"config":            nil,
 		"web":               {"knock", "firewall", "internal/statedir"},
 		"internal/statedir": nil,
+		"internal/hook":     nil,
 	}
 	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Deps}} {{.}}{{end}}`, "./...").Output()
 	if err != nil {

@@ -6,6 +6,7 @@ package config
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 
@@ -20,6 +21,7 @@ type Config struct {
 	Firewall  Firewall
 	Sequences []Sequence
 	Lockout   Lockout
+	Hooks     Hooks
 	Web       Web
 	// Warnings are risky choices that are allowed (check prints them).
 	Warnings []*FieldError
@@ -60,6 +62,24 @@ type Sequence struct {
 	// step (hmac mode: no Steps or KnockPage), or a static Steps with a
 	// knock page of Prefix and the RFC 6238 code (totp mode). nil: static.
 	OneTime *OneTime
+	// ClosePage, if set, ends the grant of the client that requests it.
+	ClosePage string
+	// CloseKillsSessions makes a close also end the client's established
+	// connections to the sequence's ports.
+	CloseKillsSessions bool
+	// AllowFrom lists the networks that may knock; empty: anyone.
+	AllowFrom []netip.Prefix
+	// Expires is the time after which the sequence grants nothing, and
+	// no grant of it lasts; zero: never.
+	Expires time.Time
+	// GrantPrefix widens each grant to the client's network.
+	GrantPrefix GrantPrefix
+}
+
+// GrantPrefix is the length of the network a grant opens, per family.
+type GrantPrefix struct {
+	IPv4 int // 16 to 32; 32 opens the client's address alone
+	IPv6 int // 32 to 128; 128 opens the client's address alone
 }
 
 // The one-time modes.
@@ -98,6 +118,19 @@ type Lockout struct {
 	Duration time.Duration
 }
 
+// Hooks are the commands run for events, each an argv (never a shell)
+// whose arguments may hold the placeholders {ip}, {sequence}, {until},
+// {ports} and {event}; an empty argv runs nothing.
+type Hooks struct {
+	OnGrant   []string      // after the firewall applied a grant
+	OnEnd     []string      // when a grant ends: expired, revoked, closed or cut by policy
+	OnLockout []string      // when an address is locked out
+	Timeout   time.Duration // each run's deadline, after which its process group is killed
+	// MaxRunning bounds the runs at once; more wait in a bounded queue,
+	// and beyond it are dropped.
+	MaxRunning int
+}
+
 // Web configures the status page and API; an empty Listen disables it.
 type Web struct {
 	Listen    string
@@ -110,6 +143,9 @@ type Options struct {
 	Path    string         // YAML file (required)
 	Environ []string       // e.g. os.Environ(); only WEBKNOCK_ variables are read; nil reads none
 	Flags   *pflag.FlagSet // optional; only flags the user changed override
+	// LogsOnCommandLine says the logs are named on the command line
+	// (replay): log.paths may then be empty.
+	LogsOnCommandLine bool
 	// CheckFormat optionally validates log.format further (main plugs in the
 	// log parser's compiler); its error becomes a problem on log.format.
 	CheckFormat func(format string) error
@@ -145,6 +181,7 @@ func defaults() Config {
 			Period:   10 * time.Minute,
 			Duration: 15 * time.Minute,
 		},
+		Hooks: Hooks{Timeout: 10 * time.Second, MaxRunning: 4},
 		Web: Web{
 			Listen:    "127.0.0.1:7080",
 			TokenFile: "/etc/webknock/token",
@@ -156,11 +193,12 @@ func defaults() Config {
 // sequenceDefaults returns the values of a sequence's unset keys.
 func sequenceDefaults() Sequence {
 	return Sequence{
-		StepStatus: []int{404},
-		Methods:    []string{"GET", "HEAD"},
-		Timeout:    30 * time.Second,
-		Window:     10 * time.Minute,
-		Ports:      []Port{{Number: 22, Proto: "tcp"}},
+		StepStatus:  []int{404},
+		Methods:     []string{"GET", "HEAD"},
+		Timeout:     30 * time.Second,
+		Window:      10 * time.Minute,
+		Ports:       []Port{{Number: 22, Proto: "tcp"}},
+		GrantPrefix: GrantPrefix{IPv4: 32, IPv6: 128},
 	}
 }
 
@@ -170,23 +208,56 @@ func oneTimeDefaults() OneTime {
 	return OneTime{Mode: ModeHMAC, Prefix: "/k/", Steps: 2, Skew: 1}
 }
 
-// flagKeys maps the flags of RegisterFlags to the keys they override.
-var flagKeys = map[string]string{
-	"log-format":       "log.format",
-	"log-start":        "log.start",
-	"log-paths":        "log.paths",
-	"state-dir":        "state_dir",
-	"firewall-backend": "firewall.backend",
-	"web-listen":       "web.listen",
+// overrideFlags are the flags that override configuration keys, in the
+// order help lists them.
+var overrideFlags = []struct {
+	name, key, usage string
+	list             bool // a comma-separated list
+}{
+	{"log-format", "log.format", "log format: combined, common, vhost_combined or an nginx log_format string (overrides log.format)", false},
+	{"log-start", "log.start", "where to start reading logs: saved, end or beginning (overrides log.start)", false},
+	{"log-paths", "log.paths", "access logs to follow, comma separated, globs allowed (overrides log.paths)", true},
+	{"state-dir", "state_dir", "directory for grants and log positions (overrides state_dir)", false},
+	{"firewall-backend", "firewall.backend", "firewall backend: iptables or dry-run (overrides firewall.backend)", false},
+	{"web-listen", "web.listen", "host:port of the status page and API, empty disables (overrides web.listen)", false},
 }
 
-// RegisterFlags defines the flags that override configuration keys. Their
-// defaults are empty on purpose: only flags the user sets take effect.
-func RegisterFlags(fs *pflag.FlagSet) {
-	fs.String("log-format", "", "log format: combined, common, vhost_combined or an nginx log_format string (overrides log.format)")
-	fs.String("log-start", "", "where to start reading logs: saved, end or beginning (overrides log.start)")
-	fs.StringSlice("log-paths", nil, "access logs to follow, comma separated, globs allowed (overrides log.paths)")
-	fs.String("state-dir", "", "directory for grants and log positions (overrides state_dir)")
-	fs.String("firewall-backend", "", "firewall backend: iptables or dry-run (overrides firewall.backend)")
-	fs.String("web-listen", "", "host:port of the status page and API, empty disables (overrides web.listen)")
+// flagKeys maps the flags of RegisterFlags to the keys they override.
+var flagKeys = func() map[string]string {
+	m := make(map[string]string, len(overrideFlags))
+	for _, f := range overrideFlags {
+		m[f.name] = f.key
+	}
+	return m
+}()
+
+// FlagKeys returns the keys a flag can override, in the order of
+// RegisterFlags.
+func FlagKeys() []string {
+	keys := make([]string, len(overrideFlags))
+	for i, f := range overrideFlags {
+		keys[i] = f.key
+	}
+	return keys
+}
+
+// RegisterFlags defines the flags that override the named keys, or all of
+// FlagKeys when none is named, so a command offers only the overrides it
+// uses. Naming a key no flag overrides panics. Their defaults are empty on
+// purpose: only flags the user sets take effect.
+func RegisterFlags(fs *pflag.FlagSet, keys ...string) {
+	for _, k := range keys {
+		if !slices.Contains(FlagKeys(), k) {
+			panic("config: no flag overrides " + k)
+		}
+	}
+	for _, f := range overrideFlags {
+		switch {
+		case len(keys) > 0 && !slices.Contains(keys, f.key):
+		case f.list:
+			fs.StringSlice(f.name, nil, f.usage)
+		default:
+			fs.String(f.name, "", f.usage)
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -54,16 +55,23 @@ func goodConfig() Config {
 				Timeout:         45 * time.Second,
 				Window:          90 * time.Minute,
 				Ports:           []Port{{22, "tcp"}, {2222, "tcp"}, {53, "udp"}, {8080, "tcp"}},
+
+				ClosePage:          "/k/bye",
+				CloseKillsSessions: true,
+				AllowFrom:          prefixes("192.0.2.0/24", "2001:db8::/32", "198.51.100.7/32"),
+				Expires:            time.Date(2027, 1, 31, 17, 0, 0, 0, time.UTC),
+				GrantPrefix:        GrantPrefix{IPv4: 24, IPv6: 64},
 			},
 			{
-				Name:       "backup_2",
-				Steps:      []string{"/b/one.txt", "/b/~two"},
-				StepStatus: []int{404},
-				Methods:    []string{"GET", "HEAD"},
-				KnockPage:  "/b/open",
-				Timeout:    30 * time.Second,
-				Window:     10 * time.Minute,
-				Ports:      []Port{{22, "tcp"}},
+				Name:        "backup_2",
+				Steps:       []string{"/b/one.txt", "/b/~two"},
+				StepStatus:  []int{404},
+				Methods:     []string{"GET", "HEAD"},
+				KnockPage:   "/b/open",
+				Timeout:     30 * time.Second,
+				Window:      10 * time.Minute,
+				Ports:       []Port{{22, "tcp"}},
+				GrantPrefix: hostOnly,
 			},
 			{
 				Name:       "alice",
@@ -74,22 +82,33 @@ func goodConfig() Config {
 				Ports:      []Port{{22, "tcp"}},
 				OneTime: &OneTime{KeyFile: "/etc/webknock/keys/alice.key", Mode: ModeHMAC, Prefix: "/o/",
 					Steps: 3, Period: 2 * time.Minute, Skew: 2},
+				GrantPrefix: hostOnly,
 			},
 			{
-				Name:       "bob",
-				Steps:      []string{"/k/bob1"},
-				StepStatus: []int{404},
-				Methods:    []string{"GET", "HEAD"},
-				Timeout:    30 * time.Second,
-				Window:     10 * time.Minute,
-				Ports:      []Port{{22, "tcp"}},
-				OneTime:    &OneTime{KeyFile: "testdata/keys/bob.key", Mode: ModeTOTP, Prefix: "/k/", Steps: 2, Period: 30 * time.Second, Skew: 1},
+				Name:        "bob",
+				Steps:       []string{"/k/bob1"},
+				StepStatus:  []int{404},
+				Methods:     []string{"GET", "HEAD"},
+				Timeout:     30 * time.Second,
+				Window:      10 * time.Minute,
+				Ports:       []Port{{22, "tcp"}},
+				OneTime:     &OneTime{KeyFile: "testdata/keys/bob.key", Mode: ModeTOTP, Prefix: "/k/", Steps: 2, Period: 30 * time.Second, Skew: 1},
+				GrantPrefix: hostOnly,
 			},
 		},
 		Lockout: Lockout{Failures: 3, Period: 5 * time.Minute, Duration: time.Hour},
-		Web:     Web{Listen: "[::1]:9090", TokenFile: "/etc/webknock/other-token", Socket: "/run/wk/admin.sock"},
+		Hooks: Hooks{
+			OnGrant:    []string{"/usr/bin/curl", "-fsS", "-m", "5", "--data-urlencode", "ip={ip}", "https://hooks.example.com/webknock"},
+			OnEnd:      []string{"/usr/bin/logger", "-t", "webknock", "{event}: {ip} {sequence}"},
+			Timeout:    30 * time.Second,
+			MaxRunning: 2,
+		},
+		Web: Web{Listen: "[::1]:9090", TokenFile: "/etc/webknock/other-token", Socket: "/run/wk/admin.sock"},
 	}
 }
+
+// hostOnly is the default grant_prefix: the client's address alone.
+var hostOnly = GrantPrefix{IPv4: 32, IPv6: 128}
 
 // minimalConfig is testdata/minimal.yaml: the defaults of DESIGN.md, written
 // out rather than taken from defaults() so the test checks them.
@@ -104,16 +123,18 @@ func minimalConfig() Config {
 		StateDir: "/var/lib/webknock",
 		Firewall: Firewall{Backend: "iptables", Chain: "WEBKNOCK", Hook: "INPUT", Protect: true, IPv6: true},
 		Sequences: []Sequence{{
-			Name:       "ssh",
-			Steps:      []string{"/k/a"},
-			StepStatus: []int{404},
-			Methods:    []string{"GET", "HEAD"},
-			KnockPage:  "/k/open",
-			Timeout:    30 * time.Second,
-			Window:     10 * time.Minute,
-			Ports:      []Port{{22, "tcp"}},
+			Name:        "ssh",
+			Steps:       []string{"/k/a"},
+			StepStatus:  []int{404},
+			Methods:     []string{"GET", "HEAD"},
+			KnockPage:   "/k/open",
+			Timeout:     30 * time.Second,
+			Window:      10 * time.Minute,
+			Ports:       []Port{{22, "tcp"}},
+			GrantPrefix: hostOnly,
 		}},
 		Lockout: Lockout{Failures: 5, Period: 10 * time.Minute, Duration: 15 * time.Minute},
+		Hooks:   Hooks{Timeout: 10 * time.Second, MaxRunning: 4},
 		Web:     Web{Listen: "127.0.0.1:7080", TokenFile: "/etc/webknock/token", Socket: "/run/webknock/webknock.sock"},
 	}
 }
@@ -657,4 +678,25 @@ func manySteps(n int) string {
 		steps = append(steps, fmt.Sprintf("/k/s%d", i))
 	}
 	return strings.Join(steps, ", ")
+}
+
+// TestRegisterFlagsSome: a command offers only the overrides of the keys
+// it uses; naming a key no flag overrides is a programming error.
+func TestRegisterFlagsSome(t *testing.T) {
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	RegisterFlags(fs, "state_dir", "log.format")
+	var got []string
+	fs.VisitAll(func(f *pflag.Flag) { got = append(got, f.Name) })
+	if want := []string{"log-format", "state-dir"}; !slices.Equal(got, want) {
+		t.Errorf("RegisterFlags(state_dir, log.format) defined %q, want %q", got, want)
+	}
+	if keys := FlagKeys(); len(keys) != len(flagKeys) {
+		t.Errorf("FlagKeys() = %q, want the %d keys of flagKeys", keys, len(flagKeys))
+	}
+	defer func() {
+		if recover() == nil {
+			t.Errorf("RegisterFlags(web.socket) did not panic")
+		}
+	}()
+	RegisterFlags(pflag.NewFlagSet("y", pflag.ContinueOnError), "web.socket")
 }

@@ -68,6 +68,23 @@ func (l *loader) decodeRoot(a loc, root map[string]any) {
 					l.unknown(a)
 				}
 			})
+		case "hooks":
+			l.mapping(a, v, "hooks settings", func(a loc, v any) {
+				switch a.p[len(a.p)-1] {
+				case "on_grant":
+					l.setArgv(a, v, &l.cfg.Hooks.OnGrant)
+				case "on_end":
+					l.setArgv(a, v, &l.cfg.Hooks.OnEnd)
+				case "on_lockout":
+					l.setArgv(a, v, &l.cfg.Hooks.OnLockout)
+				case "timeout":
+					l.setDuration(a, v, &l.cfg.Hooks.Timeout)
+				case "max_running":
+					l.setInt(a, v, &l.cfg.Hooks.MaxRunning)
+				default:
+					l.unknown(a)
+				}
+			})
 		case "web":
 			l.mapping(a, v, "web settings", func(a loc, v any) {
 				switch a.p[len(a.p)-1] {
@@ -128,6 +145,25 @@ func (l *loader) setSequences(a loc, v any) {
 				l.setDuration(a, v, &s.Window)
 			case "ports":
 				l.setPorts(a, v, &s.Ports)
+			case "close_page":
+				l.setString(a, v, &s.ClosePage)
+			case "close_kills_sessions":
+				l.setBool(a, v, &s.CloseKillsSessions)
+			case "allow_from":
+				l.setPrefixes(a, v, &s.AllowFrom)
+			case "expires":
+				l.setTime(a, v, &s.Expires)
+			case "grant_prefix":
+				l.mapping(a, v, "grant prefix lengths", func(a loc, v any) {
+					switch a.p[len(a.p)-1] {
+					case "ipv4":
+						l.setInt(a, v, &s.GrantPrefix.IPv4)
+					case "ipv6":
+						l.setInt(a, v, &s.GrantPrefix.IPv6)
+					default:
+						l.unknown(a)
+					}
+				})
 			case "one_time":
 				ot := oneTimeDefaults()
 				s.OneTime = &ot
@@ -278,6 +314,18 @@ func (l *loader) setStrings(a loc, v any, dst *[]string) bool {
 		s, ok := item.(string)
 		if !ok {
 			l.failf(a, "want a string, got %s", describe(item))
+		}
+		return s, ok
+	})
+}
+
+// setArgv: a command, each argument a string. A number must be quoted:
+// what YAML makes of it (010, 1e3) need not be the text written.
+func (l *loader) setArgv(a loc, v any, dst *[]string) bool {
+	return eachItem(l, a, v, "arguments", dst, func(a loc, item any) (string, bool) {
+		s, ok := item.(string)
+		if !ok {
+			l.failf(a, "want a string, got %s; quote it", describe(item))
 		}
 		return s, ok
 	})
@@ -443,5 +491,26 @@ func (l *loader) setDuration(a loc, v any, dst *time.Duration) {
 		return
 	}
 	*dst = d
+	l.set(a)
+}
+
+// setTime reads an RFC 3339 time. YAML may have decoded an unquoted one
+// already; a date alone is refused, its time zone would be a guess.
+func (l *loader) setTime(a loc, v any, dst *time.Time) {
+	var t time.Time
+	switch v := v.(type) {
+	case time.Time:
+		t = v
+	case string:
+		var err error
+		if t, err = time.Parse(time.RFC3339, strings.TrimSpace(v)); err != nil {
+			l.failf(a, "bad time %q: want RFC 3339 with a time zone, like \"2027-01-31T18:00:00Z\"", v)
+			return
+		}
+	default:
+		l.failf(a, "want an RFC 3339 time like \"2027-01-31T18:00:00Z\", got %s", describe(v))
+		return
+	}
+	*dst = t.UTC()
 	l.set(a)
 }

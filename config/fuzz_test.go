@@ -58,6 +58,15 @@ func checkInvariants(t *testing.T, c *Config) {
 	if len(c.Log.Paths) == 0 || c.Log.Format == "" || c.StateDir == "" {
 		t.Fatalf("config without log paths, format or state dir: %+v", c)
 	}
+	h := c.Hooks
+	for _, argv := range [][]string{h.OnGrant, h.OnEnd, h.OnLockout} {
+		if len(argv) > 0 && !strings.HasPrefix(argv[0], "/") {
+			t.Fatalf("hook with a relative program: %q", argv)
+		}
+	}
+	if h.Timeout <= 0 || h.MaxRunning < 1 {
+		t.Fatalf("hooks timeout %v, max_running %d", h.Timeout, h.MaxRunning)
+	}
 	seen := map[string]bool{}
 	names := map[string]bool{}
 	for _, s := range c.Sequences {

@@ -41,7 +41,17 @@ var envKeys = map[string]bool{
 	"web.listen":            false,
 	"web.token_file":        false,
 	"web.socket":            false,
+	"hooks.on_grant":        true,
+	"hooks.on_end":          true,
+	"hooks.on_lockout":      true,
+	"hooks.timeout":         false,
+	"hooks.max_running":     false,
 }
+
+// envArgv are the list keys that hold a command: their variable is a YAML
+// flow list ('["/usr/bin/logger", "-t", "webknock", "{ip} {event}"]'), or
+// else split on spaces only, since an argument may hold a comma.
+var envArgv = map[string]bool{"hooks.on_grant": true, "hooks.on_end": true, "hooks.on_lockout": true}
 
 // source is where a value came from.
 type source struct {
@@ -67,6 +77,8 @@ type loader struct {
 	failed map[string]bool   // paths that could not be decoded: no further checks
 	broken bool              // the file could not be read or parsed: nothing to validate
 	errs   Errors
+	// logsOnCommandLine: see Options.LogsOnCommandLine.
+	logsOnCommandLine bool
 }
 
 // Load reads the configuration described by o and validates it. On any
@@ -77,6 +89,8 @@ func Load(o Options) (*Config, error) {
 		file:   source{name: o.Path, file: true},
 		origin: map[string]source{},
 		failed: map[string]bool{},
+
+		logsOnCommandLine: o.LogsOnCommandLine,
 	}
 	l.cfg.File = o.Path
 	if o.Path == "" {
@@ -180,6 +194,7 @@ func (l *loader) loadFile() {
 	// again, or copying the result into koanf, would triple the cost of a
 	// file with thousands of sequences. The environment and flags, which
 	// set only some keys of the sections, decode over these values.
+	untime(&doc)
 	var root map[string]any
 	if err := doc.Decode(&root); err != nil {
 		l.yamlProblems(err)
@@ -187,6 +202,17 @@ func (l *loader) loadFile() {
 	}
 	l.broken = false
 	l.decodeRoot(loc{src: l.file}, root)
+}
+
+// untime makes every scalar that YAML would read as a timestamp a string:
+// times are parsed by our own rule, strictly (a date alone has no zone).
+func untime(n *yamlv3.Node) {
+	if n.Kind == yamlv3.ScalarNode && n.ShortTag() == "!!timestamp" {
+		n.Tag = "!!str"
+	}
+	for _, c := range n.Content {
+		untime(c)
+	}
 }
 
 var yamlLine = regexp.MustCompile(`^line (\d+): (.*)$`)
@@ -274,6 +300,15 @@ func (l *loader) loadEnv(ko *koanf.Koanf, environ []string) {
 				l.addf(loc{src, fieldPath{key}}, "unknown key")
 				return "", nil
 			}
+			if envArgv[key] {
+				argv, err := envCommand(value)
+				if err != nil {
+					l.addf(loc{src, parseFieldPath(key)}, "%v", err)
+					return "", nil
+				}
+				vars[key] = src
+				return key, argv
+			}
 			vars[key] = src
 			if list {
 				return key, strings.FieldsFunc(value, func(r rune) bool {
@@ -290,6 +325,22 @@ func (l *loader) loadEnv(ko *koanf.Koanf, environ []string) {
 	}
 	l.decodeLayer(ek, vars)
 	_ = ko.Merge(ek)
+}
+
+// envCommand reads a command from an environment variable.
+func envCommand(value string) ([]any, error) {
+	if !strings.HasPrefix(strings.TrimSpace(value), "[") {
+		var argv []any
+		for _, f := range strings.Fields(value) {
+			argv = append(argv, f)
+		}
+		return argv, nil
+	}
+	var argv []any
+	if err := yamlv3.Unmarshal([]byte(value), &argv); err != nil {
+		return nil, fmt.Errorf("bad list: want a command like [\"/usr/bin/logger\", \"-t\", \"webknock\"]: %v", strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	return argv, nil
 }
 
 // loadFlags applies the flags of RegisterFlags that the user changed.

@@ -23,6 +23,10 @@ const (
 	maxPeriod        = time.Hour
 	totpPeriod       = 30 * time.Second
 	nameRule         = "1 to 32 characters of A-Z a-z 0-9 _ -"
+	// The widest networks a grant may open: a carrier's NAT pool, a
+	// site's IPv6 allocation. Wider would open the port to strangers.
+	minGrantPrefix4 = 16
+	minGrantPrefix6 = 32
 )
 
 var (
@@ -46,7 +50,7 @@ func (l *loader) validate(checkFormat func(string) error) {
 	}
 
 	// log
-	if len(c.Log.Paths) == 0 {
+	if len(c.Log.Paths) == 0 && !l.logsOnCommandLine {
 		bad(at("log", "paths"), "at least one path required")
 	}
 	for i, p := range c.Log.Paths {
@@ -91,9 +95,37 @@ func (l *loader) validate(checkFormat func(string) error) {
 		}
 	}
 
+	l.validateHooks(at, bad)
+
 	// web
 	if ln := c.Web.Listen; ln != "" && !validListen(ln) {
 		bad(at("web", "listen"), "bad listen %q: want host:port like \"127.0.0.1:7080\", or empty to disable", ln)
+	}
+}
+
+// Bounds of the hooks' settings.
+const (
+	maxHookTimeout    = 10 * time.Minute
+	maxHookMaxRunning = 64
+)
+
+// validateHooks checks the hooks' shape; their placeholders and programs
+// are checked by the package that runs them (Options.Check).
+func (l *loader) validateHooks(at func(p ...any) loc, bad func(a loc, format string, args ...any)) {
+	h := l.cfg.Hooks
+	for _, cmd := range []struct {
+		key  string
+		argv []string
+	}{{"on_grant", h.OnGrant}, {"on_end", h.OnEnd}, {"on_lockout", h.OnLockout}} {
+		if len(cmd.argv) > 0 && !filepath.IsAbs(cmd.argv[0]) {
+			bad(at("hooks", cmd.key, 0), "program %q is not an absolute path; want a command like [/usr/bin/logger, -t, webknock, \"{ip} {event}\"], run without a shell", cmd.argv[0])
+		}
+	}
+	if h.Timeout <= 0 || h.Timeout > maxHookTimeout {
+		bad(at("hooks", "timeout"), "bad timeout %q: want a positive duration up to %v, like \"10s\"", h.Timeout, maxHookTimeout)
+	}
+	if h.MaxRunning < 1 || h.MaxRunning > maxHookMaxRunning {
+		bad(at("hooks", "max_running"), "bad max_running %d: want 1 to %d", h.MaxRunning, maxHookMaxRunning)
 	}
 }
 
@@ -185,6 +217,18 @@ func (l *loader) validateSequences(at func(p ...any) loc, bad func(a loc, format
 		positive(bad, at("sequences", i, "timeout"), s.Timeout)
 		positive(bad, at("sequences", i, "window"), s.Window)
 
+		if s.ClosePage != "" {
+			usePath(at("sequences", i, "close_page"), s.ClosePage)
+		}
+		if s.CloseKillsSessions && s.ClosePage == "" {
+			bad(at("sequences", i, "close_kills_sessions"), "needs close_page: only a close from the close page ends sessions (revoke --kill-sessions does it by hand)")
+		}
+		if g := s.GrantPrefix.IPv4; g < minGrantPrefix4 || g > 32 {
+			bad(at("sequences", i, "grant_prefix", "ipv4"), "bad prefix length %d: want %d (a /%d network) to 32 (the address alone)", g, minGrantPrefix4, minGrantPrefix4)
+		}
+		if g := s.GrantPrefix.IPv6; g < minGrantPrefix6 || g > 128 {
+			bad(at("sequences", i, "grant_prefix", "ipv6"), "bad prefix length %d: want %d (a /%d network) to 128 (the address alone)", g, minGrantPrefix6, minGrantPrefix6)
+		}
 		if len(s.Ports) == 0 {
 			bad(at("sequences", i, "ports"), "at least one port required, like \"22/tcp\"")
 		}

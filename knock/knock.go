@@ -1,5 +1,7 @@
 // Package knock is webknock's pure core: it turns access-log hits into knock
-// events (step, reset, timeout, grant, lockout), per client and sequence.
+// events (step, reset, timeout, grant, denied, close, lockout, reused), per
+// client and sequence, applying each sequence's policy (allow_from, expires,
+// grant networks, close page).
 //
 // It does no I/O, reads no clock and starts no goroutines: every time comes
 // from the log lines themselves, so a replay gives the same events as the live
@@ -317,7 +319,7 @@ func (t *Tracker) catchUp(e *entry, now time.Time, dst []Event) []Event {
 
 // Expire discards all progress that has expired at now (emitting a timeout
 // for each, which counts as a failure and may lock a client out), forgets
-// ended lockouts and stale failures, and appends the events to dst ordered
+// ended lockouts, stale failures and ended grants, and appends the events to dst ordered
 // by time, then client, then sequence name. It scans the whole table.
 func (t *Tracker) Expire(now time.Time, dst []Event) []Event {
 	t.sweepGrants(now)

@@ -45,6 +45,9 @@ func NewParser(format string, trusted []netip.Prefix) (*Parser, error) {
 	case VHostCombined:
 		p.preset = vhostCombined
 	default:
+		if err := notAFormat(format); err != nil {
+			return nil, err
+		}
 		cf, err := compileCustom(format)
 		if err != nil {
 			return nil, err
@@ -55,6 +58,39 @@ func NewParser(format string, trusted []netip.Prefix) (*Parser, error) {
 		return nil, fmt.Errorf("trusted_proxies is set but the format has no $http_x_forwarded_for: every request would come from the proxy")
 	}
 	return p, nil
+}
+
+// nginxMainFormat is the format nginx.conf ships under the name main.
+const nginxMainFormat = `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" "$http_x_forwarded_for"`
+
+// notAFormat explains a format with no $variable, which cannot be a usable
+// nginx log_format string: most often the name of one, or of a server.
+func notAFormat(format string) error {
+	word := strings.TrimSpace(format)
+	if word == "" || strings.Contains(format, "$") {
+		return nil // compileCustom explains
+	}
+	switch lower := strings.ToLower(word); lower {
+	case "main":
+		return fmt.Errorf("%q is the name nginx.conf gives its default log_format, not a format: "+
+			"for a log written with access_log ... main, paste the format itself: format: '%s' "+
+			"(combined is the built-in equivalent without the last field, $http_x_forwarded_for: what nginx writes when access_log names no format)",
+			word, nginxMainFormat)
+	case Common, Combined, VHostCombined:
+		return fmt.Errorf("unknown format %q: the names are in lower case: %s", word, lower)
+	case "nginx":
+		return fmt.Errorf("%q is not a format: nginx writes combined when access_log names no format; "+
+			"else paste the string of the log_format it names (for main: '%s')", word, nginxMainFormat)
+	case "apache", "apache2", "httpd":
+		return fmt.Errorf("%q is not a format: Apache writes the format its CustomLog line names: "+
+			"usually combined, common, or vhost_combined (other_vhosts_access.log)", word)
+	}
+	if strings.Contains(word, "%") {
+		return fmt.Errorf("%q looks like an Apache LogFormat string: name the format instead: "+
+			"combined, common or vhost_combined", word)
+	}
+	return fmt.Errorf("unknown format %q: want combined, common, vhost_combined or an nginx log_format string "+
+		"(with $variables; the name of a log_format will not do: paste its string)", word)
 }
 
 // CheckFormat reports whether format can be parsed: a preset or a usable

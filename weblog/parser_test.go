@@ -324,3 +324,29 @@ func TestNewParserErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestFormatNames: a name where a format belongs, nginx's main first of
+// all, is explained with what to write instead.
+func TestFormatNames(t *testing.T) {
+	tests := []struct {
+		format string
+		want   []string
+	}{
+		{"main", []string{`"main" is the name nginx.conf gives its default log_format, not a format`,
+			"format: '" + nginxMain + "'", "combined is the built-in equivalent without the last field"}},
+		{" Main ", []string{`"Main" is the name`}},
+		{"nginx", []string{"nginx writes combined when access_log names no format", "for main: '" + nginxMain + "'"}},
+		{"apache", []string{`"apache" is not a format`, "CustomLog"}},
+		{"Combined", []string{"in lower case: combined"}},
+		{`%h %l %u %t "%r" %>s %b`, []string{"Apache LogFormat", "common"}},
+		{"default", []string{`unknown format "default"`, "the name of a log_format will not do"}},
+	}
+	for _, tc := range tests {
+		_, err := NewParser(tc.format, nil)
+		for _, want := range tc.want {
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("NewParser(%q) error = %v, want it to contain %q", tc.format, err, want)
+			}
+		}
+	}
+}

@@ -4,6 +4,7 @@
 package weblog
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -42,6 +43,20 @@ const (
 	ReasonForwarded  Reason = "forwarded"  // from a trusted proxy with no usable X-Forwarded-For
 	ReasonOverlong   Reason = "overlong"   // longer than MaxLineBytes
 )
+
+// Mismatch reports whether r means the line is not in the log format (as
+// opposed to a line in the format from a client that cannot knock): many
+// such lines mean log.format is wrong.
+func (r Reason) Mismatch() bool { return r == ReasonFormat || r == ReasonTime }
+
+// ReasonOf returns the reason of a Parse error; an error of another kind
+// counts as a format mismatch.
+func ReasonOf(err error) Reason {
+	if pe := (*ParseError)(nil); errors.As(err, &pe) {
+		return pe.Reason
+	}
+	return ReasonFormat
+}
 
 // ParseError is the error for a line that cannot be used.
 type ParseError struct {

@@ -27,3 +27,8 @@ func Check(t testing.TB, path string, got []byte) {
 		t.Errorf("output differs from %s (go test -update rewrites it); got:\n%s", path, got)
 	}
 }
+
+// Updating reports whether the tests run with -update: tests whose golden
+// files are written by the program itself (replay --expect --update)
+// rewrite them then.
+func Updating() bool { return *update }
