@@ -287,7 +287,7 @@ func TestRevokeRetriedUntilDone(t *testing.T) {
 		}
 		return nil
 	})
-	if err := f.Revoke(ctx0, c1); err == nil {
+	if err := f.revoke(c1); err == nil {
 		t.Fatal("Revoke with failing deletes = nil, want an error")
 	}
 	<-deletes
@@ -498,7 +498,7 @@ func TestGrantRepairsMissingChain(t *testing.T) {
 	if err := f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until}); err != nil {
 		t.Fatalf("Grant = %v", err)
 	}
-	if c := e.chain(ipv4); len(c) != 2+1+6 || c[2] != grantLine("192.0.2.1/32", ssh, "ssh", until) {
+	if c := e.chain(ipv4); len(c) != 2+1+len(tail4(protectOptions(e))) || c[2] != grantLine("192.0.2.1/32", ssh, "ssh", until) {
 		t.Errorf("chain %q, want the grant and the tail", c)
 	}
 	if in, _ := e.v4.List(ctx0, table, "INPUT"); !slices.Contains(in, "-A INPUT -j WEBKNOCK") {
@@ -555,7 +555,7 @@ func TestWallClockJump(t *testing.T) {
 			}
 			return nil
 		})
-		f.Revoke(ctx0, c1)
+		f.revoke(c1)
 		e.v4.setFail(nil)
 		e.clk.Jump(-time.Hour) // the retry is not put off by an hour
 		f.advance(e.clk, doomFirst)
@@ -592,7 +592,7 @@ func TestTableBound(t *testing.T) {
 	if !strings.Contains(e.log.String(), `msg="grant refused: the grant table is full" ip=198.51.100.2`) {
 		t.Errorf("log lacks the refusal:\n%s", e.log)
 	}
-	if err := f.Revoke(ctx0, c1); err != nil {
+	if err := f.revoke(c1); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.grant(Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: until}); err != nil {

@@ -20,6 +20,12 @@
 // Every grant is held to the configured sequences (Options.Sequences): its
 // sequence must exist, its ports be the sequence's, and it ends at most one
 // window after the wall clock's now, whatever the log's clock says.
+//
+// A grant opens to one address, or to its network (Grant.Bits: carrier NAT,
+// IPv6 privacy addresses). Revoke ends the grants that overlap an address
+// or network; the established sessions they let in go on unless
+// KillSessions ends them, by deleting their conntrack entries: the protect
+// tail then resets their next packets.
 package firewall
 
 import (
@@ -71,13 +77,15 @@ var (
 	// ErrExpired is returned by Grant for a grant whose Until is not after
 	// now: an old log line read again after a restart.
 	ErrExpired = errors.New("grant already expired")
-	// ErrNoGrant is returned by Revoke for an address that holds no grant.
+	// ErrNoGrant is returned by Revoke for an address or network that
+	// holds no grant.
 	ErrNoGrant = errors.New("no grant")
 	// ErrTableFull is returned by Grant for a new grant while MaxGrants
 	// grants are live: no live grant is ever evicted to make room.
 	ErrTableFull = errors.New("grant table full")
 	// ErrRevoked is returned by Grant for a knock logged before the last
-	// revoke of its address: a log line read again must not undo a revoke.
+	// revoke of an address or network its source overlaps: a log line read
+	// again must not undo a revoke.
 	ErrRevoked = errors.New("address revoked after this knock")
 	// ErrPending is returned by Grant when its rules could not be
 	// inserted: the grant waits and is retried, with backoff, until it is
@@ -129,54 +137,147 @@ func (p Port) check() error {
 	return nil
 }
 
-// Grant opens Ports to IP until Until, because IP knocked Sequence.
+// Grant opens Ports to IP (or to the network IP/Bits) until Until,
+// because IP knocked Sequence.
 type Grant struct {
-	IP       netip.Addr `json:"ip"`
-	Sequence string     `json:"sequence"`
-	Ports    []Port     `json:"ports"`
+	IP netip.Addr `json:"ip"`
+	// Bits widens the grant to the network IP/Bits, for clients behind
+	// carrier NAT or with IPv6 privacy addresses: 16 to 32 for IPv4, 32 to
+	// 128 for IPv6. 0: the single address IP.
+	Bits     int    `json:"bits,omitempty"`
+	Sequence string `json:"sequence"`
+	Ports    []Port `json:"ports"`
 	// Knocked is the log's time of the knock. A knock logged before the
-	// last revoke of IP is refused (ErrRevoked). Zero: not a knock read
-	// from a log, to which revokes do not apply.
+	// last revoke of an address the grant covers is refused (ErrRevoked).
+	// Zero: not a knock read from a log, to which revokes do not apply.
 	Knocked time.Time `json:"knocked,omitzero"`
 	Until   time.Time `json:"until"`
 }
 
-// normalizeGrant unmaps the address, drops repeated ports and truncates
-// Until to the second the rule can hold, in UTC. An Until too late for the
-// kernel is left to checkUntil: the policy may cut it first.
+// Source is what the grant opens to: IP/Bits, or IP's single-address
+// prefix when Bits is 0.
+func (g Grant) Source() netip.Prefix {
+	ip := g.IP.Unmap()
+	if g.Bits == 0 {
+		return netip.PrefixFrom(ip, ip.BitLen())
+	}
+	return netip.PrefixFrom(ip, g.Bits).Masked()
+}
+
+// The narrowest widening of a grant, per family: wider would open to a
+// whole provider.
+const (
+	minBits4 = 16
+	minBits6 = 32
+)
+
+// checkBits refuses a grant's Bits outside [16,32] for IPv4 and [32,128]
+// for IPv6; 0 is the single address.
+func checkBits(ip netip.Addr, bits int) error {
+	lo := minBits4
+	if ip.Is6() {
+		lo = minBits6
+	}
+	if bits != 0 && (bits < lo || bits > ip.BitLen()) {
+		return fmt.Errorf("grant to %s/%d: a grant covers a network of /%d to /%d, or the address alone", ip, bits, lo, ip.BitLen())
+	}
+	return nil
+}
+
+// FormatSource writes p as people read a grant's source: the address alone
+// when p is a single address, else NET/BITS.
+func FormatSource(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
+}
+
+// ParseSource reads an address, or a network written NET/BITS, as a
+// prefix: an address is its single-address prefix. An IPv4-mapped IPv6
+// address or network is read as IPv4; host bits are masked off; zones are
+// refused.
+func ParseSource(s string) (netip.Prefix, error) {
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		q, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("bad network %q: want NET/BITS, like 192.0.2.0/24", s)
+		}
+		p = q
+	} else {
+		ip, err := netip.ParseAddr(s)
+		if err != nil || ip.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("bad address %q: want an IP address, or NET/BITS", s)
+		}
+		p = netip.PrefixFrom(ip, ip.BitLen())
+	}
+	return unmapPrefix(p), nil
+}
+
+// unmapPrefix makes an IPv4-mapped prefix IPv4, and masks it.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p.Masked()
+}
+
+// normalizeGrant unmaps the address, masks it to Bits (0 for the single
+// address), drops repeated ports and truncates Until to the second the
+// rule can hold, in UTC. An Until too late for the kernel is left to
+// checkUntil: the policy may cut it first.
 func normalizeGrant(g Grant) (Grant, error) {
 	ip := g.IP.Unmap()
 	switch {
 	case !ip.IsValid():
 		return Grant{}, errors.New("grant without an address")
-	case ip.Zone() != "" || ip.IsUnspecified() || ip.IsMulticast():
+	case ip.Zone() != "":
 		return Grant{}, fmt.Errorf("grant to %s: not an address a client connects from", ip)
+	}
+	bits := g.Bits
+	if bits == ip.BitLen() {
+		bits = 0
+	}
+	if err := checkBits(ip, bits); err != nil {
+		return Grant{}, err
+	}
+	n := Grant{IP: ip, Bits: bits}
+	ip = n.Source().Addr()
+	n.IP = ip
+	src := FormatSource(n.Source())
+	switch {
+	case ip.IsUnspecified() || ip.IsMulticast():
+		return Grant{}, fmt.Errorf("grant to %s: not an address a client connects from", src)
 	case !seqRe.MatchString(g.Sequence):
-		return Grant{}, fmt.Errorf("grant to %s: bad sequence name %q: want 1 to 32 characters of A-Z a-z 0-9 _ -", ip, g.Sequence)
+		return Grant{}, fmt.Errorf("grant to %s: bad sequence name %q: want 1 to 32 characters of A-Z a-z 0-9 _ -", src, g.Sequence)
 	case len(g.Ports) == 0:
-		return Grant{}, fmt.Errorf("grant to %s for %s: no ports", ip, g.Sequence)
+		return Grant{}, fmt.Errorf("grant to %s for %s: no ports", src, g.Sequence)
 	}
 	for _, p := range g.Ports {
 		if err := p.check(); err != nil {
-			return Grant{}, fmt.Errorf("grant to %s for %s: %w", ip, g.Sequence, err)
+			return Grant{}, fmt.Errorf("grant to %s for %s: %w", src, g.Sequence, err)
 		}
 	}
 	until := g.Until.Truncate(time.Second).UTC()
 	if until.Unix() <= 0 {
-		return Grant{}, fmt.Errorf("grant to %s for %s: no end time", ip, g.Sequence)
+		return Grant{}, fmt.Errorf("grant to %s for %s: no end time", src, g.Sequence)
 	}
 	knocked := g.Knocked
 	if !knocked.IsZero() {
 		knocked = knocked.UTC()
 	}
-	return Grant{IP: ip, Sequence: g.Sequence, Ports: uniquePorts(g.Ports), Knocked: knocked, Until: until}, nil
+	return Grant{IP: ip, Bits: bits, Sequence: g.Sequence, Ports: uniquePorts(g.Ports), Knocked: knocked, Until: until}, nil
 }
+
+// sourceOf is g's source as the log and errors write it.
+func sourceOf(g Grant) string { return FormatSource(g.Source()) }
 
 // checkUntil refuses an until the kernel's time match cannot hold.
 func checkUntil(g Grant) error {
 	if g.Until.After(maxUntil) {
 		return fmt.Errorf("grant to %s for %s: until %s is after %s, the last time the kernel's time match holds",
-			g.IP, g.Sequence, g.Until.Format(time.RFC3339), maxUntil.Format(time.RFC3339))
+			sourceOf(g), g.Sequence, g.Until.Format(time.RFC3339), maxUntil.Format(time.RFC3339))
 	}
 	return nil
 }
@@ -197,7 +298,7 @@ type Options struct {
 	Backend     string // "iptables" (default) or "dry-run": in memory, each change logged
 	Chain       string // our chain; default WEBKNOCK
 	Hook        string // the chain that jumps to ours; default INPUT
-	Protect     bool   // end our chain with drops of NEW connections to Ports
+	Protect     bool   // end our chain with drops of NEW connections to Ports (and resets of lost TCP sessions)
 	AlwaysAllow []netip.Prefix
 	Ports       []Port // every port of every sequence: what Protect guards
 	// Sequences are what grants may open, and for how long. nil: no
@@ -222,7 +323,25 @@ type Options struct {
 	// MaxGrants bounds the live and pending grants; a new grant beyond it
 	// is refused with ErrTableFull. Default 65536.
 	MaxGrants int
+
+	// OnEnd, when set, is told once of every held grant that ends, and
+	// why: ReasonExpired, the reason given to Revoke, or ReasonPolicy when
+	// a reload (or, at Open, the configuration) no longer allows it. A
+	// grant that ended while webknock was stopped is told of during Open.
+	// It is called from a worker's goroutine after the grant's rules are
+	// deleted, or their delete is scheduled for retry: it must not block
+	// (enqueue and return), nor call the Firewall. It is fixed at Open;
+	// Reconfigure ignores it.
+	OnEnd func(g Grant, reason string)
 }
+
+// Why a grant ended, as OnEnd is told and Revoke is asked to log.
+const (
+	ReasonExpired = "expired" // its Until has passed
+	ReasonRevoked = "revoked" // an administrator revoked it
+	ReasonClosed  = "closed"  // its client requested its sequence's close page
+	ReasonPolicy  = "policy"  // the configured sequences no longer allow it
+)
 
 // statePath is the state file of o, or "" when none is kept.
 func (o *Options) statePath() string {
@@ -268,6 +387,10 @@ type Firewall struct {
 	st    *store
 	// marker is the ownership marker of our chains: it names StateDir.
 	marker rule
+	// conntrack opens the kernel's connection tracking for KillSessions;
+	// hostAddrs lists this host's addresses.
+	conntrack func() (conntrackConn, error)
+	hostAddrs func() []netip.Addr
 
 	stop chan struct{}
 	ctx  context.Context // ends at Close, for the workers' own work
@@ -291,10 +414,13 @@ type tail struct {
 	ports   []Port
 }
 
+// grantKey is what a grant is held by: its source and its sequence.
 type grantKey struct {
-	ip  netip.Addr
+	src netip.Prefix
 	seq string
 }
+
+func keyOf(g Grant) grantKey { return grantKey{g.Source(), g.Sequence} }
 
 // Open probes everything it needs (as Probe does) before it changes
 // anything; then it ensures our chains, their protect tails and the jumps
@@ -327,6 +453,7 @@ func newFirewall(o Options, tabs [2]tables) *Firewall {
 	f := &Firewall{
 		o: o, log: o.Logger, clock: o.Clock,
 		st: &store{path: o.statePath(), log: o.Logger}, marker: markerFor(o.StateDir),
+		conntrack: dialConntrack, hostAddrs: hostAddrs,
 		stop: make(chan struct{}), ctx: ctx, quit: quit,
 	}
 	cur := tail{protect: o.Protect, allow: o.AlwaysAllow, ports: o.Ports}
@@ -341,7 +468,7 @@ func newFirewall(o Options, tabs [2]tables) *Firewall {
 				timeout: o.CallTimeout, stop: f.stop, cmd: fam.command()},
 			reqs: make(chan request), done: make(chan struct{}),
 			cur: cur, pol: pol,
-			grants: map[grantKey]Grant{}, pending: map[grantKey]*pendingGrant{}, revoked: map[netip.Addr]time.Time{},
+			grants: map[grantKey]Grant{}, pending: map[grantKey]*pendingGrant{}, revoked: map[netip.Prefix]time.Time{},
 		}
 	}
 	return f
@@ -367,14 +494,15 @@ func (f *Firewall) worker(ip netip.Addr) (*worker, error) {
 	return nil, fmt.Errorf("%s: no %s firewall on this host", ip, fam)
 }
 
-// Grant opens g.Ports to g.IP until g.Until, and returns the grant as
-// applied: Until at most the wall clock's now plus the sequence's window,
-// or the later Until of a grant of (IP, Sequence) that it extends. When
-// the error is nil the rules are in the kernel. An earlier Until than the
-// one held changes nothing.
+// Grant opens g.Ports to g.Source() until g.Until, and returns the grant
+// as applied: IP masked to Bits, Until at most the wall clock's now plus
+// the sequence's window, or the later Until of a grant of (source,
+// Sequence) that it extends. When the error is nil the rules are in the
+// kernel. An earlier Until than the one held changes nothing.
 //
-// It refuses a grant whose Until is not after now (ErrExpired), a knock
-// logged before the last revoke of its address (ErrRevoked), a sequence or
+// It refuses Bits outside /16–/32 (IPv4) or /32–/128 (IPv6), a grant whose
+// Until is not after now (ErrExpired), a knock logged before the last
+// revoke of a source it overlaps (ErrRevoked), a sequence or
 // ports the configuration does not have (ErrNotAllowed), a new grant while
 // MaxGrants are held (ErrTableFull). When iptables fails, the grant waits
 // and is retried until it is applied or its window ends; the error then
@@ -385,7 +513,7 @@ func (f *Firewall) Grant(ctx context.Context, g Grant) (Grant, error) {
 		return Grant{}, err
 	}
 	if !g.Until.After(f.clock.Now()) {
-		return Grant{}, fmt.Errorf("grant to %s for %s until %s: %w", g.IP, g.Sequence, g.Until.Format(time.RFC3339), ErrExpired)
+		return Grant{}, fmt.Errorf("grant to %s for %s until %s: %w", sourceOf(g), g.Sequence, g.Until.Format(time.RFC3339), ErrExpired)
 	}
 	w, err := f.worker(g.IP)
 	if err != nil {
@@ -400,24 +528,53 @@ func (f *Firewall) Grant(ctx context.Context, g Grant) (Grant, error) {
 	return out, err
 }
 
-// Revoke removes every grant of ip now, pending ones too, and remembers
-// the time: a knock of ip logged before it never grants again. It returns
-// ErrNoGrant when ip holds none. A rule that cannot be deleted is retried
-// in the background.
-func (f *Firewall) Revoke(ctx context.Context, ip netip.Addr) error {
-	ip = ip.Unmap()
-	if !ip.IsValid() {
-		return errors.New("revoke: no address")
-	}
-	w := f.fams[familyOf(ip)]
-	if w == nil {
-		return fmt.Errorf("revoke %s: %w", ip, ErrNoGrant)
-	}
-	return w.do(ctx, func(ctx context.Context) error { return w.revoke(ctx, ip) })
+// Revoke ends now every grant, held or pending, whose source overlaps p:
+// an address (passed as its single-address prefix) ends its own grants and
+// those of networks that hold it; a network, the grants of every address
+// and network in it. It logs reason (ReasonRevoked, ReasonClosed; ""
+// means ReasonRevoked), which OnEnd is told too, and remembers the time
+// for the sources it ended and for p: a knock logged before it never
+// grants them again. It returns the grants it ended, sorted as Grants
+// sorts, or ErrNoGrant when there were none. A rule that cannot be
+// deleted is retried in the background: its grant is ended all the same,
+// and returned with the error.
+func (f *Firewall) Revoke(ctx context.Context, p netip.Prefix, reason string) ([]Grant, error) {
+	return f.revoke(ctx, p, "", reason)
 }
 
-// Grants returns the live grants, sorted by Until, then IP and Sequence.
-// The slice is the caller's.
+// RevokeSequence is Revoke for the grants of one sequence: what a client's
+// request of its sequence's close page ends (ReasonClosed).
+func (f *Firewall) RevokeSequence(ctx context.Context, p netip.Prefix, sequence, reason string) ([]Grant, error) {
+	if sequence == "" {
+		return nil, errors.New("revoke: no sequence")
+	}
+	return f.revoke(ctx, p, sequence, reason)
+}
+
+// revoke is Revoke of the grants of sequence, or of all when "".
+func (f *Firewall) revoke(ctx context.Context, p netip.Prefix, sequence, reason string) ([]Grant, error) {
+	if !p.IsValid() || p.Addr().Zone() != "" {
+		return nil, errors.New("revoke: no address or network")
+	}
+	p = unmapPrefix(p)
+	if reason == "" {
+		reason = ReasonRevoked
+	}
+	w := f.fams[familyOf(p.Addr())]
+	if w == nil {
+		return nil, fmt.Errorf("revoke %s: %w", FormatSource(p), ErrNoGrant)
+	}
+	var out []Grant
+	err := w.do(ctx, func(ctx context.Context) error {
+		var err error
+		out, err = w.revoke(ctx, p, sequence, reason)
+		return err
+	})
+	return out, err
+}
+
+// Grants returns the live grants, sorted by Until, then source and
+// Sequence. The slice is the caller's.
 func (f *Firewall) Grants() []Grant { return f.st.grants() }
 
 // Health tells whether the kernel is in line with the grants.

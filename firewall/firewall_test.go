@@ -54,7 +54,7 @@ func TestGrantRuleText(t *testing.T) {
 }
 
 func grantEqual(a, b Grant) bool {
-	return a.IP == b.IP && a.Sequence == b.Sequence && slices.Equal(a.Ports, b.Ports) && a.Until.Equal(b.Until)
+	return a.IP == b.IP && a.Bits == b.Bits && a.Sequence == b.Sequence && slices.Equal(a.Ports, b.Ports) && a.Until.Equal(b.Until)
 }
 
 func TestGrantOneRulePerPort(t *testing.T) {
@@ -194,7 +194,7 @@ func TestRevoke(t *testing.T) {
 	f.grant(Grant{IP: c1, Sequence: "web", Ports: []Port{alt}, Until: u})
 	f.grant(Grant{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: u})
 
-	if err := f.Revoke(ctx0, netip.MustParseAddr("::ffff:192.0.2.1")); err != nil {
+	if err := f.revoke(netip.MustParseAddr("::ffff:192.0.2.1")); err != nil {
 		t.Fatalf("Revoke = %v", err)
 	}
 	if d := diffLines(e.chain(ipv4), e.chainOnly(grantLine("198.51.100.2/32", ssh, "ssh", u))); d != "" {
@@ -206,7 +206,7 @@ func TestRevoke(t *testing.T) {
 	if gs := e.readState(); len(gs) != 1 || gs[0].IP != c2 {
 		t.Errorf("state file = %v, want c2's only", gs)
 	}
-	if err := f.Revoke(ctx0, c1); !errors.Is(err, ErrNoGrant) {
+	if err := f.revoke(c1); !errors.Is(err, ErrNoGrant) {
 		t.Errorf("Revoke of a revoked address = %v, want ErrNoGrant", err)
 	}
 }
@@ -223,7 +223,7 @@ func TestRevokeFailure(t *testing.T) {
 		}
 		return nil
 	})
-	if err := f.Revoke(ctx0, c1); err == nil {
+	if err := f.revoke(c1); err == nil {
 		t.Fatal("Revoke with failing deletes = nil, want an error")
 	}
 	if h := f.Health(); h.InSync || h.Pending != 1 || h.Failures == 0 {
@@ -268,9 +268,13 @@ func TestStateFile(t *testing.T) {
 		Grants: []Grant{
 			{IP: c1, Sequence: "ssh", Ports: []Port{ssh, dns}, Knocked: t0.Add(-time.Minute), Until: t0},
 			{IP: c6, Sequence: "web", Ports: []Port{alt}, Until: t0.Add(time.Hour)},
+			{IP: mustAddr("198.51.100.0"), Bits: 24, Sequence: "web", Ports: []Port{alt}, Until: t0.Add(time.Hour)},
 		},
 		Pending: []Grant{{IP: c2, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}},
-		Revoked: []revoked{{IP: mustAddr("192.0.2.9"), At: t0.Add(-time.Hour)}},
+		Revoked: []revoked{
+			{Source: source{host(mustAddr("192.0.2.9"))}, At: t0.Add(-time.Hour)},
+			{Source: source{netip.MustParsePrefix("2001:db8:1::/48")}, At: t0.Add(-time.Minute)},
+		},
 	}
 	for range 2 { // the second replaces the first
 		if err := writeState(path, doc); err != nil {
@@ -284,13 +288,14 @@ func TestStateFile(t *testing.T) {
 	}
 	b, _ := os.ReadFile(path)
 	for _, s := range []string{`"ip": "192.0.2.1"`, `"ports": [`, `"22/tcp"`, `"until": "2026-11-22T19:01:34Z"`, `"version": 2`,
-		`"knocked": "2026-11-22T19:00:34Z"`, `"pending": [`, `"revoked": [`} {
+		`"knocked": "2026-11-22T19:00:34Z"`, `"pending": [`, `"revoked": [`, `"ip": "198.51.100.0",`, `"bits": 24,`,
+		`"ip": "192.0.2.9",`, `"ip": "2001:db8:1::/48",`} {
 		if !strings.Contains(string(b), s) {
 			t.Errorf("state file lacks %s:\n%s", s, b)
 		}
 	}
-	if strings.Count(string(b), `"knocked"`) != 1 {
-		t.Errorf("state file has a knocked time for a grant without one:\n%s", b)
+	if strings.Count(string(b), `"knocked"`) != 1 || strings.Count(string(b), `"bits"`) != 1 {
+		t.Errorf("state file has a knocked time or bits for a grant without one:\n%s", b)
 	}
 	fi, _ := os.Stat(path)
 	if fi.Mode().Perm() != 0o600 {
@@ -308,14 +313,18 @@ func TestStateFile(t *testing.T) {
 	}
 
 	for name, text := range map[string]string{
-		"not json":     "{",
-		"bad version":  `{"version": 3, "grants": []}`,
-		"bad address":  `{"version": 1, "grants": [{"ip": "x", "sequence": "ssh", "ports": ["22/tcp"], "until": "2026-11-22T19:01:34Z"}]}`,
-		"bad port":     `{"version": 1, "grants": [{"ip": "192.0.2.1", "sequence": "ssh", "ports": ["22/sctp"], "until": "2026-11-22T19:01:34Z"}]}`,
-		"bad sequence": `{"version": 1, "grants": [{"ip": "192.0.2.1", "sequence": "", "ports": ["22/tcp"], "until": "2026-11-22T19:01:34Z"}]}`,
-		"bad pending":  `{"version": 2, "grants": [], "pending": [{"ip": "192.0.2.1", "sequence": "ssh", "ports": [], "until": "2026-11-22T19:01:34Z"}]}`,
-		"bad revoke":   `{"version": 2, "grants": [], "revoked": [{"ip": "192.0.2.1"}]}`,
-		"unknown key":  `{"version": 2, "grants": [], "open": ["22/tcp"]}`,
+		"not json":            "{",
+		"bad version":         `{"version": 3, "grants": []}`,
+		"bad address":         `{"version": 1, "grants": [{"ip": "x", "sequence": "ssh", "ports": ["22/tcp"], "until": "2026-11-22T19:01:34Z"}]}`,
+		"bad port":            `{"version": 1, "grants": [{"ip": "192.0.2.1", "sequence": "ssh", "ports": ["22/sctp"], "until": "2026-11-22T19:01:34Z"}]}`,
+		"bad sequence":        `{"version": 1, "grants": [{"ip": "192.0.2.1", "sequence": "", "ports": ["22/tcp"], "until": "2026-11-22T19:01:34Z"}]}`,
+		"bad pending":         `{"version": 2, "grants": [], "pending": [{"ip": "192.0.2.1", "sequence": "ssh", "ports": [], "until": "2026-11-22T19:01:34Z"}]}`,
+		"bad revoke":          `{"version": 2, "grants": [], "revoked": [{"ip": "192.0.2.1"}]}`,
+		"bad revoked network": `{"version": 2, "grants": [], "revoked": [{"ip": "192.0.2.0/33", "at": "2026-11-22T19:01:34Z"}]}`,
+		"network too wide":    `{"version": 2, "grants": [{"ip": "192.0.0.0", "bits": 8, "sequence": "ssh", "ports": ["22/tcp"], "until": "2026-11-22T19:01:34Z"}]}`,
+		"bits too many":       `{"version": 2, "grants": [{"ip": "192.0.2.1", "bits": 33, "sequence": "ssh", "ports": ["22/tcp"], "until": "2026-11-22T19:01:34Z"}]}`,
+		"negative bits":       `{"version": 2, "grants": [{"ip": "2001:db8::", "bits": -1, "sequence": "ssh", "ports": ["22/tcp"], "until": "2026-11-22T19:01:34Z"}]}`,
+		"unknown key":         `{"version": 2, "grants": [], "open": ["22/tcp"]}`,
 	} {
 		os.WriteFile(path, []byte(text), 0o600)
 		if gs, err := readState(path); err == nil {
@@ -459,22 +468,19 @@ func TestProtectTail(t *testing.T) {
 	u := t0.Add(10 * time.Minute)
 	f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: u})
 	f.grant(Grant{IP: c6, Sequence: "ssh", Ports: []Port{ssh}, Until: u})
-	wantV4 := e.chainOnly(
+	protect := slices.Concat(protectLines(ssh), protectLines(dns))
+	wantV4 := e.chainOnly(slices.Concat([]string{
 		grantLine("192.0.2.1/32", ssh, "ssh", u),
 		`-A WEBKNOCK -s 10.0.0.0/8 -p tcp -m tcp --dport 22 -m comment --comment "webknock:allow" -j ACCEPT`,
 		`-A WEBKNOCK -s 10.0.0.0/8 -p udp -m udp --dport 53 -m comment --comment "webknock:allow" -j ACCEPT`,
 		`-A WEBKNOCK -s 192.168.0.0/16 -p tcp -m tcp --dport 22 -m comment --comment "webknock:allow" -j ACCEPT`,
 		`-A WEBKNOCK -s 192.168.0.0/16 -p udp -m udp --dport 53 -m comment --comment "webknock:allow" -j ACCEPT`,
-		`-A WEBKNOCK -p tcp -m tcp --dport 22 -m conntrack --ctstate NEW -m comment --comment "webknock:protect" -j DROP`,
-		`-A WEBKNOCK -p udp -m udp --dport 53 -m conntrack --ctstate NEW -m comment --comment "webknock:protect" -j DROP`,
-	)
-	wantV6 := e.chainOnly(
+	}, protect)...)
+	wantV6 := e.chainOnly(slices.Concat([]string{
 		grantLine("2001:db8::7/128", ssh, "ssh", u),
 		`-A WEBKNOCK -s 2001:db8:ffff::/48 -p tcp -m tcp --dport 22 -m comment --comment "webknock:allow" -j ACCEPT`,
 		`-A WEBKNOCK -s 2001:db8:ffff::/48 -p udp -m udp --dport 53 -m comment --comment "webknock:allow" -j ACCEPT`,
-		`-A WEBKNOCK -p tcp -m tcp --dport 22 -m conntrack --ctstate NEW -m comment --comment "webknock:protect" -j DROP`,
-		`-A WEBKNOCK -p udp -m udp --dport 53 -m conntrack --ctstate NEW -m comment --comment "webknock:protect" -j DROP`,
-	)
+	}, protect)...)
 	if d := diffLines(e.chain(ipv4), wantV4); d != "" {
 		t.Errorf("IPv4: %s", d)
 	}
@@ -518,20 +524,19 @@ func TestReconfigure(t *testing.T) {
 	if err := f.Reconfigure(ctx0, o); err != nil {
 		t.Fatalf("Reconfigure = %v", err)
 	}
-	want := e.chainOnly(
+	protect := slices.Concat(protectLines(alt), protectLines(ssh))
+	want := e.chainOnly(slices.Concat([]string{
 		grantLine("192.0.2.1/32", ssh, "ssh", u),
 		`-A WEBKNOCK -s 172.16.0.0/12 -p tcp -m tcp --dport 2222 -m comment --comment "webknock:allow" -j ACCEPT`,
 		`-A WEBKNOCK -s 172.16.0.0/12 -p tcp -m tcp --dport 22 -m comment --comment "webknock:allow" -j ACCEPT`,
-		`-A WEBKNOCK -p tcp -m tcp --dport 2222 -m conntrack --ctstate NEW -m comment --comment "webknock:protect" -j DROP`,
-		`-A WEBKNOCK -p tcp -m tcp --dport 22 -m conntrack --ctstate NEW -m comment --comment "webknock:protect" -j DROP`,
-	)
+	}, protect)...)
 	if d := diffLines(e.chain(ipv4), want); d != "" {
 		t.Error(d)
 	}
 	if gaps := dropGaps(e.v4, ssh); len(gaps) > 0 {
 		t.Errorf("the 22/tcp drop was missing after: %+v", gaps)
 	}
-	if d := diffLines(e.chain(ipv6), e.chainOnly(want[5:]...)); d != "" {
+	if d := diffLines(e.chain(ipv6), e.chainOnly(protect...)); d != "" {
 		t.Errorf("IPv6: %s", d)
 	}
 	if gaps := dropGaps(e.v6, ssh); len(gaps) > 0 {
@@ -719,7 +724,7 @@ func TestGrantPending(t *testing.T) {
 			return false
 		}},
 		{"revoked", func(t *testing.T, e *env, f *fw, fail func(bool)) bool {
-			if err := f.Revoke(ctx0, c1); err != nil {
+			if err := f.revoke(c1); err != nil {
 				t.Errorf("Revoke of a pending grant = %v", err)
 			}
 			fail(false)
@@ -868,7 +873,7 @@ func TestClosed(t *testing.T) {
 	ctx, cancel := context.WithCancel(ctx0)
 	cancel()
 	f2 := e.open(e.options())
-	if err := f2.Revoke(ctx, c1); !errors.Is(err, context.Canceled) {
+	if _, err := f2.Firewall.Revoke(ctx, host(c1), ""); !errors.Is(err, context.Canceled) {
 		t.Errorf("Revoke with a canceled context = %v", err)
 	}
 }

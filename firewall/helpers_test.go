@@ -362,6 +362,18 @@ func grantLine(src string, p Port, seq string, until time.Time) string {
 		src, p.Proto, p.Proto, p.Number, until.UTC().Format(datestopLayout), seq, until.Unix())
 }
 
+// protectLines are the protect rules of port, as `iptables -S WEBKNOCK`
+// prints them: for TCP the resets, then the drop.
+func protectLines(p Port) []string {
+	var out []string
+	if p.Proto == "tcp" {
+		out = append(out,
+			fmt.Sprintf(`-A WEBKNOCK -p tcp -m tcp --dport %d ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -m comment --comment "webknock:reset" -j REJECT --reject-with tcp-reset`, p.Number),
+			fmt.Sprintf(`-A WEBKNOCK -p tcp -m tcp --dport %d ! --tcp-flags RST RST -m conntrack --ctdir REPLY -m comment --comment "webknock:reset" -j REJECT --reject-with tcp-reset`, p.Number))
+	}
+	return append(out, fmt.Sprintf(`-A WEBKNOCK -p %s -m %s --dport %d -m conntrack --ctstate NEW -m comment --comment "webknock:protect" -j DROP`, p.Proto, p.Proto, p.Number))
+}
+
 var (
 	ssh  = Port{Proto: "tcp", Number: 22}
 	alt  = Port{Proto: "tcp", Number: 2222}
@@ -449,6 +461,15 @@ func execSelf(t *testing.T, run string, env ...string) *exec.Cmd {
 	cmd.Stderr = os.Stderr
 	return cmd
 }
+
+// revoke is Revoke of an address, without the ended grants.
+func (f *fw) revoke(ip netip.Addr) error {
+	_, err := f.Firewall.Revoke(ctx0, host(ip), "")
+	return err
+}
+
+// host is the single-address prefix of ip.
+func host(ip netip.Addr) netip.Prefix { return netip.PrefixFrom(ip, ip.BitLen()) }
 
 // grant is Grant without the applied grant.
 func (f *fw) grant(g Grant) error {

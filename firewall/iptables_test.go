@@ -128,14 +128,15 @@ func insideNetns(t *testing.T, env string) {
 	tail4 := []string{
 		`-A WEBKNOCK -s 10.0.0.0/8 -p tcp -m tcp --dport 22 -m comment --comment "webknock:allow" -j ACCEPT`,
 		`-A WEBKNOCK -s 10.0.0.0/8 -p udp -m udp --dport 53 -m comment --comment "webknock:allow" -j ACCEPT`,
+		`-A WEBKNOCK -p tcp -m tcp --dport 22 ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -m comment --comment "webknock:reset" -j REJECT --reject-with tcp-reset`,
+		`-A WEBKNOCK -p tcp -m tcp --dport 22 ! --tcp-flags RST RST -m conntrack --ctdir REPLY -m comment --comment "webknock:reset" -j REJECT --reject-with tcp-reset`,
 		`-A WEBKNOCK -p tcp -m tcp --dport 22 -m conntrack --ctstate NEW -m comment --comment "webknock:protect" -j DROP`,
 		`-A WEBKNOCK -p udp -m udp --dport 53 -m conntrack --ctstate NEW -m comment --comment "webknock:protect" -j DROP`,
 	}
-	tail6 := []string{
+	tail6 := append([]string{
 		`-A WEBKNOCK -s 2001:db8:ffff::/48 -p tcp -m tcp --dport 22 -m comment --comment "webknock:allow" -j ACCEPT`,
 		`-A WEBKNOCK -s 2001:db8:ffff::/48 -p udp -m udp --dport 53 -m comment --comment "webknock:allow" -j ACCEPT`,
-		tail4[2], tail4[3],
-	}
+	}, tail4[2:]...)
 	want4 := chainOf(o.StateDir, append([]string{grantLine("192.0.2.7/32", ssh, "ssh", until)}, tail4...)...)
 	want6 := chainOf(o.StateDir, append([]string{grantLine("2001:db8::7/128", ssh, "ssh", until), grantLine("2001:db8::7/128", dns, "ssh", until)}, tail6...)...)
 	input := []string{"-P INPUT ACCEPT", "-A INPUT -j WEBKNOCK"}
@@ -192,7 +193,7 @@ func insideNetns(t *testing.T, env string) {
 		t.Fatal(err)
 	}
 	defer fw.Close()
-	if err := fw.Revoke(ctx0, v6); err != nil {
+	if err := fw.revoke(v6); err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
 	want6 = chainOf(o.StateDir, tail6...)
@@ -239,7 +240,7 @@ func insideNetns(t *testing.T, env string) {
 		}
 		check(tc.name + " and repaired")
 	}
-	if err := fw.Revoke(ctx0, v4); err != nil {
+	if err := fw.revoke(v4); err != nil {
 		t.Fatal(err)
 	}
 	want4 = chainOf(o.StateDir, tail4...)

@@ -300,7 +300,7 @@ func TestRevokeRemembered(t *testing.T) {
 	if err := f.grant(g); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Revoke(ctx0, c1); err != nil {
+	if err := f.revoke(c1); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -322,12 +322,12 @@ func TestRevokeRemembered(t *testing.T) {
 				t.Errorf("%s: %s: Grant = %v, want revoked %v", when, tc.name, err, tc.revoked)
 			}
 			if !tc.revoked {
-				f.Revoke(ctx0, c1)
+				f.revoke(c1)
 			}
 		}
 	}
 	try(f, "running")
-	if doc := e.readDoc(); len(doc.Revoked) != 1 || doc.Revoked[0].IP != c1 {
+	if doc := e.readDoc(); len(doc.Revoked) != 1 || doc.Revoked[0].Source.Prefix != host(c1) {
 		t.Errorf("state file revokes = %v, want c1's", doc.Revoked)
 	}
 	f.Close()
@@ -342,14 +342,14 @@ func TestRevokeRemembered(t *testing.T) {
 
 // TestRevokeBound: the remembered revokes are bounded; the oldest goes.
 func TestRevokeBound(t *testing.T) {
-	w := &worker{revoked: map[netip.Addr]time.Time{}}
+	w := &worker{revoked: map[netip.Prefix]time.Time{}}
 	first := netip.AddrFrom4([4]byte{10, 0, 0, 0})
 	a := first
 	for i := range maxRevokes + 1 {
-		w.recordRevoke(a, t0.Add(time.Duration(i)*time.Second))
+		w.recordRevoke(host(a), t0.Add(time.Duration(i)*time.Second))
 		a = a.Next()
 	}
-	if _, ok := w.revoked[first]; ok || len(w.revoked) != maxRevokes {
+	if _, ok := w.revoked[host(first)]; ok || len(w.revoked) != maxRevokes {
 		t.Errorf("%d revokes, the oldest kept %v; want %d, the oldest gone", len(w.revoked), ok, maxRevokes)
 	}
 }

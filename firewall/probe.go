@@ -283,11 +283,17 @@ func (f *Firewall) start(ctx context.Context) error {
 		}
 		f.log.Info("grants rebuilt from the rules' comments", keyCount, len(doc.Grants))
 	}
-	f.admit(doc)
+	gone := f.admit(doc)
 	for _, w := range ws {
 		w.changed = true
 		if err := w.reconcile(ctx); err != nil {
 			return err
+		}
+	}
+	// The reconcile deleted their rules.
+	for _, e := range gone {
+		if fn := f.o.OnEnd; fn != nil {
+			fn(e.g, e.reason)
 		}
 	}
 	for _, w := range ws {
@@ -336,32 +342,49 @@ func (f *Firewall) loadState() (doc stateDoc, loaded bool, err error) {
 	return stateDoc{}, false, nil
 }
 
+// ending is a grant that ended, and why, to be told to OnEnd.
+type ending struct {
+	g      Grant
+	reason string
+}
+
 // admit gives the workers the loaded grants that the configuration still
 // allows, and the remembered revokes. A grant whose sequence is gone, whose
 // ports are none of its sequence's, or that ends later than now plus its
-// window is dropped, and the reconcile deletes its rules.
-func (f *Firewall) admit(doc stateDoc) {
+// window is dropped, and the reconcile deletes its rules. It returns the
+// held grants that ended: expired while webknock was stopped, or dropped.
+func (f *Firewall) admit(doc stateDoc) []ending {
 	now := f.clock.Now()
-	for _, g := range slices.Concat(doc.Grants, doc.Pending) {
+	var gone []ending
+	for i, g := range slices.Concat(doc.Grants, doc.Pending) {
+		held := i < len(doc.Grants)
+		end := func(reason string) {
+			if held {
+				gone = append(gone, ending{g, reason})
+			}
+		}
 		w := f.fams[familyOf(g.IP)]
 		switch {
 		case !g.Until.After(now):
-			f.log.Info("grant expired while webknock was stopped", keyIP, g.IP, keySequence, g.Sequence, keyUntil, g.Until)
+			f.log.Info("grant expired while webknock was stopped", keyIP, sourceOf(g), keySequence, g.Sequence, keyUntil, g.Until)
+			end(ReasonExpired)
 			continue
 		case w == nil:
-			f.log.Warn("grant dropped: its family has no firewall", keyIP, g.IP, keySequence, g.Sequence)
+			f.log.Warn("grant dropped: its family has no firewall", keyIP, sourceOf(g), keySequence, g.Sequence)
+			end(ReasonPolicy)
 			continue
 		}
 		v := w.pol.judge(g, now)
 		if reason := v.reason(); reason != "" {
 			f.log.Warn("loaded grant dropped", append(grantAttrs(g), keyReason, reason)...)
+			end(ReasonPolicy)
 			continue
 		}
 		if len(v.dropped) > 0 {
 			f.log.Warn("loaded grant's ports dropped: not its sequence's", append(grantAttrs(v.g), keyFixed, v.dropped)...)
 			g = v.g
 		}
-		k := grantKey{g.IP, g.Sequence}
+		k := keyOf(g)
 		old, had := w.grants[k]
 		if !had {
 			f.count.Add(1)
@@ -376,19 +399,20 @@ func (f *Firewall) admit(doc stateDoc) {
 		f.log.Warn("more live grants than max grants; new grants are refused until fewer", keyCount, n)
 	}
 	for _, r := range doc.Revoked {
-		if w := f.fams[familyOf(r.IP)]; w != nil && r.At.After(w.revoked[r.IP]) {
-			w.recordRevoke(r.IP, r.At)
+		if w := f.fams[familyOf(r.Source.Addr())]; w != nil && r.At.After(w.revoked[r.Source.Prefix]) {
+			w.recordRevoke(r.Source.Prefix, r.At)
 		}
 	}
 	for _, w := range f.workers() {
 		w.pruneRevoked(now)
 	}
+	return gone
 }
 
 // grantsOf groups the grant rules of a chain into grants.
 func grantsOf(have []listed) []Grant {
 	type k struct {
-		ip    netip.Addr
+		src   netip.Prefix
 		seq   string
 		until int64
 	}
@@ -398,12 +422,16 @@ func grantsOf(have []listed) []Grant {
 		if !l.ours || l.r.kind != kindGrant {
 			continue
 		}
-		key := k{l.r.src.Addr(), l.r.seq, l.r.until}
+		key := k{l.r.src, l.r.seq, l.r.until}
 		i, ok := idx[key]
 		if !ok {
 			i = len(gs)
 			idx[key] = i
-			gs = append(gs, Grant{IP: key.ip, Sequence: key.seq, Until: time.Unix(key.until, 0).UTC()})
+			g := Grant{IP: key.src.Addr(), Sequence: key.seq, Until: time.Unix(key.until, 0).UTC()}
+			if !key.src.IsSingleIP() {
+				g.Bits = key.src.Bits()
+			}
+			gs = append(gs, g)
 		}
 		if !slices.Contains(gs[i].Ports, l.r.port) {
 			gs[i].Ports = append(gs[i].Ports, l.r.port)

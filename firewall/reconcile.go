@@ -18,13 +18,20 @@ import (
 // second marker is deleted by its number, the first one staying on top.
 func (w *worker) reconcile(ctx context.Context) error {
 	now := w.f.clock.Now()
-	for k, g := range w.grants {
+	var gone []Grant
+	for _, g := range sortedGrants(w.grants) {
 		if !g.Until.After(now) {
-			w.dropGrant(k)
+			w.dropGrant(keyOf(g))
+			gone = append(gone, g)
 		}
 	}
 	err := w.reconcileChain(ctx)
 	w.unsynced = err != nil
+	// Their rules are deleted, or left to the next check: the kernel
+	// no longer matches them anyway.
+	for _, g := range gone {
+		w.endHeld(keyOf(g), g, ReasonExpired)
+	}
 	return err
 }
 
@@ -38,7 +45,7 @@ func (w *worker) reconcileChain(ctx context.Context) error {
 	for _, g := range sortedGrants(w.grants) {
 		for _, r := range grantRules(g) {
 			want = append(want, r)
-			wanted[r] = grantKey{g.IP, g.Sequence}
+			wanted[r] = keyOf(g)
 		}
 	}
 	have, missing := splitMarker(have, w.f.marker, func(r rule) bool { _, ok := wanted[r]; return ok })

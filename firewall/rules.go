@@ -18,6 +18,7 @@ const (
 	commentPrefix  = "webknock:"
 	commentAllow   = commentPrefix + "allow"
 	commentProtect = commentPrefix + "protect"
+	commentReset   = commentPrefix + "reset"
 	commentOwner   = commentPrefix + "owner"
 	datestopLayout = "2006-01-02T15:04:05"
 	table          = "filter"
@@ -37,6 +38,11 @@ const (
 	kindAllow                       // accept an always_allow network on a protected port
 	kindProtect                     // drop NEW connections to a protected port
 	kindMarker                      // the ownership marker: matches all, no target, counts only
+	// Protect's resets of TCP packets of sessions that conntrack lost (an
+	// entry deleted to end a session, or expired): without them the
+	// session would hang, or come back to life.
+	kindResetNew   // reset NEW packets to a protected TCP port that are not a SYN
+	kindResetReply // reset packets to a protected TCP port that conntrack took up from our side, bar RSTs
 )
 
 // markerFor is the rule that starts the chain of the webknock whose state
@@ -64,7 +70,7 @@ const maxOwner = 200
 // same rule when they are ==.
 type rule struct {
 	kind  ruleKind
-	src   netip.Prefix // grant: the client (/32 or /128); allow: the network; protect: none
+	src   netip.Prefix // grant: the client or its network; allow: the network; protect, reset: none
 	port  Port
 	seq   string // grant only
 	until int64  // grant only: unix seconds
@@ -93,6 +99,12 @@ func (r rule) args() []string {
 		a = append(a, "-m", "comment", "--comment", commentAllow, "-j", "ACCEPT")
 	case kindProtect:
 		a = append(a, "-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", commentProtect, "-j", "DROP")
+	case kindResetNew:
+		a = append(a, "!", "--tcp-flags", "FIN,SYN,RST,ACK", "SYN", "-m", "conntrack", "--ctstate", "NEW",
+			"-m", "comment", "--comment", commentReset, "-j", "REJECT", "--reject-with", "tcp-reset")
+	case kindResetReply:
+		a = append(a, "!", "--tcp-flags", "RST", "RST", "-m", "conntrack", "--ctdir", "REPLY",
+			"-m", "comment", "--comment", commentReset, "-j", "REJECT", "--reject-with", "tcp-reset")
 	}
 	return a
 }
@@ -107,13 +119,23 @@ func grantComment(seq string, until int64) string {
 func grantRules(g Grant) []rule {
 	rs := make([]rule, len(g.Ports))
 	for i, p := range g.Ports {
-		rs[i] = rule{kind: kindGrant, src: netip.PrefixFrom(g.IP, g.IP.BitLen()), port: p, seq: g.Sequence, until: g.Until.Unix()}
+		rs[i] = rule{kind: kindGrant, src: g.Source(), port: p, seq: g.Sequence, until: g.Until.Unix()}
 	}
 	return rs
 }
 
-// tailRules is the protect tail of family fam: the always_allow accepts, then
-// the drops of NEW connections. Empty unless protect is on.
+// tailRules is the protect tail of family fam: the always_allow accepts,
+// then for each port the resets (TCP) and the drop of NEW connections.
+// Empty unless protect is on.
+//
+// The resets end at once a session whose conntrack entry was deleted
+// (KillSessions) or lost. Its next packet from the client is taken up by
+// conntrack as NEW (nf_conntrack_tcp_loose) and, dropped, would hang the
+// session until TCP gives up; reset, it ends it. Its next packet from us
+// is taken up in the other direction, and the client's answers would pass
+// as ESTABLISHED: those are reset too (a RST is let through, so that our
+// side learns of the end). A SYN is left to the drop: a stranger's new
+// connection sees nothing.
 func tailRules(t tail, fam family) []rule {
 	if !t.protect {
 		return nil
@@ -128,6 +150,9 @@ func tailRules(t tail, fam family) []rule {
 		}
 	}
 	for _, p := range t.ports {
+		if p.Proto == "tcp" {
+			rs = append(rs, rule{kind: kindResetNew, port: p}, rule{kind: kindResetReply, port: p})
+		}
 		rs = append(rs, rule{kind: kindProtect, port: p})
 	}
 	return rs
@@ -199,6 +224,12 @@ func parseRule(spec []string) (rule, bool) {
 	}
 	r.port = Port{Proto: proto, Number: uint16(n)}
 
+	// The resets' flag tests: iptables prints them with the port's match.
+	var flags string
+	if len(s) >= 4 && s[0] == "!" && s[1] == "--tcp-flags" && proto == "tcp" {
+		flags = s[2] + " " + s[3]
+		s = s[4:]
+	}
 	var datestop string
 	if len(s) >= 2 && s[0] == "-m" && s[1] == "time" {
 		s = s[2:]
@@ -206,9 +237,13 @@ func parseRule(spec []string) (rule, bool) {
 			return rule{}, false
 		}
 	}
-	conntrack := false
-	if len(s) >= 4 && s[0] == "-m" && s[1] == "conntrack" && s[2] == "--ctstate" && s[3] == "NEW" {
+	conntrack, ctdir := false, false
+	switch {
+	case len(s) >= 4 && s[0] == "-m" && s[1] == "conntrack" && s[2] == "--ctstate" && s[3] == "NEW":
 		conntrack = true
+		s = s[4:]
+	case len(s) >= 4 && s[0] == "-m" && s[1] == "conntrack" && s[2] == "--ctdir" && s[3] == "REPLY":
+		ctdir = true
 		s = s[4:]
 	}
 	if len(s) < 2 || s[0] != "-m" || s[1] != "comment" {
@@ -220,30 +255,58 @@ func parseRule(spec []string) (rule, bool) {
 		return rule{}, false
 	}
 	target, ok := take("-j")
-	if !ok || len(s) != 0 {
+	if !ok {
+		return rule{}, false
+	}
+	if target == "REJECT" {
+		if v, ok := take("--reject-with"); !ok || v != "tcp-reset" {
+			return rule{}, false
+		}
+		target += " tcp-reset"
+	}
+	if len(s) != 0 {
 		return rule{}, false
 	}
 
+	plain := datestop == "" && flags == "" && !ctdir
 	switch {
 	case comment == commentAllow:
 		r.kind = kindAllow
-		if !r.src.IsValid() || datestop != "" || conntrack || target != "ACCEPT" {
+		if !r.src.IsValid() || !plain || conntrack || target != "ACCEPT" {
 			return rule{}, false
 		}
 	case comment == commentProtect:
 		r.kind = kindProtect
-		if r.src.IsValid() || datestop != "" || !conntrack || target != "DROP" {
+		if r.src.IsValid() || !plain || !conntrack || target != "DROP" {
+			return rule{}, false
+		}
+	case comment == commentReset && conntrack && flags == "FIN,SYN,RST,ACK SYN":
+		r.kind = kindResetNew
+		if r.src.IsValid() || datestop != "" || target != "REJECT tcp-reset" {
+			return rule{}, false
+		}
+	case comment == commentReset && ctdir && flags == "RST RST":
+		r.kind = kindResetReply
+		if r.src.IsValid() || datestop != "" || target != "REJECT tcp-reset" {
 			return rule{}, false
 		}
 	default:
 		seq, until, ok := parseGrantComment(comment)
-		if !ok || !r.src.IsValid() || r.src.Bits() != r.src.Addr().BitLen() || conntrack || target != "ACCEPT" ||
-			datestop != time.Unix(until, 0).UTC().Format(datestopLayout) {
+		if !ok || !r.src.IsValid() || checkBits(r.src.Addr(), grantBits(r.src)) != nil || flags != "" || ctdir || conntrack ||
+			target != "ACCEPT" || datestop != time.Unix(until, 0).UTC().Format(datestopLayout) {
 			return rule{}, false
 		}
 		r.kind, r.seq, r.until = kindGrant, seq, until
 	}
 	return r, true
+}
+
+// grantBits is the Bits of a grant to src: 0 for a single address.
+func grantBits(src netip.Prefix) int {
+	if src.IsSingleIP() {
+		return 0
+	}
+	return src.Bits()
 }
 
 // parseGrantComment reads webknock:SEQUENCE:UNTIL.

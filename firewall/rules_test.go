@@ -45,6 +45,36 @@ var parseCases = []struct {
 		ours: true,
 	},
 	{
+		name: "grant to a network",
+		line: `-A WEBKNOCK -s 192.0.2.0/24 -p tcp -m tcp --dport 22 -m time --datestop 2030-01-01T00:00:00 -m comment --comment "webknock:ssh:1893456000" -j ACCEPT`,
+		want: rule{kind: kindGrant, src: netip.MustParsePrefix("192.0.2.0/24"), port: ssh, seq: "ssh", until: 1893456000},
+		ours: true,
+	},
+	{
+		name: "grant to an IPv6 network",
+		line: `-A WEBKNOCK -s 2001:db8:1:2::/64 -p tcp -m tcp --dport 22 -m time --datestop 2030-01-01T00:00:00 -m comment --comment "webknock:ssh:1893456000" -j ACCEPT`,
+		want: rule{kind: kindGrant, src: netip.MustParsePrefix("2001:db8:1:2::/64"), port: ssh, seq: "ssh", until: 1893456000},
+		ours: true,
+	},
+	{
+		name: "reset of NEW packets that are no SYN",
+		line: `-A WEBKNOCK -p tcp -m tcp --dport 22 ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -m comment --comment "webknock:reset" -j REJECT --reject-with tcp-reset`,
+		want: rule{kind: kindResetNew, port: ssh},
+		ours: true,
+	},
+	{
+		name: "reset of packets conntrack took up from our side",
+		line: `-A WEBKNOCK -p tcp -m tcp --dport 2222 ! --tcp-flags RST RST -m conntrack --ctdir REPLY -m comment --comment "webknock:reset" -j REJECT --reject-with tcp-reset`,
+		want: rule{kind: kindResetReply, port: alt},
+		ours: true,
+	},
+	{
+		name: "reset as passed to iptables",
+		line: `-A WEBKNOCK -p tcp --dport 22 ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -m comment --comment webknock:reset -j REJECT --reject-with tcp-reset`,
+		want: rule{kind: kindResetNew, port: ssh},
+		ours: true,
+	},
+	{
 		name: "ownership marker",
 		line: `-A WEBKNOCK -m comment --comment "webknock:owner"`,
 		want: rule{kind: kindMarker},
@@ -61,7 +91,18 @@ var parseCases = []struct {
 	{name: "marker naming nothing", line: `-A WEBKNOCK -m comment --comment "webknock:owner:"`},
 	{name: "datestop disagrees with comment", line: `-A WEBKNOCK -s 192.0.2.1/32 -p tcp -m tcp --dport 22 -m time --datestop 2030-01-01T00:00:01 -m comment --comment "webknock:ssh:1893456000" -j ACCEPT`},
 	{name: "grant without time match", line: `-A WEBKNOCK -s 192.0.2.1/32 -p tcp -m tcp --dport 22 -m comment --comment "webknock:ssh:1893456000" -j ACCEPT`},
-	{name: "grant to a network", line: `-A WEBKNOCK -s 192.0.2.0/24 -p tcp -m tcp --dport 22 -m time --datestop 2030-01-01T00:00:00 -m comment --comment "webknock:ssh:1893456000" -j ACCEPT`},
+	{name: "grant to a network too wide", line: `-A WEBKNOCK -s 192.0.0.0/8 -p tcp -m tcp --dport 22 -m time --datestop 2030-01-01T00:00:00 -m comment --comment "webknock:ssh:1893456000" -j ACCEPT`},
+	{name: "grant to an IPv6 network too wide", line: `-A WEBKNOCK -s 2001:db8::/31 -p tcp -m tcp --dport 22 -m time --datestop 2030-01-01T00:00:00 -m comment --comment "webknock:ssh:1893456000" -j ACCEPT`},
+	{name: "grant to a network with host bits", line: `-A WEBKNOCK -s 192.0.2.1/24 -p tcp -m tcp --dport 22 -m time --datestop 2030-01-01T00:00:00 -m comment --comment "webknock:ssh:1893456000" -j ACCEPT`},
+	{name: "reset that drops", line: `-A WEBKNOCK -p tcp -m tcp --dport 22 ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -m comment --comment "webknock:reset" -j DROP`},
+	{name: "reset with ICMP", line: `-A WEBKNOCK -p tcp -m tcp --dport 22 ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -m comment --comment "webknock:reset" -j REJECT --reject-with icmp-port-unreachable`},
+	{name: "reset of SYNs", line: `-A WEBKNOCK -p tcp -m tcp --dport 22 --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -m comment --comment "webknock:reset" -j REJECT --reject-with tcp-reset`},
+	{name: "reset of other flags", line: `-A WEBKNOCK -p tcp -m tcp --dport 22 ! --tcp-flags SYN SYN -m conntrack --ctstate NEW -m comment --comment "webknock:reset" -j REJECT --reject-with tcp-reset`},
+	{name: "reply reset of NEW packets", line: `-A WEBKNOCK -p tcp -m tcp --dport 22 ! --tcp-flags RST RST -m conntrack --ctstate NEW -m comment --comment "webknock:reset" -j REJECT --reject-with tcp-reset`},
+	{name: "reset of one client", line: `-A WEBKNOCK -s 192.0.2.1/32 -p tcp -m tcp --dport 22 ! --tcp-flags RST RST -m conntrack --ctdir REPLY -m comment --comment "webknock:reset" -j REJECT --reject-with tcp-reset`},
+	{name: "reset of UDP", line: `-A WEBKNOCK -p udp -m udp --dport 53 ! --tcp-flags RST RST -m conntrack --ctdir REPLY -m comment --comment "webknock:reset" -j REJECT --reject-with tcp-reset`},
+	{name: "grant with flags", line: `-A WEBKNOCK -s 192.0.2.1/32 -p tcp -m tcp --dport 22 ! --tcp-flags RST RST -m time --datestop 2030-01-01T00:00:00 -m comment --comment "webknock:ssh:1893456000" -j ACCEPT`},
+	{name: "protect with a reject", line: `-A WEBKNOCK -p tcp -m tcp --dport 22 -m conntrack --ctstate NEW -m comment --comment "webknock:protect" -j REJECT --reject-with tcp-reset`},
 	{name: "grant that drops", line: `-A WEBKNOCK -s 192.0.2.1/32 -p tcp -m tcp --dport 22 -m time --datestop 2030-01-01T00:00:00 -m comment --comment "webknock:ssh:1893456000" -j DROP`},
 	{name: "extra option", line: `-A WEBKNOCK -s 192.0.2.1/32 -i eth0 -p tcp -m tcp --dport 22 -m time --datestop 2030-01-01T00:00:00 -m comment --comment "webknock:ssh:1893456000" -j ACCEPT`},
 	{name: "bad sequence name", line: `-A WEBKNOCK -s 192.0.2.1/32 -p tcp -m tcp --dport 22 -m time --datestop 2030-01-01T00:00:00 -m comment --comment "webknock:s h:1893456000" -j ACCEPT`},
@@ -148,7 +189,7 @@ func FuzzParseRule(f *testing.F) {
 		}
 		// A rule of ours prints and parses back to itself.
 		fam := familyOf(l.r.src.Addr())
-		if l.r.kind == kindProtect {
+		if !l.r.src.IsValid() {
 			fam = ipv4
 		}
 		m := newMemTables(fam, nil)

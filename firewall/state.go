@@ -36,11 +36,31 @@ type stateDoc struct {
 	Revoked []revoked `json:"revoked,omitempty"`
 }
 
-// revoked is the wall-clock time an address's grants were revoked: a knock
-// logged before it never grants again.
+// revoked is the wall-clock time the grants of an address or network were
+// revoked: a knock logged before it never grants it again.
 type revoked struct {
-	IP netip.Addr `json:"ip"`
-	At time.Time  `json:"at"`
+	Source source    `json:"ip"`
+	At     time.Time `json:"at"`
+}
+
+// source is a revoked address, written alone as before networks could be
+// granted, or a network written NET/BITS.
+type source struct{ netip.Prefix }
+
+func (s source) MarshalText() ([]byte, error) {
+	if !s.IsValid() {
+		return nil, errors.New("no address or network")
+	}
+	return []byte(FormatSource(s.Prefix)), nil
+}
+
+func (s *source) UnmarshalText(b []byte) error {
+	p, err := ParseSource(string(b))
+	if err != nil {
+		return err
+	}
+	s.Prefix = p
+	return nil
 }
 
 // readState reads a state file through statedir, which refuses one that
@@ -81,10 +101,9 @@ func parseState(path string, b []byte) (stateDoc, error) {
 		}
 	}
 	for i, r := range doc.Revoked {
-		if !r.IP.IsValid() || r.IP.Zone() != "" || r.At.IsZero() {
-			return stateDoc{}, fmt.Errorf("read %s: revoked[%d]: want an address and a time", path, i)
+		if !r.Source.IsValid() || r.At.IsZero() {
+			return stateDoc{}, fmt.Errorf("read %s: revoked[%d]: want an address or network and a time", path, i)
 		}
-		doc.Revoked[i].IP = r.IP.Unmap()
 	}
 	return doc, nil
 }
@@ -189,7 +208,9 @@ func (s *store) docLocked() stateDoc {
 	}
 	sortGrants(doc.Grants)
 	sortGrants(doc.Pending)
-	slices.SortFunc(doc.Revoked, func(a, b revoked) int { return cmp.Or(a.At.Compare(b.At), a.IP.Compare(b.IP)) })
+	slices.SortFunc(doc.Revoked, func(a, b revoked) int {
+		return cmp.Or(a.At.Compare(b.At), a.Source.Addr().Compare(b.Source.Addr()), cmp.Compare(a.Source.Bits(), b.Source.Bits()))
+	})
 	return doc
 }
 
@@ -212,11 +233,13 @@ func (s *store) grants() []Grant {
 	return out
 }
 
-// sortGrants sorts by Until, then IP and Sequence.
-func sortGrants(gs []Grant) {
-	slices.SortFunc(gs, func(a, b Grant) int {
-		return cmp.Or(a.Until.Compare(b.Until), a.IP.Compare(b.IP), cmp.Compare(a.Sequence, b.Sequence))
-	})
+// sortGrants sorts by Until, then source (address, then the wider
+// network first) and Sequence.
+func sortGrants(gs []Grant) { slices.SortFunc(gs, compareGrants) }
+
+func compareGrants(a, b Grant) int {
+	return cmp.Or(a.Until.Compare(b.Until), a.IP.Compare(b.IP), cmp.Compare(a.Source().Bits(), b.Source().Bits()),
+		cmp.Compare(a.Sequence, b.Sequence))
 }
 
 // isUntrusted tells whether err refuses a state file or directory that

@@ -12,6 +12,8 @@ func FuzzParseState(f *testing.F) {
 	f.Add([]byte(`{"version":1,"grants":[{"ip":"203.0.113.7","sequence":"ssh","ports":["22/tcp"],"until":"2026-11-22T19:11:30Z"}]}`))
 	f.Add([]byte(`{"version":2,"grants":[],"pending":[{"ip":"2001:db8::1","sequence":"a","ports":["1/udp","65535/tcp"],"until":"2037-01-01T00:00:00Z","knocked":"2026-01-01T00:00:00Z"}],"revoked":[{"ip":"::ffff:192.0.2.1","at":"2026-11-22T19:00:00Z"}]}`))
 	f.Add([]byte(`{"version":2,"grants":[{"ip":"0.0.0.0","sequence":"x y","ports":["0/tcp"],"until":"1970-01-01T00:00:00Z"}]}`))
+	f.Add([]byte(`{"version":2,"grants":[{"ip":"192.0.2.77","bits":24,"sequence":"ssh","ports":["22/tcp"],"until":"2026-11-22T19:11:30Z"},{"ip":"2001:db8:1:2::","bits":64,"sequence":"ssh","ports":["22/tcp"],"until":"2026-11-22T19:11:30Z"}],"revoked":[{"ip":"198.51.100.0/24","at":"2026-11-22T19:00:00Z"},{"ip":"::ffff:192.0.2.0/120","at":"2026-11-22T19:00:00Z"}]}`))
+	f.Add([]byte(`{"version":2,"grants":[{"ip":"192.0.2.1","bits":8,"sequence":"ssh","ports":["22/tcp"],"until":"2026-11-22T19:11:30Z"}],"revoked":[{"ip":"0.0.0.0/0","at":"2026-11-22T19:00:00Z"}]}`))
 	f.Add([]byte(`{"version":3}`))
 	f.Add([]byte(`{"version":2,"extra":1}`))
 	f.Fuzz(func(t *testing.T, b []byte) {

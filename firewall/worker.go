@@ -1,7 +1,6 @@
 package firewall
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -43,8 +42,8 @@ type worker struct {
 	pol      policy
 	grants   map[grantKey]Grant
 	pending  map[grantKey]*pendingGrant
-	revoked  map[netip.Addr]time.Time // wall-clock time of the last revoke
-	revList  []revoked                // revoked as published; nil when it changed
+	revoked  map[netip.Prefix]time.Time // wall-clock time of the last revoke of a source
+	revList  []revoked                  // revoked as published; nil when it changed
 	doomed   []doomedRule
 	changed  bool      // the state file is behind this family
 	unsynced bool      // the last reconcile failed
@@ -65,6 +64,9 @@ type pendingGrant struct {
 	fails int
 	at    time.Time
 	err   error // the last failure
+	// held: it was held before (its rules were lost, or it extends a
+	// held grant that has expired), so its end is told to OnEnd.
+	held bool
 }
 
 type request struct {
@@ -208,8 +210,8 @@ func due(at, now time.Time, backoff time.Duration) bool {
 func (w *worker) commit() {
 	if w.revList == nil {
 		w.revList = make([]revoked, 0, len(w.revoked))
-		for ip, at := range w.revoked {
-			w.revList = append(w.revList, revoked{IP: ip, At: at})
+		for src, at := range w.revoked {
+			w.revList = append(w.revList, revoked{Source: source{src}, At: at})
 		}
 	}
 	pending := make([]Grant, 0, len(w.pending))
@@ -259,17 +261,18 @@ func (w *worker) dropPending(k grantKey) {
 }
 
 func grantAttrs(g Grant) []any {
-	return []any{keyIP, g.IP, keySequence, g.Sequence, keyPorts, g.Ports, keyUntil, g.Until}
+	return []any{keyIP, sourceOf(g), keySequence, g.Sequence, keyPorts, g.Ports, keyUntil, g.Until}
 }
 
 func (w *worker) grant(ctx context.Context, g Grant) (Grant, error) {
 	now := w.f.clock.Now()
+	src := sourceOf(g)
 	v := w.pol.judge(g, now)
 	switch {
 	case v.unknown:
-		return Grant{}, fmt.Errorf("grant to %s: sequence %q is not configured: %w", g.IP, g.Sequence, ErrNotAllowed)
+		return Grant{}, fmt.Errorf("grant to %s: sequence %q is not configured: %w", src, g.Sequence, ErrNotAllowed)
 	case len(v.dropped) > 0:
-		return Grant{}, fmt.Errorf("grant to %s for %s: %v not among the sequence's ports: %w", g.IP, g.Sequence, v.dropped, ErrNotAllowed)
+		return Grant{}, fmt.Errorf("grant to %s for %s: %v not among the sequence's ports: %w", src, g.Sequence, v.dropped, ErrNotAllowed)
 	case v.cut > 0:
 		// Warned about once: a log clock that is ahead stays ahead.
 		level := slog.LevelDebug
@@ -281,36 +284,36 @@ func (w *worker) grant(ctx context.Context, g Grant) (Grant, error) {
 		g = v.g
 	}
 	if !g.Until.After(now) {
-		return Grant{}, fmt.Errorf("grant to %s for %s until %s: %w", g.IP, g.Sequence, g.Until.Format(time.RFC3339), ErrExpired)
+		return Grant{}, fmt.Errorf("grant to %s for %s until %s: %w", src, g.Sequence, g.Until.Format(time.RFC3339), ErrExpired)
 	}
 	if err := checkUntil(g); err != nil {
 		return Grant{}, err
 	}
-	if at, ok := w.revoked[g.IP]; ok && !g.Knocked.IsZero() && !g.Knocked.After(at) {
+	if at, ok := w.revokedAt(g.Source()); ok && !g.Knocked.IsZero() && !g.Knocked.After(at) {
 		return Grant{}, fmt.Errorf("grant to %s for %s knocked at %s: revoked at %s: %w",
-			g.IP, g.Sequence, g.Knocked.Format(time.RFC3339), at.UTC().Format(time.RFC3339), ErrRevoked)
+			src, g.Sequence, g.Knocked.Format(time.RFC3339), at.UTC().Format(time.RFC3339), ErrRevoked)
 	}
-	k := grantKey{g.IP, g.Sequence}
+	k := keyOf(g)
 	old, had := w.grants[k]
 	p, pend := w.pending[k]
 	if had && !g.Until.After(old.Until) {
 		return old, nil
 	}
 	if pend && !g.Until.After(p.g.Until) {
-		return p.g, fmt.Errorf("grant to %s for %s: %w: %w", g.IP, g.Sequence, ErrPending, p.err)
+		return p.g, fmt.Errorf("grant to %s for %s: %w: %w", src, g.Sequence, ErrPending, p.err)
 	}
 	if !had && !pend && !w.f.reserve() {
 		w.f.refused.Add(1)
 		n := w.f.count.Load()
-		w.log.Warn("grant refused: the grant table is full", keyIP, g.IP, keySequence, g.Sequence, keyCount, n)
-		return Grant{}, fmt.Errorf("grant to %s for %s: %w (%d grants)", g.IP, g.Sequence, ErrTableFull, n)
+		w.log.Warn("grant refused: the grant table is full", keyIP, src, keySequence, g.Sequence, keyCount, n)
+		return Grant{}, fmt.Errorf("grant to %s for %s: %w (%d grants)", src, g.Sequence, ErrTableFull, n)
 	}
 	if old.Knocked.After(g.Knocked) {
 		g.Knocked = old.Knocked
 	}
 	if err := w.apply(ctx, g); err != nil {
 		w.pend(g, err)
-		return g, fmt.Errorf("grant to %s for %s: %w: %w", g.IP, g.Sequence, ErrPending, err)
+		return g, fmt.Errorf("grant to %s for %s: %w: %w", src, g.Sequence, ErrPending, err)
 	}
 	w.dropPending(k)
 	return g, nil
@@ -324,7 +327,7 @@ func (w *worker) apply(ctx context.Context, g Grant) error {
 	if errors.Is(err, errNoChain) || errors.Is(err, errEmptyChain) {
 		// Our chain went away or was flushed behind our back: repair,
 		// then try again.
-		w.log.Warn("our chain is missing or was emptied; repairing before the grant", keyFamily, w.fam, keyIP, g.IP)
+		w.log.Warn("our chain is missing or was emptied; repairing before the grant", keyFamily, w.fam, keyIP, sourceOf(g))
 		w.checkFamily(ctx)
 		err = w.insertGrant(ctx, g)
 	}
@@ -333,7 +336,7 @@ func (w *worker) apply(ctx context.Context, g Grant) error {
 	}
 	rs := grantRules(g)
 	w.undoom(rs)
-	k := grantKey{g.IP, g.Sequence}
+	k := keyOf(g)
 	old, had := w.grants[k]
 	w.grants[k] = g
 	w.changed = true
@@ -355,7 +358,7 @@ func (w *worker) apply(ctx context.Context, g Grant) error {
 
 // pend keeps g to be retried after its insert failed.
 func (w *worker) pend(g Grant, err error) {
-	k := grantKey{g.IP, g.Sequence}
+	k := keyOf(g)
 	p := w.pending[k]
 	if p == nil {
 		p = &pendingGrant{}
@@ -384,9 +387,11 @@ func (w *worker) demote(ctx context.Context, k grantKey, err error) {
 		}
 	}
 	if p, ok := w.pending[k]; ok && p.g.Until.After(g.Until) {
+		p.held = true
 		return
 	}
 	w.pend(g, err)
+	w.pending[k].held = true
 }
 
 // backoff is the wait before retry number fails: first, doubling, at most
@@ -421,42 +426,91 @@ func (w *worker) insertGrant(ctx context.Context, g Grant) error {
 	return nil
 }
 
-func (w *worker) revoke(ctx context.Context, ip netip.Addr) error {
-	w.recordRevoke(ip, w.f.clock.Now())
-	var errs []error
-	found := false
+// revoke ends the grants, held and pending, of sequence (all when "")
+// whose source overlaps p, and returns them.
+func (w *worker) revoke(ctx context.Context, p netip.Prefix, sequence, reason string) ([]Grant, error) {
+	match := func(g Grant) bool {
+		return (sequence == "" || g.Sequence == sequence) && g.Source().Overlaps(p)
+	}
+	now := w.f.clock.Now()
+	var (
+		out  []Grant
+		errs []error
+	)
 	for _, g := range sortedGrants(w.grants) {
-		if g.IP == ip {
-			found = true
-			errs = append(errs, w.remove(ctx, grantKey{g.IP, g.Sequence}, "revoked"))
+		if match(g) {
+			w.recordRevoke(g.Source(), now)
+			errs = append(errs, w.remove(ctx, keyOf(g), reason))
+			out = append(out, g)
 		}
 	}
-	for k, p := range w.pending {
-		if k.ip == ip {
-			found = true
-			w.dropPending(k)
-			w.log.Info("pending grant removed", append(grantAttrs(p.g), keyReason, "revoked")...)
+	for _, pg := range w.pendingSorted() {
+		if !match(pg.g) {
+			continue
+		}
+		k := keyOf(pg.g)
+		w.recordRevoke(k.src, now)
+		w.dropPending(k)
+		w.log.Info("pending grant removed", append(grantAttrs(pg.g), keyReason, reason)...)
+		if pg.held {
+			w.ended(pg.g, reason)
+		}
+		if !slices.ContainsFunc(out, func(g Grant) bool { return keyOf(g) == k }) {
+			out = append(out, pg.g)
 		}
 	}
-	if !found {
-		return fmt.Errorf("revoke %s: %w", ip, ErrNoGrant)
+	w.recordRevoke(p, now)
+	if len(out) == 0 {
+		if sequence != "" {
+			return nil, fmt.Errorf("revoke %s for %s: %w", FormatSource(p), sequence, ErrNoGrant)
+		}
+		return nil, fmt.Errorf("revoke %s: %w", FormatSource(p), ErrNoGrant)
 	}
-	return errors.Join(errs...)
+	sortGrants(out)
+	return out, errors.Join(errs...)
 }
 
-// recordRevoke remembers the time of a revoke of ip.
-func (w *worker) recordRevoke(ip netip.Addr, at time.Time) {
-	w.revoked[ip] = at
+// recordRevoke remembers the time of a revoke of src.
+func (w *worker) recordRevoke(src netip.Prefix, at time.Time) {
+	w.revoked[src] = at
 	for len(w.revoked) > maxRevokes {
-		var oldest netip.Addr
-		for a, t := range w.revoked {
+		var oldest netip.Prefix
+		for p, t := range w.revoked {
 			if !oldest.IsValid() || t.Before(w.revoked[oldest]) {
-				oldest = a
+				oldest = p
 			}
 		}
 		delete(w.revoked, oldest)
 	}
 	w.revList, w.changed = nil, true
+}
+
+// revokedAt is the time of the last revoke of a source that overlaps src:
+// a network that holds it, or, for a network, an address or network in it.
+func (w *worker) revokedAt(src netip.Prefix) (time.Time, bool) {
+	var last time.Time
+	found := false
+	seen := func(at time.Time) {
+		if !found || at.After(last) {
+			last, found = at, true
+		}
+	}
+	if len(w.revoked) == 0 {
+		return last, false
+	}
+	for bits := src.Bits(); bits >= 0; bits-- {
+		if at, ok := w.revoked[netip.PrefixFrom(src.Addr(), bits).Masked()]; ok {
+			seen(at)
+		}
+	}
+	if !src.IsSingleIP() {
+		for p, at := range w.revoked {
+			if p.Bits() > src.Bits() && src.Contains(p.Addr()) {
+				seen(at)
+			}
+		}
+	}
+	return last, found
 }
 
 // pruneRevoked forgets the revokes that no knock logged before them could
@@ -467,16 +521,16 @@ func (w *worker) pruneRevoked(now time.Time) {
 	if w.pol.longest <= 0 {
 		return
 	}
-	for ip, at := range w.revoked {
+	for src, at := range w.revoked {
 		if at.Add(w.pol.longest).Before(now) {
-			delete(w.revoked, ip)
+			delete(w.revoked, src)
 			w.revList, w.changed = nil, true
 		}
 	}
 }
 
-// remove forgets a grant and deletes its rules; a rule whose delete fails
-// is retried later.
+// remove forgets a held grant, deletes its rules and tells OnEnd why it
+// ended; a rule whose delete fails is retried later.
 func (w *worker) remove(ctx context.Context, k grantKey, reason string) error {
 	g := w.grants[k]
 	w.dropGrant(k)
@@ -487,8 +541,28 @@ func (w *worker) remove(ctx context.Context, k grantKey, reason string) error {
 			errs = append(errs, err)
 		}
 	}
-	w.log.Info("grant removed", keyIP, g.IP, keySequence, g.Sequence, keyUntil, g.Until, keyReason, reason)
+	w.log.Info("grant removed", keyIP, sourceOf(g), keySequence, g.Sequence, keyUntil, g.Until, keyReason, reason)
+	w.endHeld(k, g, reason)
 	return errors.Join(errs...)
+}
+
+// endHeld tells OnEnd that the held grant g of k ended; but when it
+// expired while a longer grant of k waits to be applied, that one tells
+// when it ends.
+func (w *worker) endHeld(k grantKey, g Grant, reason string) {
+	if p, ok := w.pending[k]; ok && reason == ReasonExpired {
+		p.held = true
+		return
+	}
+	w.ended(g, reason)
+}
+
+// ended tells OnEnd that g ended.
+func (w *worker) ended(g Grant, reason string) {
+	if fn := w.f.o.OnEnd; fn != nil {
+		g.Ports = slices.Clone(g.Ports)
+		fn(g, reason)
+	}
 }
 
 func (w *worker) doom(r rule) {
@@ -536,7 +610,7 @@ func (w *worker) tick(ctx context.Context) {
 		if !due(p.at, now, pendMax) {
 			continue
 		}
-		k := grantKey{p.g.IP, p.g.Sequence}
+		k := keyOf(p.g)
 		if err := w.apply(ctx, p.g); err != nil {
 			p.fails++
 			p.err = err
@@ -555,7 +629,7 @@ func (w *worker) pendingSorted() []*pendingGrant {
 		ps = append(ps, p)
 	}
 	slices.SortFunc(ps, func(a, b *pendingGrant) int {
-		return cmp.Or(a.g.Until.Compare(b.g.Until), a.g.IP.Compare(b.g.IP), cmp.Compare(a.g.Sequence, b.g.Sequence))
+		return compareGrants(a.g, b.g)
 	})
 	return ps
 }
@@ -565,13 +639,16 @@ func (w *worker) expire(ctx context.Context, now time.Time) {
 	for _, g := range sortedGrants(w.grants) {
 		if !g.Until.After(now) {
 			// A failure is logged and retried by remove.
-			_ = w.remove(ctx, grantKey{g.IP, g.Sequence}, "expired")
+			_ = w.remove(ctx, keyOf(g), ReasonExpired)
 		}
 	}
-	for k, p := range w.pending {
+	for _, p := range w.pendingSorted() {
 		if !p.g.Until.After(now) {
-			w.dropPending(k)
+			w.dropPending(keyOf(p.g))
 			w.log.Warn("pending grant given up: its window ended before it could be applied", append(grantAttrs(p.g), keyErr, p.err)...)
+			if p.held {
+				w.ended(p.g, ReasonExpired)
+			}
 		}
 	}
 }
@@ -600,23 +677,25 @@ func (w *worker) applyPolicy(ctx context.Context, pol policy) {
 	w.pol = pol
 	now := w.f.clock.Now()
 	for _, g := range sortedGrants(w.grants) {
-		k := grantKey{g.IP, g.Sequence}
+		k := keyOf(g)
 		v := pol.judge(g, now)
 		switch {
 		case v.unknown:
-			_ = w.remove(ctx, k, "sequence removed; grant revoked")
+			_ = w.remove(ctx, k, ReasonPolicy)
 			w.log.Info("sequence removed; grant revoked", grantAttrs(g)...)
 		case len(v.g.Ports) == 0:
-			_ = w.remove(ctx, k, "ports no longer the sequence's")
+			_ = w.remove(ctx, k, ReasonPolicy)
+			w.log.Info("grant revoked: none of its ports is the sequence's any more", grantAttrs(g)...)
 		case v.cut > 0:
 			// New rules with the earlier until, then the old ones go.
 			if err := w.apply(ctx, v.g); err != nil {
-				_ = w.remove(ctx, k, "cannot be cut to the shortened window")
+				_ = w.remove(ctx, k, ReasonPolicy)
+				w.log.Warn("grant revoked: it cannot be cut to the shortened window", append(grantAttrs(g), keyErr, err)...)
 				continue
 			}
 			w.log.Info("grant cut to the sequence's shortened window", grantAttrs(v.g)...)
 		case len(v.dropped) > 0:
-			for _, r := range grantRules(Grant{IP: g.IP, Sequence: g.Sequence, Ports: v.dropped, Until: g.Until}) {
+			for _, r := range grantRules(Grant{IP: g.IP, Bits: g.Bits, Sequence: g.Sequence, Ports: v.dropped, Until: g.Until}) {
 				if err := w.deleteRule(ctx, r); err != nil {
 					w.doom(r)
 				}
@@ -626,11 +705,15 @@ func (w *worker) applyPolicy(ctx context.Context, pol policy) {
 			w.log.Info("ports closed: no longer the sequence's", append(grantAttrs(v.g), keyFixed, v.dropped)...)
 		}
 	}
-	for k, p := range w.pending {
+	for _, p := range w.pendingSorted() {
+		k := keyOf(p.g)
 		v := pol.judge(p.g, now)
 		if v.unknown || len(v.g.Ports) == 0 {
 			w.dropPending(k)
 			w.log.Info("pending grant removed", append(grantAttrs(p.g), keyReason, "its sequence or ports are no longer configured")...)
+			if p.held {
+				w.ended(p.g, ReasonPolicy)
+			}
 			continue
 		}
 		if len(v.dropped) > 0 || v.cut > 0 {

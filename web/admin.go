@@ -125,8 +125,8 @@ func (s *Server) grant(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "grant failed: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	s.log.Info("granted over the admin socket", append([]any{keyIP, g.IP, keySequence, g.Sequence, keyUntil, g.Until}, who(r)...)...)
-	w.Header().Set("Location", "/api/grants/"+g.IP.String())
+	s.log.Info("granted over the admin socket", append([]any{keyIP, sourceString(g), keySequence, g.Sequence, keyUntil, g.Until}, who(r)...)...)
+	w.Header().Set("Location", "/api/grants/"+sourceString(g))
 	s.writeJSON(w, http.StatusCreated, toGrantJSON(g))
 }
 

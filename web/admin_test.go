@@ -29,14 +29,21 @@ func TestAdminEndpoints(t *testing.T) {
 		wantGranted  string // the Admin's Grant call, if any: `ip "sequence" d`
 		wantLocked   int    // lockouts left
 		wantRevoked  string
+		wantKilled   string // the KillSessions call, if any
 	}{
 		{name: "page", method: "GET", path: "/", want: 200, wantBody: "<title>webknock</title>", wantLocked: 2},
 		{name: "grants", method: "GET", path: "/api/grants", want: 200, wantBody: `"ip":"203.0.113.7"`, wantLocked: 2},
 		{name: "lockouts", method: "GET", path: "/api/lockouts", want: 200, wantExact: true, wantLocked: 2,
 			wantBody: `[{"ip":"2001:db8::66","until":"2026-11-22T19:06:52Z"},{"ip":"198.51.100.66","until":"2026-11-22T19:17:22Z"}]` + "\n"},
 		{name: "healthz", method: "GET", path: "/healthz", want: 200, wantBody: "ok\n", wantExact: true, wantLocked: 2},
-		{name: "metrics", method: "GET", path: "/metrics", want: 200, wantBody: "webknock_grants_active 2", wantLocked: 2},
-		{name: "revoke without token", method: "DELETE", path: "/api/grants/203.0.113.7", want: 204, wantRevoked: "203.0.113.7", wantLocked: 2},
+		{name: "metrics", method: "GET", path: "/metrics", want: 200, wantBody: "webknock_grants_active 3", wantLocked: 2},
+		{name: "revoke without token", method: "DELETE", path: "/api/grants/203.0.113.7", want: 200, wantRevoked: "203.0.113.7 revoked", wantLocked: 2,
+			wantExact: true, wantBody: `{"revoked":[{"ip":"203.0.113.7","sequence":"ssh","ports":["22/tcp"],"until":"2026-11-22T19:11:34Z"}]}` + "\n"},
+		{name: "revoke killing sessions", method: "DELETE", path: "/api/grants/192.0.2.0/24?kill_sessions=true", want: 200, wantRevoked: "192.0.2.0/24 revoked", wantLocked: 2,
+			wantExact: true, wantBody: `{"revoked":[{"ip":"192.0.2.0/24","sequence":"ssh","ports":["22/tcp"],"until":"2026-11-22T19:47:22Z"}],"sessions_ended":2}` + "\n",
+			wantKilled: "192.0.2.0/24 [22/tcp]"},
+		{name: "revoke not killing sessions", method: "DELETE", path: "/api/grants/192.0.2.0/24?kill_sessions=false", want: 200, wantRevoked: "192.0.2.0/24 revoked", wantLocked: 2,
+			wantBody: `"ports":["22/tcp"],"until":"2026-11-22T19:47:22Z"}]}`},
 		{name: "revoke no grant", method: "DELETE", path: "/api/grants/198.51.100.1", want: 404, wantBody: "198.51.100.1 holds no grant", wantLocked: 2},
 		{name: "revoke bad IP", method: "DELETE", path: "/api/grants/bogus", want: 400, wantLocked: 2},
 		{name: "grant", method: "POST", path: "/api/grants", body: `{"ip":"198.51.100.7","sequence":"admin","for":"10m"}`, want: 201, wantExact: true,
@@ -69,6 +76,7 @@ func TestAdminEndpoints(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture(t, "", nil)
+			f.fw.sessions = 2
 			w := doAdmin(t, f.s, tt.method, tt.path, tt.body)
 			if w.Code != tt.want {
 				t.Fatalf("%s %s = %d, want %d; body %q", tt.method, tt.path, w.Code, tt.want, w.Body)
@@ -86,12 +94,12 @@ func TestAdminEndpoints(t *testing.T) {
 			if n := len(f.admin.Lockouts()); n != tt.wantLocked {
 				t.Errorf("%s %s: %d lockouts left, want %d", tt.method, tt.path, n, tt.wantLocked)
 			}
-			var revoked []string
-			for _, ip := range f.fw.revoked {
-				revoked = append(revoked, ip.String())
-			}
+			revoked := f.fw.revoked
 			if want := []string{tt.wantRevoked}; tt.wantRevoked == "" && len(revoked) > 0 || tt.wantRevoked != "" && !slices.Equal(revoked, want) {
 				t.Errorf("%s %s: revoked %v, want %q", tt.method, tt.path, revoked, tt.wantRevoked)
+			}
+			if want := []string{tt.wantKilled}; tt.wantKilled == "" && len(f.fw.killed) > 0 || tt.wantKilled != "" && !slices.Equal(f.fw.killed, want) {
+				t.Errorf("%s %s: sessions killed %q, want %q", tt.method, tt.path, f.fw.killed, tt.wantKilled)
 			}
 		})
 	}
@@ -198,7 +206,7 @@ func TestClient(t *testing.T) {
 		t.Fatalf("Grants = %v, want %v", got, want)
 	}
 	for i := range want {
-		if got[i].IP != want[i].IP || got[i].Sequence != want[i].Sequence || !slices.Equal(got[i].Ports, want[i].Ports) ||
+		if got[i].IP != want[i].IP || got[i].Bits != want[i].Bits || got[i].Sequence != want[i].Sequence || !slices.Equal(got[i].Ports, want[i].Ports) ||
 			!got[i].Until.Equal(want[i].Until) || got[i].Until.Location() != time.UTC {
 			t.Errorf("Grants[%d] = %+v, want %+v in UTC", i, got[i], want[i])
 		}
@@ -237,17 +245,29 @@ func TestClient(t *testing.T) {
 		t.Errorf("Grant(negative) = %v", err)
 	}
 
-	v6 := netip.MustParseAddr("2001:db8::7")
-	if err := c.Revoke(ctx, v6); err != nil {
-		t.Errorf("Revoke = %v", err)
+	v6 := netip.MustParsePrefix("2001:db8::7/128")
+	if r, err := c.Revoke(ctx, v6, false); err != nil || len(r.Grants) != 1 || r.Grants[0].Sequence != "admin" || r.Sessions != 0 {
+		t.Errorf("Revoke = %+v, %v; want the admin grant", r, err)
 	}
-	if err := c.Revoke(ctx, v6); !errors.Is(err, firewall.ErrNoGrant) {
-		t.Errorf("Revoke(again) = %v, want firewall.ErrNoGrant", err)
+	if _, err := c.Revoke(ctx, v6, false); !errors.Is(err, firewall.ErrNoGrant) || err.Error() != "revoke 2001:db8::7: no grant" {
+		t.Errorf("Revoke(again) = %v, want firewall.ErrNoGrant naming the address once", err)
+	}
+	f.fw.mu.Lock()
+	f.fw.sessions = 1
+	f.fw.mu.Unlock()
+	if r, err := c.Revoke(ctx, netip.MustParsePrefix("192.0.2.7/32"), true); err != nil || len(r.Grants) != 1 || r.Grants[0].Bits != 24 || r.Sessions != 1 {
+		t.Errorf("Revoke(kill sessions) = %+v, %v; want the network's grant and one session", r, err)
+	}
+	f.fw.mu.Lock()
+	f.fw.killErr = errors.New("end sessions of 203.0.113.7: conntrack: operation not permitted")
+	f.fw.mu.Unlock()
+	if r, err := c.Revoke(ctx, netip.MustParsePrefix("203.0.113.7/32"), true); err == nil || err.Error() != "end sessions of 203.0.113.7: conntrack: operation not permitted" || len(r.Grants) != 1 {
+		t.Errorf("Revoke(sessions not ended) = %+v, %v; want the grant and why", r, err)
 	}
 	f.fw.mu.Lock()
 	f.fw.revokeErr = errors.New("boom")
 	f.fw.mu.Unlock()
-	if err := c.Revoke(ctx, netip.MustParseAddr("203.0.113.7")); err == nil || !strings.Contains(err.Error(), "500 Internal Server Error: revoke failed") {
+	if _, err := c.Revoke(ctx, netip.MustParsePrefix("203.0.113.7/32"), false); err == nil || !strings.Contains(err.Error(), "500 Internal Server Error: revoke failed") {
 		t.Errorf("Revoke(failing firewall) = %v, want the status and message", err)
 	}
 

@@ -2,6 +2,7 @@ package web
 
 import (
 	"cmp"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -12,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -72,13 +74,16 @@ func (s *Server) routes(socket bool) http.Handler {
 		ErrorLog: errorLogger{s}, ErrorHandling: promhttp.ContinueOnError,
 	}))
 	mux.HandleFunc("GET /healthz", s.healthz)
+	// A revoke names an address, or a network NET/BITS: two segments, not
+	// a {ip...} that would redirect DELETE /api/grants to a revoke of "".
+	revoke := s.revokeWithToken
 	if socket {
-		mux.HandleFunc("DELETE /api/grants/{ip}", s.revoke)
+		revoke = s.revoke
 		mux.HandleFunc("POST /api/grants", s.grant)
 		mux.HandleFunc("DELETE /api/lockouts/{ip}", s.unlock)
-	} else {
-		mux.HandleFunc("DELETE /api/grants/{ip}", s.revokeWithToken)
 	}
+	mux.HandleFunc("DELETE /api/grants/{ip}", revoke)
+	mux.HandleFunc("DELETE /api/grants/{ip}/{bits}", revoke)
 	return mux
 }
 
@@ -96,7 +101,8 @@ func securityHeaders(next http.Handler) http.Handler {
 }
 
 // grantJSON is a grant on the wire: the contract of DESIGN.md, independent
-// of how firewall.Grant marshals.
+// of how firewall.Grant marshals. IP is the grant's source: the address,
+// or NET/BITS for a grant widened to a network.
 type grantJSON struct {
 	IP       string          `json:"ip"`
 	Sequence string          `json:"sequence"`
@@ -109,11 +115,11 @@ func toGrantJSON(g firewall.Grant) grantJSON {
 	if ports == nil {
 		ports = []firewall.Port{}
 	}
-	return grantJSON{IP: g.IP.String(), Sequence: g.Sequence, Ports: ports, Until: g.Until.UTC().Format(time.RFC3339)}
+	return grantJSON{IP: sourceString(g), Sequence: g.Sequence, Ports: ports, Until: g.Until.UTC().Format(time.RFC3339)}
 }
 
 func (w grantJSON) grant() (firewall.Grant, error) {
-	ip, err := netip.ParseAddr(w.IP)
+	src, err := firewall.ParseSource(w.IP)
 	if err != nil {
 		return firewall.Grant{}, err
 	}
@@ -121,7 +127,23 @@ func (w grantJSON) grant() (firewall.Grant, error) {
 	if err != nil {
 		return firewall.Grant{}, err
 	}
-	return firewall.Grant{IP: ip, Sequence: w.Sequence, Ports: w.Ports, Until: until}, nil
+	g := firewall.Grant{IP: src.Addr(), Sequence: w.Sequence, Ports: w.Ports, Until: until}
+	if !src.IsSingleIP() {
+		g.Bits = src.Bits()
+	}
+	return g, nil
+}
+
+// sourceString is whom g opens to: its address, or NET/BITS when widened.
+func sourceString(g firewall.Grant) string { return firewall.FormatSource(g.Source()) }
+
+// revokeJSON is the answer to DELETE /api/grants/{ip}: the grants that
+// ended and, when asked to kill them, how many sessions ended, or why they
+// could not be.
+type revokeJSON struct {
+	Revoked       []grantJSON `json:"revoked"`
+	SessionsEnded *int        `json:"sessions_ended,omitempty"`
+	SessionsError string      `json:"sessions_error,omitempty"`
 }
 
 // lockoutJSON is a locked-out client on the wire.
@@ -203,22 +225,69 @@ func (s *Server) revokeWithToken(w http.ResponseWriter, r *http.Request) {
 	s.revoke(w, r)
 }
 
-// revoke is DELETE /api/grants/{ip}, once the caller is known to be allowed.
+// revoke is DELETE /api/grants/{ip} or /api/grants/{ip}/{bits}, once the
+// caller is known to be allowed: an address or a network; with
+// ?kill_sessions=true the established sessions of each ended grant end
+// too. It answers 200 with a revokeJSON.
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
-	ip, ok := pathIP(w, r)
-	if !ok {
+	raw := r.PathValue("ip")
+	if bits := r.PathValue("bits"); bits != "" {
+		raw += "/" + bits
+	}
+	src, err := firewall.ParseSource(raw)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	switch err := s.fw.Revoke(r.Context(), ip); {
-	case errors.Is(err, firewall.ErrNoGrant):
-		http.Error(w, fmt.Sprintf("%s holds no grant", ip), http.StatusNotFound)
-	case err != nil:
-		s.log.Error("web: revoke failed", keyIP, ip, keyErr, err)
-		http.Error(w, "revoke failed; see the server's log", http.StatusInternalServerError)
-	default:
-		s.log.Info("revoked", append([]any{keyIP, ip}, who(r)...)...)
-		w.WriteHeader(http.StatusNoContent)
+	kill := false
+	if v := r.URL.Query().Get("kill_sessions"); v != "" {
+		if kill, err = strconv.ParseBool(v); err != nil {
+			http.Error(w, fmt.Sprintf("bad kill_sessions %q: want true or false", v), http.StatusBadRequest)
+			return
+		}
 	}
+	name := firewall.FormatSource(src)
+	gs, err := s.fw.Revoke(r.Context(), src, firewall.ReasonRevoked)
+	switch {
+	case errors.Is(err, firewall.ErrNoGrant):
+		http.Error(w, fmt.Sprintf("%s holds no grant", name), http.StatusNotFound)
+		return
+	case err != nil:
+		s.log.Error("web: revoke failed", keyIP, name, keyErr, err)
+		http.Error(w, "revoke failed; see the server's log", http.StatusInternalServerError)
+		return
+	}
+	out := revokeJSON{Revoked: make([]grantJSON, 0, len(gs))}
+	for _, g := range gs {
+		out.Revoked = append(out.Revoked, toGrantJSON(g))
+	}
+	attrs := append([]any{keyIP, name, keyCount, len(gs)}, who(r)...)
+	if kill {
+		ended, err := s.killSessions(r.Context(), gs)
+		out.SessionsEnded = &ended
+		attrs = append(attrs, keySessions, ended)
+		if err != nil {
+			s.log.Error("web: sessions not ended", keyIP, name, keyErr, err)
+			out.SessionsError = err.Error()
+		}
+	}
+	s.log.Info("revoked", attrs...)
+	s.writeJSON(w, http.StatusOK, out)
+}
+
+// killSessions ends the sessions of the ended grants gs: each grant's
+// source to its ports. It returns how many ended, and every failure.
+func (s *Server) killSessions(ctx context.Context, gs []firewall.Grant) (int, error) {
+	n := 0
+	var errs []error
+	for _, g := range gs {
+		k, err := s.fw.KillSessions(ctx, g.Source(), g.Ports)
+		n += k
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return n, errors.Join(errs...)
 }
 
 // authorized compares the bearer token in constant time: both sides are

@@ -33,7 +33,8 @@ var (
 const maxResponseBytes = 8 << 20
 
 // Client talks to a running daemon over its admin socket: what the
-// command line uses, so it never sends a token over TCP.
+// command line uses, so it never sends a token over TCP. Its errors say
+// what failed, naming the address or network: the caller adds nothing.
 type Client struct {
 	socket string
 	dial   func(ctx context.Context) (net.Conn, error) // tests dial as another user
@@ -126,21 +127,54 @@ func (c *Client) Health(ctx context.Context) ([]string, error) {
 	return nil, fmt.Errorf("health: %w", c.statusError(resp, bytes.NewReader(b)))
 }
 
-// Revoke ends every grant of ip now; an ip without a grant is
-// firewall.ErrNoGrant.
-func (c *Client) Revoke(ctx context.Context, ip netip.Addr) error {
-	resp, err := c.do(ctx, http.MethodDelete, "/api/grants/"+ip.String(), nil)
+// Revoked is what a revoke ended.
+type Revoked struct {
+	Grants   []firewall.Grant
+	Sessions int // established sessions ended, when asked to kill them
+}
+
+// Revoke ends now every grant whose source overlaps src (an address, as
+// its single-address prefix, or a network), and with killSessions their
+// established sessions too. A src without a grant is firewall.ErrNoGrant.
+// When the grants ended but their sessions could not all be ended, it
+// returns what ended and an error that says why.
+func (c *Client) Revoke(ctx context.Context, src netip.Prefix, killSessions bool) (Revoked, error) {
+	name := firewall.FormatSource(src)
+	path := "/api/grants/" + name
+	if killSessions {
+		path += "?kill_sessions=true"
+	}
+	resp, err := c.do(ctx, http.MethodDelete, path, nil)
 	if err != nil {
-		return fmt.Errorf("revoke %s: %w", ip, err)
+		return Revoked{}, fmt.Errorf("revoke %s: %w", name, err)
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
-	case http.StatusNoContent, http.StatusOK:
-		return nil
+	case http.StatusOK:
 	case http.StatusNotFound:
-		return fmt.Errorf("revoke %s: %w", ip, firewall.ErrNoGrant)
+		return Revoked{}, fmt.Errorf("revoke %s: %w", name, firewall.ErrNoGrant)
+	default:
+		return Revoked{}, fmt.Errorf("revoke %s: %w", name, c.statusError(resp, resp.Body))
 	}
-	return fmt.Errorf("revoke %s: %w", ip, c.statusError(resp, resp.Body))
+	var wire revokeJSON
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxResponseBytes)).Decode(&wire); err != nil {
+		return Revoked{}, fmt.Errorf("revoke %s: the daemon's answer: %w", name, err)
+	}
+	var out Revoked
+	for i, w := range wire.Revoked {
+		g, err := w.grant()
+		if err != nil {
+			return Revoked{}, fmt.Errorf("revoke %s: the daemon's answer: grant %d: %w", name, i, err)
+		}
+		out.Grants = append(out.Grants, g)
+	}
+	if wire.SessionsEnded != nil {
+		out.Sessions = *wire.SessionsEnded
+	}
+	if wire.SessionsError != "" {
+		return out, errors.New(wire.SessionsError)
+	}
+	return out, nil
 }
 
 // Grant opens the ports of sequence ("" for the daemon's default) to ip

@@ -68,7 +68,7 @@ func newMetrics(s *Server) (*metrics, error) {
 
 	for _, c := range []prometheus.Collector{
 		m.lines, m.skipped, m.rotations, events, reloads, refused, open,
-		stateCollector{s},
+		stateCollector{s}, hookCollector{s},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {

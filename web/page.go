@@ -36,8 +36,13 @@ const (
 	isoLayout  = time.RFC3339
 )
 
+// pageRefresh is how often the status page reloads itself, so that its
+// time left stays true without a script.
+const pageRefresh = 30 * time.Second
+
 type pageView struct {
 	Now, NowISO string
+	Refresh     int // seconds until the page reloads
 	Healthy     bool
 	Health      string
 	Problems    []string
@@ -82,9 +87,10 @@ func (s *Server) view() pageView {
 	if !v.Healthy {
 		v.Health = "unhealthy"
 	}
-	for _, g := range s.fw.Grants() {
+	grants := s.fw.Grants()
+	for _, g := range grants {
 		v.Grants = append(v.Grants, grantView{
-			IP:       g.IP.String(),
+			IP:       sourceString(g),
 			Sequence: g.Sequence,
 			Ports:    joinPorts(g.Ports),
 			Until:    g.Until.UTC().Format(timeLayout),
@@ -93,14 +99,21 @@ func (s *Server) view() pageView {
 		})
 	}
 	v.HasAdmin = s.opts.Admin != nil
-	for _, l := range s.sortedLockouts() {
+	lockouts := s.sortedLockouts()
+	ends := make([]time.Time, 0, len(v.Grants)+len(lockouts))
+	for _, l := range lockouts {
 		v.Lockouts = append(v.Lockouts, lockoutView{
 			IP:       l.Client.String(),
 			Until:    l.Until.UTC().Format(timeLayout),
 			UntilISO: l.Until.UTC().Format(isoLayout),
 			Left:     timeLeft(l.Until.Sub(now)),
 		})
+		ends = append(ends, l.Until)
 	}
+	for _, g := range grants {
+		ends = append(ends, g.Until)
+	}
+	v.Refresh = refreshSeconds(now, ends)
 	for _, e := range s.recent.newestFirst() {
 		v.Events = append(v.Events, eventView{
 			Time:     e.Time.UTC().Format(timeLayout),
@@ -120,6 +133,8 @@ func (s *Server) view() pageView {
 		{"grants", count(s.kinds[kindIndex(knock.KindGrant)].Load())},
 		{"lockouts", count(s.kinds[kindIndex(knock.KindLockout)].Load())},
 		{"one-time URLs reused", count(s.kinds[kindIndex(knock.KindReused)].Load())},
+		{"grants closed by their client", count(s.kinds[kindIndex(knock.KindClose)].Load())},
+		{"knocks denied by policy", count(s.kinds[kindIndex(knock.KindDenied)].Load())},
 		{"firewall failures", count(h.Failures)},
 		{"active grants", strconv.Itoa(len(v.Grants))},
 		{"clients in progress", strconv.Itoa(clients)},
@@ -153,6 +168,19 @@ func (s *Server) view() pageView {
 	return v
 }
 
+// refreshSeconds is when the page should reload: every pageRefresh, or a
+// second after the first of ends, if sooner, so that an ended grant or
+// lockout leaves the page when it ends.
+func refreshSeconds(now time.Time, ends []time.Time) int {
+	d := pageRefresh
+	for _, end := range ends {
+		if left := end.Sub(now); left > 0 && left+time.Second < d {
+			d = left + time.Second
+		}
+	}
+	return int((d + time.Second - 1) / time.Second)
+}
+
 // detail is what an event adds to its kind, IP and sequence.
 func detail(e *knock.Event) string {
 	switch e.Kind {
@@ -160,6 +188,9 @@ func detail(e *knock.Event) string {
 		return "step " + strconv.Itoa(e.Step)
 	case knock.KindGrant:
 		d := "until " + e.Until.UTC().Format(timeLayout)
+		if e.Source.IsValid() && e.Source.Bits() != e.Client.BitLen() {
+			d += " to " + e.Source.String()
+		}
 		if len(e.Ports) > 0 {
 			d += ", " + strings.Join(e.Ports, " ")
 		}
@@ -168,6 +199,10 @@ func detail(e *knock.Event) string {
 		return "until " + e.Until.UTC().Format(timeLayout)
 	case knock.KindReused:
 		return "time step " + strconv.FormatInt(e.TimeStep, 10) + " had granted already"
+	case knock.KindClose:
+		return "grant of " + firewall.FormatSource(e.Source) + " ended by its client"
+	case knock.KindDenied:
+		return "refused by " + e.Reason
 	}
 	return ""
 }

@@ -41,6 +41,8 @@ const (
 	keyPID      = "pid"
 	keySequence = "sequence"
 	keyUntil    = "until"
+	keyCount    = "count"
+	keySessions = "sessions"
 )
 
 // DefaultRecentEvents is how many events the status page keeps when
@@ -57,11 +59,12 @@ const (
 	shutdownTimeout   = 5 * time.Second
 )
 
-// Firewall is what the server reads from the firewall, plus Revoke.
-// *firewall.Firewall satisfies it.
+// Firewall is what the server reads from the firewall, plus Revoke and
+// KillSessions. *firewall.Firewall satisfies it.
 type Firewall interface {
 	Grants() []firewall.Grant
-	Revoke(ctx context.Context, ip netip.Addr) error
+	Revoke(ctx context.Context, p netip.Prefix, reason string) ([]firewall.Grant, error)
+	KillSessions(ctx context.Context, src netip.Prefix, ports []firewall.Port) (int, error)
 	Health() firewall.Health
 }
 
@@ -116,7 +119,8 @@ type Options struct {
 	// sentence each; any makes /healthz 503. Called from request
 	// goroutines. nil: none.
 	Problems func() []string
-	Tracker  Tracker // nil: the knock metrics read 0
+	Tracker  Tracker  // nil: the knock metrics read 0
+	HookRuns HookRuns // nil: no hook metrics
 	// Admin grants, lists lockouts and unlocks for the admin socket.
 	// nil: those endpoints answer 503 and the page shows no lockouts.
 	Admin Admin
@@ -272,13 +276,14 @@ func (s *Server) Event(e knock.Event) {
 
 // kindCount is the number of knock.Kind values plus slot 0 for a kind this
 // package does not know (counted on no series).
-const kindCount = int(knock.KindReused) + 1
+const kindCount = int(knock.KindDenied) + 1
 
-var kinds = [...]knock.Kind{knock.KindStep, knock.KindReset, knock.KindTimeout, knock.KindGrant, knock.KindLockout, knock.KindReused}
+var kinds = [...]knock.Kind{knock.KindStep, knock.KindReset, knock.KindTimeout, knock.KindGrant, knock.KindLockout, knock.KindReused,
+	knock.KindClose, knock.KindDenied}
 
 // kindIndex maps a Kind to its counters; 0 for a kind knock adds later.
 func kindIndex(k knock.Kind) int {
-	if k >= knock.KindStep && k <= knock.KindReused {
+	if k >= knock.KindStep && k <= knock.KindDenied {
 		return int(k)
 	}
 	return 0

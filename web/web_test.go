@@ -32,7 +32,12 @@ type fakeFirewall struct {
 	grants    []firewall.Grant
 	health    firewall.Health
 	revokeErr error
-	revoked   []netip.Addr
+	revoked   []string // "SOURCE REASON" of each revoke that ended grants
+	// sessions is how many sessions KillSessions ends per call, or
+	// killErr why it fails; killed lists its calls as "SOURCE PORTS".
+	sessions int
+	killErr  error
+	killed   []string
 }
 
 var _ Firewall = (*fakeFirewall)(nil)
@@ -49,19 +54,35 @@ func (f *fakeFirewall) Health() firewall.Health {
 	return f.health
 }
 
-func (f *fakeFirewall) Revoke(_ context.Context, ip netip.Addr) error {
+func (f *fakeFirewall) Revoke(_ context.Context, p netip.Prefix, reason string) ([]firewall.Grant, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.revokeErr != nil {
-		return f.revokeErr
+		return nil, f.revokeErr
 	}
-	n := len(f.grants)
-	f.grants = slices.DeleteFunc(f.grants, func(g firewall.Grant) bool { return g.IP == ip })
-	if len(f.grants) == n {
-		return firewall.ErrNoGrant
+	var ended []firewall.Grant
+	f.grants = slices.DeleteFunc(f.grants, func(g firewall.Grant) bool {
+		if g.Source().Overlaps(p) {
+			ended = append(ended, g)
+			return true
+		}
+		return false
+	})
+	if len(ended) == 0 {
+		return nil, firewall.ErrNoGrant
 	}
-	f.revoked = append(f.revoked, ip)
-	return nil
+	f.revoked = append(f.revoked, firewall.FormatSource(p)+" "+reason)
+	return ended, nil
+}
+
+func (f *fakeFirewall) KillSessions(_ context.Context, src netip.Prefix, ports []firewall.Port) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.killed = append(f.killed, fmt.Sprintf("%s %v", firewall.FormatSource(src), ports))
+	if f.killErr != nil {
+		return 0, f.killErr
+	}
+	return f.sessions, nil
 }
 
 // fakeAdmin knows the sequences ssh (the default) and admin.
@@ -121,6 +142,8 @@ func testGrants() []firewall.Grant {
 	return []firewall.Grant{
 		{IP: netip.MustParseAddr("203.0.113.7"), Sequence: "ssh", Ports: []firewall.Port{{Proto: "tcp", Number: 22}},
 			Until: t0.Add(9*time.Minute + 12*time.Second)},
+		{IP: netip.MustParseAddr("192.0.2.0"), Bits: 24, Sequence: "ssh", Ports: []firewall.Port{{Proto: "tcp", Number: 22}},
+			Until: t0.Add(45 * time.Minute)},
 		{IP: netip.MustParseAddr("2001:db8::7"), Sequence: "admin", Ports: []firewall.Port{{Proto: "tcp", Number: 22}, {Proto: "udp", Number: 51820}},
 			Until: t0.Add(2 * time.Hour).In(time.FixedZone("CET", 3600))},
 	}
@@ -257,17 +280,23 @@ func TestEndpoints(t *testing.T) {
 		{name: "revoke basic auth", method: "DELETE", path: "/api/grants/203.0.113.7", header: http.Header{"Authorization": {"Basic " + testToken}}, want: 401},
 		{name: "revoke token as cookie", method: "DELETE", path: "/api/grants/203.0.113.7", header: http.Header{"Cookie": {"token=" + testToken}}, want: 401},
 		{name: "revoke bad token in bad IP", method: "DELETE", path: "/api/grants/bogus", want: 401},
-		{name: "revoke", method: "DELETE", path: "/api/grants/203.0.113.7", header: bearer(testToken), want: 204, wantRevoked: "203.0.113.7"},
-		{name: "revoke lower-case scheme", method: "DELETE", path: "/api/grants/203.0.113.7", header: http.Header{"Authorization": {"bearer " + testToken}}, want: 204, wantRevoked: "203.0.113.7"},
-		{name: "revoke IPv6", method: "DELETE", path: "/api/grants/2001:db8::7", header: bearer(testToken), want: 204, wantRevoked: "2001:db8::7"},
-		{name: "revoke IPv4-mapped", method: "DELETE", path: "/api/grants/::ffff:203.0.113.7", header: bearer(testToken), want: 204, wantRevoked: "203.0.113.7"},
+		{name: "revoke", method: "DELETE", path: "/api/grants/203.0.113.7", header: bearer(testToken), want: 200, wantRevoked: "203.0.113.7 revoked"},
+		{name: "revoke lower-case scheme", method: "DELETE", path: "/api/grants/203.0.113.7", header: http.Header{"Authorization": {"bearer " + testToken}}, want: 200, wantRevoked: "203.0.113.7 revoked"},
+		{name: "revoke IPv6", method: "DELETE", path: "/api/grants/2001:db8::7", header: bearer(testToken), want: 200, wantRevoked: "2001:db8::7 revoked"},
+		{name: "revoke IPv4-mapped", method: "DELETE", path: "/api/grants/::ffff:203.0.113.7", header: bearer(testToken), want: 200, wantRevoked: "203.0.113.7 revoked"},
 		{name: "revoke no grant", method: "DELETE", path: "/api/grants/198.51.100.1", header: bearer(testToken), want: 404, wantBody: "198.51.100.1 holds no grant"},
-		{name: "revoke bad IP", method: "DELETE", path: "/api/grants/bogus", header: bearer(testToken), want: 400, wantBody: `bad IP address "bogus"`},
-		{name: "revoke CIDR", method: "DELETE", path: "/api/grants/203.0.113.0%2F24", header: bearer(testToken), want: 400},
+		{name: "revoke bad IP", method: "DELETE", path: "/api/grants/bogus", header: bearer(testToken), want: 400, wantBody: `bad address "bogus"`},
+		{name: "revoke network", method: "DELETE", path: "/api/grants/192.0.2.0/24", header: bearer(testToken), want: 200,
+			wantBody: `{"revoked":[{"ip":"192.0.2.0/24","sequence":"ssh","ports":["22/tcp"],"until":"2026-11-22T19:47:22Z"}]}`, wantRevoked: "192.0.2.0/24 revoked"},
+		{name: "revoke network escaped", method: "DELETE", path: "/api/grants/203.0.113.0%2F24", header: bearer(testToken), want: 200, wantRevoked: "203.0.113.0/24 revoked"},
+		{name: "revoke address of a widened grant", method: "DELETE", path: "/api/grants/192.0.2.9", header: bearer(testToken), want: 200,
+			wantBody: `"ip":"192.0.2.0/24"`, wantRevoked: "192.0.2.9 revoked"},
+		{name: "revoke bad network", method: "DELETE", path: "/api/grants/192.0.2.0/33", header: bearer(testToken), want: 400, wantBody: `bad network "192.0.2.0/33"`},
+		{name: "revoke bad kill_sessions", method: "DELETE", path: "/api/grants/203.0.113.7?kill_sessions=maybe", header: bearer(testToken), want: 400, wantBody: `bad kill_sessions "maybe"`},
 		{name: "revoke zone", method: "DELETE", path: "/api/grants/fe80::1%25eth0", header: bearer(testToken), want: 400},
 		{name: "revoke without token file", noToken: true, method: "DELETE", path: "/api/grants/203.0.113.7", header: bearer(testToken), want: 403, wantBody: "revoking is disabled"},
 		{name: "revoke without token file nor header", noToken: true, method: "DELETE", path: "/api/grants/203.0.113.7", want: 403},
-		{name: "metrics", method: "GET", path: "/metrics", want: 200, wantBody: "webknock_grants_active 2"},
+		{name: "metrics", method: "GET", path: "/metrics", want: 200, wantBody: "webknock_grants_active 3"},
 		{name: "metrics POST", method: "POST", path: "/metrics", want: 405},
 		{name: "healthz", method: "GET", path: "/healthz", want: 200, wantBody: "ok\n"},
 	}
@@ -306,10 +335,7 @@ func TestEndpoints(t *testing.T) {
 			if n := len(f.admin.Lockouts()); n != 2 {
 				t.Errorf("%s %s: %d lockouts left, want 2: TCP never unlocks", tt.method, tt.path, n)
 			}
-			var revoked []string
-			for _, ip := range f.fw.revoked {
-				revoked = append(revoked, ip.String())
-			}
+			revoked := f.fw.revoked
 			if want := []string{tt.wantRevoked}; tt.wantRevoked == "" && len(revoked) > 0 || tt.wantRevoked != "" && !slices.Equal(revoked, want) {
 				t.Errorf("%s %s: revoked %v, want %q", tt.method, tt.path, revoked, tt.wantRevoked)
 			}
@@ -470,7 +496,7 @@ func TestMetrics(t *testing.T) {
 		`webknock_events_total{event="timeout"} 0`,
 		`webknock_events_total{event="lockout"} 0`,
 		`webknock_events_total{event="reused"} 1`,
-		`webknock_grants_active 2`,
+		`webknock_grants_active 3`,
 		`webknock_firewall_failures_total 5`,
 		`webknock_firewall_pending_deletes 2`,
 		`webknock_firewall_in_sync 0`,
@@ -539,6 +565,7 @@ func TestPage(t *testing.T) {
 		"<title>webknock</title>",
 		`<td data-label="IP">203.0.113.7</td>`,
 		`<td data-label="IP">2001:db8::7</td>`,
+		`<td data-label="IP">192.0.2.0/24</td>`, // a grant widened to a network
 		`<td data-label="Ports">22/tcp 51820/udp</td>`,
 		`<td data-label="Left">9m 12s</td>`,
 		`<td data-label="Left">2h 0m 0s</td>`,
@@ -560,6 +587,8 @@ func TestPage(t *testing.T) {
 		`<tr class="locked"><td data-label="IP">2001:db8::66</td><td data-label="Until"><time datetime="2026-11-22T19:06:52Z">2026-11-22 19:06:52</time></td><td data-label="Left">4m 30s</td></tr>`,
 		`<td data-label="IP">198.51.100.66</td><td data-label="Until"><time datetime="2026-11-22T19:17:22Z">2026-11-22 19:17:22</time></td><td data-label="Left">15m 0s</td>`,
 		`<dt>admin socket</dt><dd>off</dd>`,
+		`<meta http-equiv="refresh" content="30">`,
+		`UTC; reloads in 30 s</p>`,
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("GET / lacks %q", want)
@@ -589,6 +618,40 @@ func TestPage(t *testing.T) {
 	css := do(t, tcpHandler(s), "GET", "/static/style.css", nil).Body.String()
 	if strings.Contains(css, "url(") || strings.Contains(css, "@import") {
 		t.Errorf("style.css loads other resources")
+	}
+}
+
+// TestPageRefresh: the page reloads itself every 30 s, or a second after
+// a grant or lockout ends if that is sooner, so its time left stays true
+// without a script.
+func TestPageRefresh(t *testing.T) {
+	grant := func(left time.Duration) firewall.Grant {
+		return firewall.Grant{IP: netip.MustParseAddr("192.0.2.1"), Sequence: "ssh", Until: t0.Add(left)}
+	}
+	tests := []struct {
+		name     string
+		grants   []firewall.Grant
+		lockouts []knock.Locked
+		want     int
+	}{
+		{name: "nothing live", want: 30},
+		{name: "all far off", grants: testGrants(), lockouts: testLockouts(), want: 30},
+		{name: "grant ending soon", grants: []firewall.Grant{grant(time.Hour), grant(12500 * time.Millisecond)}, want: 14},
+		{name: "lockout ending soon", grants: testGrants(),
+			lockouts: []knock.Locked{{Client: netip.MustParseAddr("198.51.100.1"), Until: t0.Add(4 * time.Second)}}, want: 5},
+		{name: "ended, not yet removed", grants: []firewall.Grant{grant(-time.Second), grant(0)}, want: 30},
+		{name: "ending just under the interval", grants: []firewall.Grant{grant(29 * time.Second)}, want: 30},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, "", nil)
+			f.fw.grants, f.admin.locked = tc.grants, tc.lockouts
+			page := do(t, tcpHandler(f.s), "GET", "/", nil).Body.String()
+			want := fmt.Sprintf(`<meta http-equiv="refresh" content="%d">`, tc.want)
+			if !strings.Contains(page, want) || !strings.Contains(page, fmt.Sprintf("reloads in %d s", tc.want)) {
+				t.Errorf("GET / lacks %q and its note; head:\n%s", want, page[:min(len(page), 600)])
+			}
+		})
 	}
 }
 

@@ -43,6 +43,10 @@ func (d *daemon) Grant(ctx context.Context, ip netip.Addr, sequence string, dur 
 	g, err := d.fw.Grant(ctx, firewall.Grant{IP: ip.Unmap(), Sequence: s.Name, Ports: firewallPorts(s.Ports), Knocked: now, Until: now.Add(dur)})
 	if err == nil {
 		d.log.Info("grant by the admin", keyIP, g.IP, keySequence, g.Sequence, keyUntil, g.Until)
+		d.hookGrant(g)
+		// The close page ends it as it would a knock's (a cancelled
+		// context only skips that).
+		_ = d.inLoop(ctx, func() { d.holdGrants(g) })
 	}
 	return g, err
 }

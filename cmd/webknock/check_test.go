@@ -184,6 +184,21 @@ func brokenCases() []brokenCase {
 			file("state/onetime.json", "{not json")(t, dir)
 		}, want: "onetime.json"},
 		{name: "bad ipv6 switch", edit: map[string]string{"  hook:": "  hook: INPUT\n  ipv6: maybe"}, want: "firewall.ipv6:"},
+		{name: "relative hook program", edit: hooks("on_grant: [logger, \"{ip}\"]"), want: `hooks.on_grant[0]: program "logger" is not an absolute path`},
+		{name: "unknown hook placeholder", edit: hooks("on_grant: [/bin/echo, \"ip={addr}\"]"), want: "hooks.on_grant[1]: unknown placeholder {addr}"},
+		{name: "unbalanced brace in a hook", edit: hooks("on_end: [/bin/echo, \"{ip\"]"), want: `hooks.on_end[1]: unbalanced "{" at byte 0`},
+		{name: "placeholder in a hook program", edit: hooks("on_end: [\"/bin/{event}\"]"), want: "hooks.on_end[0]: program \"/bin/{event}\" holds a placeholder"},
+		{name: "missing hook program", edit: hooks("on_lockout: [{dir}/no-hook]"), want: "hooks.on_lockout[0]: hook program: stat"},
+		{name: "hook program others may write", edit: hooks("on_grant: [{dir}/hook]"), setup: hookProgram("hook", 0o777, 0, false),
+			want: "has mode 0777: other users may change what webknock runs"},
+		{name: "hook program not executable", edit: hooks("on_grant: [{dir}/hook]"), setup: hookProgram("hook", 0o644, 0, false),
+			want: "is not executable (mode 0644)"},
+		{name: "hook program in a directory others may write", edit: hooks("on_end: [{dir}/bin/hook]"), setup: hookProgram("bin/hook", 0o755, 0o777, false),
+			want: "has mode 0777: other users may replace the program"},
+		{name: "hook program owned by another user", edit: hooks("on_grant: [{dir}/hook]"), setup: hookProgram("hook", 0o755, 0, true),
+			want: "is owned by uid 65534, neither webknock's uid", root: true},
+		{name: "hook program a directory", edit: hooks("on_grant: [{dir}/logs]"), want: "is not a regular file (d"},
+		{name: "bad hook timeout", edit: hooks("timeout: 0s"), want: "hooks.timeout: bad timeout"},
 	}
 }
 

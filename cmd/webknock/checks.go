@@ -100,6 +100,8 @@ func checkWith(cfg *config.Config, strictLogs bool) (errs, warns []*config.Field
 		}
 	}
 
+	errs = append(errs, checkHooks(cfg)...)
+
 	// web
 	if cfg.Web.Listen != "" && cfg.Web.TokenFile != "" {
 		if _, err := web.ReadToken(cfg.Web.TokenFile); err != nil {

@@ -24,7 +24,7 @@ func TestCommandLine(t *testing.T) {
 		stderr   string // substring
 		noStdout bool
 	}{
-		{name: "no command", args: nil, code: exitUsage, stdout: "Commands:"},
+		{name: "no command", args: nil, code: exitUsage, stderr: "Commands:", noStdout: true},
 		{name: "help", args: []string{"--help"}, code: exitOK, stdout: "replay"},
 		{name: "unknown command", args: []string{"frobnicate"}, code: exitUsage, stderr: `unknown command "frobnicate"`},
 		{name: "version", args: []string{"version"}, code: exitOK, stdout: "webknock "},
@@ -38,9 +38,9 @@ func TestCommandLine(t *testing.T) {
 			stdout: "2026-11-22T19:01:30Z  grant    203.0.113.7      ssh         until 2026-11-22T19:11:30Z 22/tcp", stderr: "3 grants"},
 		{name: "replay stdin", args: []string{"replay", "--json", "-c", example, "-"}, code: exitOK,
 			stdin:  `203.0.113.9 - - [22/Nov/2026:19:01:02 +0000] "GET /k/7f3a9c HTTP/1.1" 404 1 "-" "-"` + "\n",
-			stdout: `{"time":"2026-11-22T19:01:02Z","event":"step","ip":"203.0.113.9","sequence":"ssh","step":1}`},
-		{name: "flag overrides file", args: []string{"replay", "-c", example, "--log-format", "common", exampleLog}, code: exitOK,
-			stderr: "0 parsed", noStdout: true},
+			stdout: `{"time":"2026-11-22T19:01:02Z","event":"step","ip":"203.0.113.9","sequence":"ssh","step":1,"file":"-","line":1}`},
+		{name: "flag overrides file", args: []string{"replay", "-c", example, "--log-format", "common", exampleLog}, code: exitFail,
+			stderr: `no line matches log.format "common"`, noStdout: true},
 		{name: "check bad", args: []string{"check", "-c", "testdata/bad.yaml"}, code: exitFail,
 			stderr: "testdata/bad.yaml:7: sequences[0].steps[1]: bad path \"k/b2\""},
 		{name: "check trusted proxies without header", args: []string{"check", "-c", "testdata/trusted-no-xff.yaml"}, code: exitFail,
@@ -74,21 +74,32 @@ func TestReplayCorpus(t *testing.T) {
 	}
 	for _, cfg := range []string{"../../testdata/example.yaml", "testdata/corpus-paths.yaml"} {
 		for _, format := range []string{"combined", "common", "vhost_combined"} {
-			args := append([]string{"replay", "--json", "--parse-all", "-c", cfg, "--log-format", format}, logs...)
-			out, errOut, code := runCmd(t, "", args...)
-			if code != 0 {
-				t.Fatalf("replay %s as %s: exit %d: %s", cfg, format, code, errOut)
-			}
-			if strings.Contains(out, `"grant"`) || !strings.Contains(errOut, ", 0 grants") {
-				t.Errorf("replay %s as %s granted:\n%s\n%s", cfg, format, out, errOut)
-			}
-			var read, examined, parsed int
-			summary := errOut[strings.LastIndex(strings.TrimSpace(errOut), "\n")+1:]
-			if _, err := fmt.Sscanf(summary, "replay: %d lines read, %d examined, %d parsed", &read, &examined, &parsed); err != nil {
-				t.Fatalf("summary %q: %v", errOut, err)
+			var parsed, refused int
+			for _, log := range logs {
+				out, errOut, code := runCmd(t, "", "replay", "--json", "--parse-all", "-c", cfg, "--log-format", format, log)
+				switch {
+				case code == exitFail && strings.Contains(errOut, "no line matches log.format"):
+					// A log of another format is refused, never read as empty.
+					refused++
+					continue
+				case code != 0:
+					t.Fatalf("replay %s as %s: exit %d: %s", cfg, format, code, errOut)
+				}
+				if strings.Contains(out, `"grant"`) || !strings.Contains(errOut, ", 0 grants") {
+					t.Errorf("replay %s of %s as %s granted:\n%s\n%s", cfg, log, format, out, errOut)
+				}
+				var read, examined, n int
+				summary := errOut[strings.LastIndex(strings.TrimSpace(errOut), "\n")+1:]
+				if _, err := fmt.Sscanf(summary, "replay: %d lines read, %d examined, %d parsed", &read, &examined, &n); err != nil {
+					t.Fatalf("summary %q: %v", errOut, err)
+				}
+				parsed += n
 			}
 			if format == "combined" && parsed < 10000 {
-				t.Errorf("replay as combined parsed only %d of %d lines: %s", parsed, read, errOut)
+				t.Errorf("replay as combined parsed only %d lines", parsed)
+			}
+			if refused == 0 || refused == len(logs) {
+				t.Errorf("replay as %s refused %d of %d logs for their format", format, refused, len(logs))
 			}
 		}
 	}

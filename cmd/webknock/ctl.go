@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -55,6 +58,20 @@ func admin(env *environment, fs *pflag.FlagSet) (*web.Client, error) {
 	return web.NewClient(cfg.Web.Socket), nil
 }
 
+// noDaemonHint follows err, a failure to reach the daemon on the socket
+// it names: either the daemon does not run, or it runs with another
+// configuration file, whose web.socket is elsewhere.
+func noDaemonHint(w io.Writer, fs *pflag.FlagSet, err error) {
+	path, _ := fs.GetString("config")
+	why := "no daemon has made that socket"
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		why = "the socket is there but no daemon answers on it"
+	}
+	fmt.Fprintf(w, "hint: %s: the daemon is probably not running (systemctl status webknock),\n"+
+		"  or it was started with another configuration, whose web.socket is not the one in %s:\n"+
+		"  name that file with -c FILE.\n", why, path)
+}
+
 // runStatus is `webknock status`: the live grants and lockouts.
 func runStatus(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
 	if len(args) > 0 {
@@ -83,16 +100,16 @@ func runStatus(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 				ports[i] = p.String()
 			}
 			left := time.Until(g.Until).Round(time.Second)
-			fmt.Fprintf(w, "%-39s  %-10s  %-20s  %-9s  %s\n", g.IP, g.Sequence, rfc3339(g.Until), left, strings.Join(ports, ","))
+			fmt.Fprintf(w, "%-39s  %-10s  %-20s  %-9s  %s\n", firewall.FormatSource(g.Source()), g.Sequence, rfc3339(g.Until), left, strings.Join(ports, ","))
 		}
 	}
 	if len(lockouts) == 0 {
 		_, err = fmt.Fprintln(w, "no lockouts")
 		return err
 	}
-	fmt.Fprintf(w, "\n%-39s  %s\n", "LOCKED OUT", "UNTIL")
+	fmt.Fprintf(w, "\n%-39s  %-20s  %s\n", "LOCKED OUT", "UNTIL", "LEFT")
 	for _, l := range lockouts {
-		fmt.Fprintf(w, "%-39s  %s\n", l.Client, rfc3339(l.Until))
+		fmt.Fprintf(w, "%-39s  %-20s  %s\n", l.Client, rfc3339(l.Until), time.Until(l.Until).Round(time.Second))
 	}
 	return nil
 }
@@ -109,19 +126,55 @@ func ipArg(env *environment, fs *pflag.FlagSet, args []string) (netip.Addr, erro
 	return ip.Unmap(), nil
 }
 
-// runRevoke is `webknock revoke IP`: end an address's grants now.
+func revokeFlags(fs *pflag.FlagSet) {
+	fs.Bool("kill-sessions", false, "also end the revoked clients' established sessions (conntrack); by default they go on")
+}
+
+// runRevoke is `webknock revoke IP|NET/BITS`: end the grants of an
+// address or network now, and with --kill-sessions their sessions.
 func runRevoke(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
-	return onIP(ctx, env, fs, args, "revoke", (*web.Client).Revoke)
+	if len(args) != 1 {
+		return usagef(env, fs, "name exactly one IP address or network")
+	}
+	src, err := firewall.ParseSource(args[0])
+	if err != nil {
+		return usagef(env, fs, "%q is not an IP address or network (NET/BITS)", args[0])
+	}
+	kill, _ := fs.GetBool("kill-sessions")
+	c, err := admin(env, fs)
+	if err != nil {
+		return err
+	}
+	// The client's errors name the address already.
+	r, err := c.Revoke(ctx, src, kill)
+	if len(r.Grants) == 0 {
+		return err
+	}
+	seqs := make([]string, 0, len(r.Grants))
+	for _, g := range r.Grants {
+		if !slices.Contains(seqs, g.Sequence) {
+			seqs = append(seqs, g.Sequence)
+		}
+	}
+	line := fmt.Sprintf("revoked %s (%s)", firewall.FormatSource(src), strings.Join(seqs, ", "))
+	if kill && err == nil {
+		line += fmt.Sprintf("; %d %s ended", r.Sessions, plural(r.Sessions, "session", "sessions"))
+	}
+	if _, werr := fmt.Fprintln(env.stdout, line); werr != nil {
+		return werr
+	}
+	return err
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 // runUnlock is `webknock unlock IP`: end an address's lockout.
 func runUnlock(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
-	return onIP(ctx, env, fs, args, "unlock", (*web.Client).Unlock)
-}
-
-// onIP asks the daemon to do verb to the one address of args, and says so.
-func onIP(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string, verb string,
-	do func(*web.Client, context.Context, netip.Addr) error) error {
 	ip, err := ipArg(env, fs, args)
 	if err != nil {
 		return err
@@ -130,10 +183,11 @@ func onIP(ctx context.Context, env *environment, fs *pflag.FlagSet, args []strin
 	if err != nil {
 		return err
 	}
-	if err := do(c, ctx, ip); err != nil {
-		return fmt.Errorf("%s %s: %w", verb, ip, err)
+	// The client's errors name the address already.
+	if err := c.Unlock(ctx, ip); err != nil {
+		return err
 	}
-	_, err = fmt.Fprintf(env.stdout, "%sed %s\n", strings.TrimSuffix(verb, "e"), ip)
+	_, err = fmt.Fprintf(env.stdout, "unlocked %s\n", ip)
 	return err
 }
 
@@ -159,12 +213,12 @@ func runGrant(ctx context.Context, env *environment, fs *pflag.FlagSet, args []s
 	}
 	g, err := c.Grant(ctx, ip, seq, dur)
 	if err != nil {
-		return fmt.Errorf("grant %s: %w", ip, err)
+		return err // it names the address already
 	}
 	ports := make([]string, len(g.Ports))
 	for i, p := range g.Ports {
 		ports[i] = p.String()
 	}
-	_, err = fmt.Fprintf(env.stdout, "granted %s %s until %s (sequence %s)\n", g.IP, strings.Join(ports, ","), rfc3339(g.Until), g.Sequence)
+	_, err = fmt.Fprintf(env.stdout, "granted %s %s until %s (sequence %s)\n", firewall.FormatSource(g.Source()), strings.Join(ports, ","), rfc3339(g.Until), g.Sequence)
 	return err
 }

@@ -111,6 +111,9 @@ func helper(mode, arg string) int {
 		c.Close()
 		return 0
 	}
+	if code, ok := sessionHelper(mode, arg); ok {
+		return code
+	}
 	return 2
 }
 

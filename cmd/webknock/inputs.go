@@ -65,7 +65,7 @@ func (in *inputs) parsed(file string) {
 // skipped notes a line of file that was skipped; only lines that do not
 // match the format count against the input.
 func (in *inputs) skipped(file string, reason weblog.Reason, line []byte, format string) {
-	if reason != weblog.ReasonFormat && reason != weblog.ReasonTime {
+	if !reason.Mismatch() {
 		in.parsed(file) // the format matched; the client was not one that knocks
 		return
 	}

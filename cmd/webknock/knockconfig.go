@@ -40,6 +40,8 @@ func knockSequenceKeys(s *config.Sequence, keys map[string][]byte) (knock.Sequen
 		Name: s.Name, Steps: s.Steps, StepStatus: s.StepStatus, Methods: s.Methods,
 		KnockPage: s.KnockPage, KnockPageStatus: s.KnockPageStatus,
 		Timeout: s.Timeout, Window: s.Window, Ports: ports,
+		ClosePage: s.ClosePage, AllowFrom: s.AllowFrom, Expires: s.Expires,
+		GrantBits4: hostBits(s.GrantPrefix.IPv4, 32), GrantBits6: hostBits(s.GrantPrefix.IPv6, 128),
 	}
 	if ot := s.OneTime; ot != nil {
 		key, ok := keys[ot.KeyFile]
@@ -55,6 +57,14 @@ func knockSequenceKeys(s *config.Sequence, keys map[string][]byte) (knock.Sequen
 		ks.OneTime = &knock.OneTime{Mode: knockMode(ot.Mode), Key: key, Prefix: ot.Prefix, Steps: ot.Steps, Period: ot.Period, Skew: ot.Skew}
 	}
 	return ks, nil
+}
+
+// hostBits is a grant prefix length for knock: 0 for the address alone.
+func hostBits(bits, full int) int {
+	if bits == full {
+		return 0
+	}
+	return bits
 }
 
 // knockMode adapts a one_time mode.

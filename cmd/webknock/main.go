@@ -17,6 +17,7 @@ import (
 
 	"github.com/webknock/webknock/config"
 	"github.com/webknock/webknock/firewall"
+	"github.com/webknock/webknock/web"
 	"github.com/webknock/webknock/weblog"
 )
 
@@ -47,7 +48,10 @@ type command struct {
 	example string
 	run     func(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error
 	flags   func(fs *pflag.FlagSet) // the command's own flags, if any
-	config  bool                    // takes -c FILE and the configuration override flags
+	config  bool                    // takes -c FILE
+	// overrides are the configuration keys the command uses that flags
+	// may override (config.RegisterFlags): help lists no flag it ignores.
+	overrides []string
 }
 
 // environment is what a command may touch besides its arguments.
@@ -59,30 +63,33 @@ type environment struct {
 
 var commands = []*command{
 	{
-		name:    "replay",
-		summary: "print the knock events of access logs, touching no firewall",
-		usage:   "webknock replay -c FILE [--json] [--parse-all] LOG... (- for standard input)",
-		example: "webknock replay -c /etc/webknock/webknock.yaml /var/log/nginx/access.log.1 /var/log/nginx/access.log",
-		flags:   replayFlags,
-		run:     runReplay,
-		config:  true,
+		name:      "replay",
+		summary:   "print the knock events of access logs, touching no firewall",
+		usage:     "webknock replay -c FILE [--json] [--parse-all] LOG... (- for standard input)",
+		example:   "webknock replay -c /etc/webknock/webknock.yaml /var/log/nginx/access.log.1 /var/log/nginx/access.log",
+		flags:     replayFlags,
+		run:       runReplay,
+		config:    true,
+		overrides: []string{"log.format"},
 	},
 	{
-		name:    "run",
-		summary: "follow the access logs and open the firewall for clients that knock",
-		usage:   "webknock run -c FILE [--json-logs] [--debug]",
-		example: "webknock run -c /etc/webknock/webknock.yaml",
-		flags:   runFlags,
-		run:     runRun,
-		config:  true,
+		name:      "run",
+		summary:   "follow the access logs and open the firewall for clients that knock",
+		usage:     "webknock run -c FILE [--json-logs] [--debug]",
+		example:   "webknock run -c /etc/webknock/webknock.yaml",
+		flags:     runFlags,
+		run:       runRun,
+		config:    true,
+		overrides: config.FlagKeys(),
 	},
 	{
-		name:    "flush",
-		summary: "remove webknock's firewall chains and jumps (refused while the daemon runs)",
-		usage:   "webknock flush -c FILE",
-		example: "webknock flush -c /etc/webknock/webknock.yaml",
-		run:     runFlush,
-		config:  true,
+		name:      "flush",
+		summary:   "remove webknock's firewall chains and jumps (refused while the daemon runs)",
+		usage:     "webknock flush -c FILE",
+		example:   "webknock flush -c /etc/webknock/webknock.yaml",
+		run:       runFlush,
+		config:    true,
+		overrides: []string{"state_dir", "firewall.backend"},
 	},
 	{
 		name:    "status",
@@ -94,9 +101,10 @@ var commands = []*command{
 	},
 	{
 		name:    "revoke",
-		summary: "end an address's access now (via web.socket)",
-		usage:   "webknock revoke -c FILE IP",
-		example: "webknock revoke -c /etc/webknock/webknock.yaml 203.0.113.7",
+		summary: "end the access of an address or network now (via web.socket)",
+		usage:   "webknock revoke -c FILE [--kill-sessions] IP|NET/BITS",
+		example: "webknock revoke -c /etc/webknock/webknock.yaml --kill-sessions 192.0.2.7",
+		flags:   revokeFlags,
 		run:     runRevoke,
 		config:  true,
 	},
@@ -118,12 +126,13 @@ var commands = []*command{
 		config:  true,
 	},
 	{
-		name:    "check",
-		summary: "validate the configuration exactly as run does; exit 1 listing every problem",
-		usage:   "webknock check -c FILE",
-		example: "webknock check -c /etc/webknock/webknock.yaml",
-		run:     runCheck,
-		config:  true,
+		name:      "check",
+		summary:   "validate the configuration exactly as run does; exit 1 listing every problem",
+		usage:     "webknock check -c FILE",
+		example:   "webknock check -c /etc/webknock/webknock.yaml",
+		run:       runCheck,
+		config:    true,
+		overrides: config.FlagKeys(), // check what run would run
 	},
 	{
 		name:    "init",
@@ -167,11 +176,14 @@ var commands = []*command{
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	env := &environment{stdin: stdin, stdout: stdout, stderr: stderr, environ: os.Environ()}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	switch {
+	case len(args) == 0: // a usage error, like any other
+		printCommands(stderr)
+		return exitUsage
+	case len(args) > 1 && args[0] == "help": // help COMMAND is COMMAND --help
+		args = []string{args[1], "--help"}
+	case args[0] == "-h" || args[0] == "--help" || args[0] == "help":
 		printCommands(stdout)
-		if len(args) == 0 {
-			return exitUsage
-		}
 		return exitOK
 	}
 	var cmd *command
@@ -194,19 +206,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if cmd.flags != nil {
 		cmd.flags(fs)
 	}
-	if cmd.config {
-		config.RegisterFlags(fs)
+	if len(cmd.overrides) > 0 {
+		config.RegisterFlags(fs, cmd.overrides...)
 	}
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "%s\n\nUsage:\n  %s\n\nExample:\n  %s\n", cmd.summary, cmd.usage, cmd.example)
-		if fs.HasFlags() {
-			fmt.Fprintf(fs.Output(), "\nFlags:\n%s", fs.FlagUsages())
-		}
-	}
+	// pflag calls Usage on -h, to its output (stderr); help is printed
+	// once, below, to stdout.
+	fs.Usage = func() {}
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.Usage()
+			printUsage(stdout, cmd, fs)
 			return exitOK
 		}
 		fmt.Fprintf(stderr, "webknock %s: %v\nRun 'webknock %s --help' for usage.\n", cmd.name, err, cmd.name)
@@ -218,9 +226,22 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return exitOK
 	case errors.Is(err, errUsage):
 		return exitUsage
+	case errors.Is(err, errReported):
+		return exitFail
 	default:
 		fmt.Fprintf(stderr, "%v\n", err)
+		if errors.Is(err, web.ErrNoDaemon) {
+			noDaemonHint(stderr, fs, err)
+		}
 		return exitFail
+	}
+}
+
+// printUsage prints a command's help.
+func printUsage(w io.Writer, cmd *command, fs *pflag.FlagSet) {
+	fmt.Fprintf(w, "%s\n\nUsage:\n  %s\n\nExample:\n  %s\n", cmd.summary, cmd.usage, cmd.example)
+	if fs.HasFlags() {
+		fmt.Fprintf(w, "\nFlags:\n%s", fs.FlagUsages())
 	}
 }
 
@@ -244,18 +265,28 @@ func usagef(env *environment, fs *pflag.FlagSet, format string, args ...any) err
 // commands that only talk to the daemon or only read logs) the rules of the
 // packages that will use it.
 func loadConfig(env *environment, fs *pflag.FlagSet, check func(*config.Config) (errs, warns []*config.FieldError)) (*config.Config, error) {
+	return loadConfigWith(env, fs, check, false)
+}
+
+// loadConfigWith is loadConfig; logsOnCommandLine lets log.paths be empty
+// (replay reads the logs it is given).
+func loadConfigWith(env *environment, fs *pflag.FlagSet, check func(*config.Config) (errs, warns []*config.FieldError), logsOnCommandLine bool) (*config.Config, error) {
 	path, _ := fs.GetString("config")
 	if path == "" {
 		return nil, usagef(env, fs, "-c FILE is required")
 	}
 	cfg, err := config.Load(config.Options{
-		Path:        path,
-		Environ:     env.environ,
-		Flags:       fs,
-		CheckFormat: weblog.CheckFormat,
+		Path:              path,
+		Environ:           env.environ,
+		Flags:             fs,
+		LogsOnCommandLine: logsOnCommandLine,
+		CheckFormat:       weblog.CheckFormat,
 		Check: func(cfg *config.Config) (errs, warns []*config.FieldError) {
-			if _, err := weblog.NewParser(cfg.Log.Format, cfg.Log.TrustedProxies); err != nil {
-				errs = append(errs, &config.FieldError{Field: "log.trusted_proxies", Message: err.Error()})
+			// A bad format is log.format's problem, reported by CheckFormat.
+			if weblog.CheckFormat(cfg.Log.Format) == nil {
+				if _, err := weblog.NewParser(cfg.Log.Format, cfg.Log.TrustedProxies); err != nil {
+					errs = append(errs, &config.FieldError{Field: "log.trusted_proxies", Message: err.Error()})
+				}
 			}
 			if check != nil {
 				e, w := check(cfg)

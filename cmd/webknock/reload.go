@@ -30,6 +30,9 @@ func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)
 		return
 	}
 	// Everything that can fail comes first, so that a refusal changes nothing.
+	if !d.hooksReloadable(cfg) {
+		return
+	}
 	var lns *web.Listeners
 	if cfg.Web.Listen != old.Web.Listen || cfg.Web.Socket != old.Web.Socket {
 		if lns, err = d.web.Bind(cfg.Web.Listen, cfg.Web.Socket); err != nil {
@@ -70,6 +73,7 @@ func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)
 		}
 		d.inputs.forget()
 	}
+	d.reloadHooks(cfg)
 	d.cfg = cfg
 	d.shared.Store(cfg)
 	ok = true

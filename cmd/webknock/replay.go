@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,7 +10,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
-	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,15 +29,53 @@ const replayMemoryLimit = 40 << 20
 // still holds the heap down.
 const replayGCPercent = 400
 
+// The head of each log that is always parsed, to tell a wrong log.format
+// even when no line holds a knock path.
+const (
+	formatSampleBytes = 64 << 10
+	formatSampleLines = 100
+)
+
+// errReported is a failure whose explanation has been printed already.
+var errReported = errors.New("failure reported")
+
 func replayFlags(fs *pflag.FlagSet) {
 	fs.Bool("json", false, "print events as JSON lines")
 	fs.Bool("parse-all", false, "parse every line, not only those holding a knock path (slower; reports every line the format does not match)")
+	fs.String("expect", "", "compare the grants with the JSON lines of `FILE`: exit 1 and print the differences unless they are exactly those")
+	fs.Bool("update", false, "with --expect: write the grants to its FILE instead of comparing")
+	fs.Bool("print-skipped", false, "print each line that was skipped, with its reason, to standard error (implies --parse-all)")
+	fs.String("summary", "text", "how to write the summary to standard error: `text` or json")
+}
+
+// replayOptions are the command line's choices.
+type replayOptions struct {
+	asJSON       bool
+	parseAll     bool
+	printSkipped bool
+	quiet        bool // print no events (--expect prints the comparison instead)
+	keepGrants   bool
 }
 
 func runReplay(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
 	if len(args) == 0 {
 		return usagef(env, fs, "name at least one LOG (- for standard input)")
 	}
+	var o replayOptions
+	o.asJSON, _ = fs.GetBool("json")
+	o.parseAll, _ = fs.GetBool("parse-all")
+	o.printSkipped, _ = fs.GetBool("print-skipped")
+	expect, _ := fs.GetString("expect")
+	update, _ := fs.GetBool("update")
+	summary, _ := fs.GetString("summary")
+	switch {
+	case update && expect == "":
+		return usagef(env, fs, "--update rewrites the file of --expect; name it")
+	case summary != "text" && summary != "json":
+		return usagef(env, fs, "--summary %q: want text or json", summary)
+	}
+	o.quiet = expect != "" && !update
+	o.keepGrants = expect != ""
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// A replay is a batch job: collect garbage sooner rather than grow.
 		debug.SetMemoryLimit(replayMemoryLimit)
@@ -46,14 +85,20 @@ func runReplay(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 			debug.SetGCPercent(replayGCPercent)
 		}
 	}
-	cfg, err := loadConfig(env, fs, nil)
+	cfg, err := loadConfigWith(env, fs, nil, true)
 	if err != nil {
 		return err
 	}
-	asJSON, _ := fs.GetBool("json")
-	parseAll, _ := fs.GetBool("parse-all")
+	var want []expectedGrant
+	if o.quiet {
+		// Read before the logs: a bad expectation fails at once.
+		if want, err = readExpect(expect); err != nil {
+			return err
+		}
+	}
 	out := bufio.NewWriterSize(env.stdout, 64<<10)
-	rp, err := newReplayer(cfg, out, asJSON, parseAll)
+	skippedOut := bufio.NewWriter(env.stderr)
+	rp, err := newReplayer(cfg, out, skippedOut, o)
 	if err != nil {
 		return err
 	}
@@ -61,18 +106,45 @@ func runReplay(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := rp.replayNamed(name, env.stdin); err != nil {
+		err := rp.replayNamed(name, env.stdin)
+		if ferr := skippedOut.Flush(); err == nil {
+			err = ferr
+		}
+		if err != nil {
 			return err
 		}
 	}
 	rp.finish()
+	if err := rp.writeErr; err != nil {
+		return err
+	}
+	var d *grantDiff
+	switch {
+	case update:
+		if err := writeExpect(expect, rp.grants); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "replay: wrote %d grants to %s\n", len(rp.grants), expect)
+	case o.quiet:
+		d = diffGrants(want, rp.grants)
+		d.print(out, expect)
+	}
 	if err := out.Flush(); err != nil {
 		return err
 	}
 	if rp.loopbackKnocks > 0 {
 		fmt.Fprintf(env.stderr, "warning: %d knock request(s) came from a loopback address: a reverse proxy in front of the web server hides the real clients; list it in log.trusted_proxies and log $http_x_forwarded_for\n", rp.loopbackKnocks)
 	}
-	fmt.Fprintln(env.stderr, rp.summary())
+	if summary == "json" {
+		if err := rp.writeSummaryJSON(env.stderr, expect, d); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintln(env.stderr, rp.summary())
+	}
+	if d != nil && !d.pass() {
+		return errReported
+	}
 	return nil
 }
 
@@ -84,20 +156,25 @@ func hitOf(r *weblog.Request) knock.Hit {
 // replayer reads logs in order and prints the events of the knock core,
 // with the log's own timestamps as the clock.
 type replayer struct {
-	parser   *weblog.Parser
-	tracker  *knock.Tracker
-	needles  [][]byte // nil: every line is parsed
-	out      io.Writer
-	asJSON   bool
-	events   []knock.Event
-	writeErr error
+	parser     *weblog.Parser
+	tracker    *knock.Tracker
+	format     string
+	needles    [][]byte // nil: every line is parsed
+	out        io.Writer
+	skippedOut io.Writer
+	o          replayOptions
+	events     []knock.Event
+	writeErr   error
 
-	lines, examined, parsed, grants int64
-	skipped                         map[weblog.Reason]int64
-	loopbackKnocks                  int64
+	files  []*fileStats
+	cur    *fileStats // the file being read
+	counts map[knock.Kind]int64
+	grants []jsonEvent // when o.keepGrants
+
+	loopbackKnocks int64
 }
 
-func newReplayer(cfg *config.Config, out io.Writer, asJSON, parseAll bool) (*replayer, error) {
+func newReplayer(cfg *config.Config, out, skippedOut io.Writer, o replayOptions) (*replayer, error) {
 	parser, err := weblog.NewParser(cfg.Log.Format, cfg.Log.TrustedProxies)
 	if err != nil {
 		return nil, err
@@ -110,9 +187,9 @@ func newReplayer(cfg *config.Config, out io.Writer, asJSON, parseAll bool) (*rep
 	if err != nil {
 		return nil, err
 	}
-	rp := &replayer{parser: parser, tracker: tracker, out: out, asJSON: asJSON,
-		skipped: map[weblog.Reason]int64{}}
-	if !parseAll {
+	rp := &replayer{parser: parser, tracker: tracker, format: cfg.Log.Format, out: out, skippedOut: skippedOut,
+		o: o, counts: map[knock.Kind]int64{}}
+	if !o.parseAll && !o.printSkipped {
 		for _, p := range tracker.Needles() {
 			rp.needles = append(rp.needles, []byte(p))
 		}
@@ -123,7 +200,7 @@ func newReplayer(cfg *config.Config, out io.Writer, asJSON, parseAll bool) (*rep
 // replayNamed replays a file, or standard input for "-".
 func (rp *replayer) replayNamed(name string, stdin io.Reader) error {
 	if name == "-" {
-		return rp.replay("standard input", stdin)
+		return rp.replay(name, stdin)
 	}
 	f, err := os.Open(name)
 	if err != nil {
@@ -134,35 +211,91 @@ func (rp *replayer) replayNamed(name string, stdin io.Reader) error {
 }
 
 func (rp *replayer) replay(name string, r io.Reader) error {
-	st, err := weblog.ScanLines(r, rp.needles, func(_ int64, line []byte) error {
-		rp.line(line)
+	fs := &fileStats{Name: name, Skipped: map[weblog.Reason]int64{}}
+	rp.files = append(rp.files, fs)
+	rp.cur = fs
+	br := bufio.NewReaderSize(r, formatSampleBytes)
+	rp.sampleFormat(br)
+	st, err := weblog.ScanLines(br, rp.needles, func(no int64, line []byte) error {
+		rp.line(no, line)
 		return rp.writeErr
 	})
-	rp.lines += st.Lines
-	rp.examined += st.Examined + st.Overlong
-	rp.skipped[weblog.ReasonOverlong] += st.Overlong
+	fs.Lines += st.Lines
+	fs.Examined += st.Examined + st.Overlong
+	if st.Overlong > 0 {
+		fs.Skipped[weblog.ReasonOverlong] += st.Overlong
+	}
 	if err != nil {
 		return fmt.Errorf("read %s: %w", name, err)
 	}
-	return nil
+	return rp.checkFormat(fs)
+}
+
+// sampleFormat parses the first lines of a log, without applying them, to
+// learn whether the format matches at all.
+func (rp *replayer) sampleFormat(br *bufio.Reader) {
+	head, _ := br.Peek(formatSampleBytes) // what there is; errors come again to ScanLines
+	if i := bytes.LastIndexByte(head, '\n'); i >= 0 {
+		head = head[:i]
+	} else {
+		head = nil
+	}
+	no := int64(0)
+	for line := range bytes.SplitSeq(head, []byte{'\n'}) {
+		if no++; no > formatSampleLines {
+			break
+		}
+		if len(line) > 0 && len(line) <= weblog.MaxLineBytes {
+			_, err := rp.parser.Parse(line)
+			rp.cur.noteFormat(err, no, line)
+		}
+	}
+}
+
+// checkFormat refuses a log of which no line matched the format: a CI job
+// must not pass on a replay that read nothing.
+func (rp *replayer) checkFormat(fs *fileStats) error {
+	if fs.matched > 0 || fs.mismatched == 0 {
+		return nil
+	}
+	return fmt.Errorf("replay %s: no line matches log.format %q (%s); line %d: %s",
+		fs.Name, rp.format, formatHint(rp.format), fs.badLine, quoteSample(fs.badSample))
+}
+
+// formatHint says where to look when no line matches format.
+func formatHint(format string) string {
+	switch format {
+	case "combined", "common", "vhost_combined":
+		return "set log.format to the web server's log_format or LogFormat, or one of combined, common, vhost_combined"
+	}
+	return "compare it with the log_format the web server writes"
+}
+
+// quoteSample quotes the start of a line for a message.
+func quoteSample(line []byte) string {
+	if len(line) > sampleBytes {
+		return strconv.Quote(string(line[:sampleBytes])) + "..."
+	}
+	return strconv.Quote(string(line))
 }
 
 // line handles one line that may knock.
-func (rp *replayer) line(line []byte) {
+func (rp *replayer) line(no int64, line []byte) {
 	r, err := rp.parser.Parse(line)
+	rp.cur.noteFormat(err, no, line)
 	if err != nil {
-		var pe *weblog.ParseError
-		if !errors.As(err, &pe) {
-			pe = &weblog.ParseError{Reason: weblog.ReasonFormat}
-		}
-		rp.skipped[pe.Reason]++
-		if pe.Reason == weblog.ReasonLoopback && rp.tracker.MayKnock(r.Path) {
+		reason := weblog.ReasonOf(err)
+		rp.cur.Skipped[reason]++
+		if reason == weblog.ReasonLoopback && rp.tracker.MayKnock(r.Path) {
 			rp.loopbackKnocks++
+		}
+		if rp.o.printSkipped {
+			fmt.Fprintf(rp.skippedOut, "%s:%d: skipped: %v: %s\n", rp.cur.Name, no, err, quoteSample(line))
 		}
 		return
 	}
-	rp.parsed++
-	rp.emit(rp.tracker.Apply(hitOf(&r), rp.events[:0]))
+	rp.cur.Parsed++
+	rp.emit(rp.tracker.Apply(hitOf(&r), rp.events[:0]), no)
 }
 
 // endOfTime is later than any log line.
@@ -170,47 +303,67 @@ var endOfTime = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
 
 // finish reports every sequence left in progress at the end of the logs as
 // the timeout it will become, at the time it expires. (Expiring at the time
-// of the last line instead would depend on lines that cannot knock.)
+// of the last line instead would depend on lines that cannot knock.) Such
+// a timeout comes from no line: it has none.
 func (rp *replayer) finish() {
-	rp.emit(rp.tracker.Expire(endOfTime, rp.events[:0]))
+	rp.cur = nil
+	rp.emit(rp.tracker.Expire(endOfTime, rp.events[:0]), 0)
 }
 
-func (rp *replayer) emit(evs []knock.Event) {
+// emit prints the events of line no of the current file.
+func (rp *replayer) emit(evs []knock.Event, no int64) {
 	rp.events = evs
+	file := ""
+	if rp.cur != nil {
+		file = rp.cur.Name
+	}
 	for i := range evs {
-		if evs[i].Kind == knock.KindGrant {
-			rp.grants++
+		rp.counts[evs[i].Kind]++
+		je := newJSONEvent(&evs[i], file, no)
+		if evs[i].Kind == knock.KindGrant && rp.o.keepGrants {
+			rp.grants = append(rp.grants, je)
 		}
-		if rp.writeErr == nil {
-			rp.writeErr = writeEvent(rp.out, &evs[i], rp.asJSON)
+		if rp.writeErr == nil && !rp.o.quiet {
+			rp.writeErr = writeEvent(rp.out, &evs[i], &je, rp.o.asJSON)
 		}
 	}
 }
 
 // jsonEvent is the JSON line shape of DESIGN.md.
 type jsonEvent struct {
-	Time     string   `json:"time"`
-	Event    string   `json:"event"`
+	Time     string   `json:"time,omitempty"`
+	Event    string   `json:"event,omitempty"`
 	IP       string   `json:"ip"`
 	Sequence string   `json:"sequence"`
 	Step     int      `json:"step,omitempty"`
 	Until    string   `json:"until,omitempty"`
 	Ports    []string `json:"ports,omitempty"`
+	Source   string   `json:"source,omitempty"`    // a grant or close widened to a network
+	Reason   string   `json:"reason,omitempty"`    // denied
 	TimeStep *int64   `json:"time_step,omitempty"` // one-time grant and reused
+	File     string   `json:"file,omitempty"`
+	Line     int64    `json:"line,omitempty"`
 }
 
 func rfc3339(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
-func writeEvent(w io.Writer, e *knock.Event, asJSON bool) error {
+func newJSONEvent(e *knock.Event, file string, line int64) jsonEvent {
+	je := jsonEvent{Time: rfc3339(e.Time), Event: e.Kind.String(), IP: e.Client.String(),
+		Sequence: e.Sequence, Step: e.Step, Ports: e.Ports, Reason: e.Reason, File: file, Line: line}
+	if !e.Until.IsZero() {
+		je.Until = rfc3339(e.Until)
+	}
+	if e.Source.IsValid() && e.Source.Bits() != e.Client.BitLen() {
+		je.Source = e.Source.String()
+	}
+	if e.OneTime {
+		je.TimeStep = &e.TimeStep
+	}
+	return je
+}
+
+func writeEvent(w io.Writer, e *knock.Event, je *jsonEvent, asJSON bool) error {
 	if asJSON {
-		je := jsonEvent{Time: rfc3339(e.Time), Event: e.Kind.String(), IP: e.Client.String(),
-			Sequence: e.Sequence, Step: e.Step, Ports: e.Ports}
-		if !e.Until.IsZero() {
-			je.Until = rfc3339(e.Until)
-		}
-		if e.OneTime {
-			je.TimeStep = &e.TimeStep
-		}
 		b, err := json.Marshal(je)
 		if err != nil {
 			return err
@@ -222,43 +375,22 @@ func writeEvent(w io.Writer, e *knock.Event, asJSON bool) error {
 	switch e.Kind {
 	case knock.KindStep:
 		detail = fmt.Sprintf("step %d", e.Step)
-	case knock.KindGrant:
+	case knock.KindGrant, knock.KindClose:
 		detail = fmt.Sprintf("until %s %s", rfc3339(e.Until), strings.Join(e.Ports, ","))
+		if je.Source != "" {
+			detail += " to " + je.Source
+		}
 	case knock.KindLockout:
 		detail = "until " + rfc3339(e.Until)
 	case knock.KindReused:
 		detail = fmt.Sprintf("time step %d", e.TimeStep)
+	case knock.KindDenied:
+		detail = "by " + e.Reason
 	}
-	_, err := fmt.Fprintf(w, "%-20s  %-7s  %-15s  %-10s  %s\n", rfc3339(e.Time), e.Kind, e.Client, e.Sequence, detail)
+	where := ""
+	if je.File != "" {
+		where = fmt.Sprintf("  %s:%d", je.File, je.Line)
+	}
+	_, err := fmt.Fprintf(w, "%-20s  %-7s  %-15s  %-10s  %s%s\n", rfc3339(e.Time), e.Kind, e.Client, e.Sequence, detail, where)
 	return err
-}
-
-func (rp *replayer) summary() string {
-	var b strings.Builder
-	var skipped int64
-	for _, n := range rp.skipped {
-		skipped += n
-	}
-	fmt.Fprintf(&b, "replay: %d lines read, %d examined, %d parsed, %d skipped", rp.lines, rp.examined, rp.parsed, skipped)
-	if skipped > 0 {
-		reasons := make([]weblog.Reason, 0, len(rp.skipped))
-		for r, n := range rp.skipped {
-			if n > 0 {
-				reasons = append(reasons, r)
-			}
-		}
-		slices.SortFunc(reasons, func(a, b weblog.Reason) int {
-			if d := rp.skipped[b] - rp.skipped[a]; d != 0 {
-				return int(d)
-			}
-			return strings.Compare(string(a), string(b))
-		})
-		parts := make([]string, len(reasons))
-		for i, r := range reasons {
-			parts[i] = fmt.Sprintf("%d %s", rp.skipped[r], r)
-		}
-		fmt.Fprintf(&b, " (%s)", strings.Join(parts, ", "))
-	}
-	fmt.Fprintf(&b, ", %d grants", rp.grants)
-	return b.String()
 }

@@ -33,11 +33,14 @@ func TestReplayGolden(t *testing.T) {
 		name := strings.TrimSuffix(filepath.Base(log), ".log")
 		t.Run(name, func(t *testing.T) {
 			cfg := withKeys(t, strings.TrimSuffix(log, ".log")+".yaml")
+			// Events name the log as given: by its name alone.
+			t.Chdir(filepath.Dir(log))
+			log := filepath.Base(log)
 			out, errOut, code := runCmd(t, "", "replay", "--json", "-c", cfg, log)
 			if code != 0 {
 				t.Fatalf("replay exit %d: %s", code, errOut)
 			}
-			golden.Check(t, strings.TrimSuffix(log, ".log")+".golden", []byte(out+"# "+errOut))
+			golden.Check(t, name+".golden", []byte(out+"# "+errOut))
 			all, errAll, code := runCmd(t, "", "replay", "--json", "--parse-all", "-c", cfg, log)
 			if code != 0 || all != out {
 				t.Errorf("--parse-all gave other events (exit %d, %s):\n%s\nwant:\n%s", code, errAll, all, out)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/webknock/webknock/config"
 	"github.com/webknock/webknock/firewall"
+	"github.com/webknock/webknock/internal/hook"
 	"github.com/webknock/webknock/internal/statedir"
 	"github.com/webknock/webknock/knock"
 	"github.com/webknock/webknock/web"
@@ -32,6 +33,8 @@ const (
 	keyErr      = "err"
 	keyStep     = "step"
 	keyTimeStep = "time_step"
+	keyReason   = "reason"
+	keySource   = "source"
 )
 
 func runFlags(fs *pflag.FlagSet) {
@@ -93,6 +96,7 @@ type daemon struct {
 	parser   *weblog.Parser
 	tracker  *knock.Tracker
 	fw       *firewall.Firewall
+	hooks    *hook.Runner
 	follower atomic.Pointer[weblog.Follower]
 	events   []knock.Event
 	warned   bool // about knocks from loopback
@@ -156,14 +160,19 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, hup <-c
 	}
 	d.follower.Store(follower)
 	defer func() { d.stats.follow.Store(false); d.follower.Load().Close() }()
-	fw, err := firewall.Open(ctx, firewallOptions(cfg, logger))
+	if err := d.startHooks(cfg); err != nil {
+		return err
+	}
+	defer d.hooks.Close() // after the firewall's: it may tell of ends
+	fw, err := firewall.Open(ctx, d.withHooks(firewallOptions(cfg, logger)))
 	if err != nil {
 		return fmt.Errorf("firewall: %w", err)
 	}
 	d.fw = fw
 	defer d.fw.Close()
+	d.holdGrants(fw.Grants()...)
 	srv, err := web.New(web.Options{Listeners: lns, TokenFile: cfg.Web.TokenFile, Logger: logger,
-		Following: d.stats.follow.Load, Tracker: &d.stats, Admin: d, Problems: d.problems}, fw)
+		Following: d.stats.follow.Load, Tracker: &d.stats, Admin: d, Problems: d.problems, HookRuns: d.hooks}, fw)
 	if err != nil {
 		return err
 	}
@@ -226,11 +235,7 @@ func (d *daemon) line(ctx context.Context, l weblog.Line) {
 	rec.LineRead(l.File)
 	r, err := d.parser.Parse(l.Text)
 	if err != nil {
-		reason := weblog.ReasonFormat
-		var pe *weblog.ParseError
-		if errors.As(err, &pe) {
-			reason = pe.Reason
-		}
+		reason := weblog.ReasonOf(err)
 		rec.LineSkipped(l.File, string(reason))
 		d.inputs.skipped(l.File, reason, l.Text, d.cfg.Log.Format)
 		if reason == weblog.ReasonLoopback && d.tracker.MayKnock(r.Path) && !d.warned {
@@ -262,8 +267,13 @@ func (d *daemon) event(ctx context.Context, e *knock.Event) {
 		d.log.Debug(e.Kind.String(), attrs...)
 	case knock.KindLockout:
 		d.log.Warn("lockout", append(attrs, keyUntil, e.Until)...)
+		d.hookLockout(e)
 	case knock.KindReused:
 		d.reused(e, attrs)
+	case knock.KindDenied:
+		d.log.Warn("knock denied by the sequence's policy", append(attrs, keyReason, e.Reason)...)
+	case knock.KindClose:
+		d.close(ctx, e, attrs)
 	case knock.KindGrant:
 		if e.OneTime {
 			if err := d.markUsed(e); err != nil {
@@ -272,7 +282,10 @@ func (d *daemon) event(ctx context.Context, e *knock.Event) {
 				return
 			}
 		}
-		g := firewall.Grant{IP: e.Client, Sequence: e.Sequence, Knocked: e.Time, Until: e.Until, Ports: d.ports(e.Sequence)}
+		g := firewall.Grant{IP: e.Source.Addr(), Bits: grantBits(e.Source), Sequence: e.Sequence, Knocked: e.Time, Until: e.Until, Ports: d.ports(e.Sequence)}
+		if g.Bits != 0 {
+			attrs = append(attrs, keySource, e.Source)
+		}
 		applied, err := d.fw.Grant(ctx, g)
 		if err == nil {
 			attrs = append(attrs, keyUntil, applied.Until, keyPorts, e.Ports)
@@ -290,6 +303,7 @@ func (d *daemon) event(ctx context.Context, e *knock.Event) {
 			d.log.Error("grant failed", append(attrs, keyErr, err)...)
 		default:
 			d.log.Info("grant", attrs...)
+			d.hookGrant(applied)
 		}
 	}
 }

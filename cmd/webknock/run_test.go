@@ -74,7 +74,15 @@ func (lr *logRecords) waitBefore(t *testing.T, msg, forbidden string) map[string
 	}
 }
 
-func writeRunConfig(t *testing.T, dir, log, knockPage string) string {
+func writeRunConfig(t testing.TB, dir, log, knockPage string) string {
+	t.Helper()
+	return writeRunConfigWith(t, dir, log, knockPage, "")
+}
+
+// writeRunConfigWith writes a configuration for the daemon with the
+// dry-run firewall on log, one sequence with knockPage, and extra (more
+// top-level sections, such as hooks).
+func writeRunConfigWith(t testing.TB, dir, log, knockPage, extra string) string {
 	t.Helper()
 	path := filepath.Join(dir, "webknock.yaml")
 	cfg := `log:
@@ -91,8 +99,8 @@ sequences:
 web:
   listen: ""
   socket: ` + filepath.Join(dir, "wk.sock") + `
-`
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+` + extra
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -321,10 +329,19 @@ func TestAdminSocket(t *testing.T) {
 	if out := wk("status"); !strings.Contains(out, "198.51.100.9") {
 		t.Errorf("status after grant:\n%s", out)
 	}
-	if out := wk("revoke", "198.51.100.9"); out != "revoked 198.51.100.9\n" {
+	if out := wk("revoke", "198.51.100.9"); out != "revoked 198.51.100.9 (ssh)\n" {
 		t.Errorf("revoke said %q", out)
 	}
 	if out := wk("status"); !strings.Contains(out, "no active grants") {
 		t.Errorf("status after revoke:\n%s", out)
 	}
+	if _, errOut, code := runCmd(t, "", "revoke", "-c", cfgPath, "198.51.100.9"); code != exitFail || errOut != "revoke 198.51.100.9: no grant\n" {
+		t.Errorf("second revoke = exit %d, %q; want one message naming the address once", code, errOut)
+	}
+	// The dry run ends no session: it says so in its log.
+	wk("grant", "198.51.100.9", "--for", "5m")
+	if out := wk("revoke", "--kill-sessions", "198.51.100.0/24"); out != "revoked 198.51.100.0/24 (ssh); 0 sessions ended\n" {
+		t.Errorf("revoke --kill-sessions said %q", out)
+	}
+	recs.wait(t, "dry-run: would end the sessions")
 }
