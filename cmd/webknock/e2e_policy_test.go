@@ -106,3 +106,56 @@ func TestE2EPolicy(t *testing.T) {
 		}
 	}
 }
+
+// TestE2ECloseKillsSessions: with close_kills_sessions, the close page ends
+// the grant and the client's established session too; without it, the
+// session outlives the close (only new connections are refused).
+func TestE2ECloseKillsSessions(t *testing.T) {
+	e := newE2E(t, "nginx")
+	e.startNginx()
+	e.startEcho()
+	d := e.startDaemon(e.writeConfig(e2eConf{seqs: `  - name: ssh
+    steps: [/k/a1, /k/b2, /k/c3]
+    knock_page: /k/open
+    close_page: /k/bye
+    close_kills_sessions: true
+  - name: keep
+    steps: [/q/a1]
+    knock_page: /q/open
+    close_page: /q/bye
+`}))
+	for _, tc := range []struct {
+		seq, src string
+		knock    []string
+		bye      string
+		kills    bool
+	}{
+		{"ssh", cliV4[0], fullKnock, "/k/bye", true},
+		{"keep", cliV4[1], []string{"/q/a1", "/q/open"}, "/q/bye", false},
+	} {
+		t.Run(tc.seq, func(t *testing.T) {
+			e.knock(tc.src, tc.knock...)
+			d.wait(t, "grant", tc.src)
+			s := e.session(tc.src)
+			s.t = t
+			if got := s.do("ping"); got != "ok" {
+				t.Fatalf("ping over a granted session: %s", got)
+			}
+			e.knock(tc.src, tc.bye)
+			d.wait(t, "grant closed by its client", tc.src)
+			want := "ok"
+			if tc.kills {
+				if rec := d.wait(t, "sessions of a closed grant ended", tc.src); rec["sessions"] != float64(1) {
+					t.Errorf("sessions ended: %v, want 1", rec["sessions"])
+				}
+				want = "err reset"
+			}
+			if got := s.do("ping"); got != want {
+				t.Errorf("ping after the close: %s, want %s", got, want)
+			}
+			if got := s.do("dial"); got == "ok" {
+				t.Errorf("a new connection after the close was let in")
+			}
+		})
+	}
+}
