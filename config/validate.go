@@ -23,10 +23,6 @@ const (
 	maxPeriod        = time.Hour
 	totpPeriod       = 30 * time.Second
 	nameRule         = "1 to 32 characters of A-Z a-z 0-9 _ -"
-	// The widest networks a grant may open: a carrier's NAT pool, a
-	// site's IPv6 allocation. Wider would open the port to strangers.
-	minGrantPrefix4 = 16
-	minGrantPrefix6 = 32
 )
 
 var (
@@ -222,12 +218,6 @@ func (l *loader) validateSequences(at func(p ...any) loc, bad func(a loc, format
 		}
 		if s.CloseKillsSessions && s.ClosePage == "" {
 			bad(at("sequences", i, "close_kills_sessions"), "needs close_page: only a close from the close page ends sessions (revoke --kill-sessions does it by hand)")
-		}
-		if g := s.GrantPrefix.IPv4; g < minGrantPrefix4 || g > 32 {
-			bad(at("sequences", i, "grant_prefix", "ipv4"), "bad prefix length %d: want %d (a /%d network) to 32 (the address alone)", g, minGrantPrefix4, minGrantPrefix4)
-		}
-		if g := s.GrantPrefix.IPv6; g < minGrantPrefix6 || g > 128 {
-			bad(at("sequences", i, "grant_prefix", "ipv6"), "bad prefix length %d: want %d (a /%d network) to 128 (the address alone)", g, minGrantPrefix6, minGrantPrefix6)
 		}
 		if len(s.Ports) == 0 {
 			bad(at("sequences", i, "ports"), "at least one port required, like \"22/tcp\"")

@@ -174,12 +174,25 @@ const (
 // checkBits refuses a grant's Bits outside [16,32] for IPv4 and [32,128]
 // for IPv6; 0 is the single address.
 func checkBits(ip netip.Addr, bits int) error {
-	lo := minBits4
-	if ip.Is6() {
-		lo = minBits6
+	if bits == 0 {
+		return nil
 	}
-	if bits != 0 && (bits < lo || bits > ip.BitLen()) {
-		return fmt.Errorf("grant to %s/%d: a grant covers a network of /%d to /%d, or the address alone", ip, bits, lo, ip.BitLen())
+	if err := CheckGrantBits(ip.Is6(), bits); err != nil {
+		return fmt.Errorf("grant to %s/%d: %w", ip, bits, err)
+	}
+	return nil
+}
+
+// CheckGrantBits refuses a network length a grant may not open: IPv4 /16
+// to /32, IPv6 /32 to /128 (the full length is the address alone). The
+// configuration's grant_prefix is held to it.
+func CheckGrantBits(ipv6 bool, bits int) error {
+	lo, hi := minBits4, 32
+	if ipv6 {
+		lo, hi = minBits6, 128
+	}
+	if bits < lo || bits > hi {
+		return fmt.Errorf("bad prefix length %d: a grant opens a network of /%d to /%d (the address alone)", bits, lo, hi)
 	}
 	return nil
 }

@@ -162,6 +162,8 @@ func brokenCases() []brokenCase {
 				t.Fatal(err)
 			}
 		}, want: "web.token_file:"},
+		{name: "grant to a /8", edit: map[string]string{"    ports:": "    ports: [22/tcp]\n    grant_prefix: {ipv4: 8}"}, want: "sequences[0].grant_prefix.ipv4: bad prefix length 8: a grant opens a network of /16 to /32"},
+		{name: "grant to a /129", edit: map[string]string{"    ports:": "    ports: [22/tcp]\n    grant_prefix: {ipv6: 129}"}, want: "sequences[0].grant_prefix.ipv6: bad prefix length 129"},
 		{name: "relative socket", edit: map[string]string{"  socket:": "  socket: run/webknock.sock"}, want: "web.socket:"},
 		{name: "socket directory others may write", setup: func(t *testing.T, dir string) {
 			if err := os.Chmod(filepath.Join(dir, "run"), 0o777); err != nil {

@@ -54,6 +54,7 @@ func checkWith(cfg *config.Config, strictLogs bool) (errs, warns []*config.Field
 		}
 		bad(field, err)
 	}
+	errs = append(errs, checkGrantPrefixes(cfg)...)
 	for i, p := range cfg.Log.Paths {
 		perrs, pwarns := weblog.CheckPaths([]string{p})
 		for _, err := range perrs {
@@ -147,4 +148,22 @@ func unjoin(err error) []error {
 		return j.Unwrap()
 	}
 	return []error{err}
+}
+
+// checkGrantPrefixes holds grant_prefix to the firewall's rule: what it
+// would refuse to open. replay applies it too, so that it grants no
+// network run would refuse.
+func checkGrantPrefixes(cfg *config.Config) (errs []*config.FieldError) {
+	for i, s := range cfg.Sequences {
+		for _, f := range []struct {
+			key  string
+			v6   bool
+			bits int
+		}{{"ipv4", false, s.GrantPrefix.IPv4}, {"ipv6", true, s.GrantPrefix.IPv6}} {
+			if err := firewall.CheckGrantBits(f.v6, f.bits); err != nil {
+				errs = append(errs, &config.FieldError{Field: fmt.Sprintf("sequences[%d].grant_prefix.%s", i, f.key), Message: err.Error()})
+			}
+		}
+	}
+	return errs
 }

@@ -276,3 +276,17 @@ func TestCIJobExample(t *testing.T) {
 		})
 	}
 }
+
+// TestReplayHoldsGrantPrefixToRun: replay refuses a grant_prefix that run
+// would refuse, rather than replay grants run could never make.
+func TestReplayHoldsGrantPrefixToRun(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "wide.yaml")
+	conf := "sequences:\n  - name: ssh\n    steps: [/k/a1]\n    knock_page: /k/open\n    grant_prefix: {ipv4: 8}\n"
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := runCmd(t, "", "replay", "-c", cfg, "-")
+	if code != exitFail || !strings.Contains(errOut, "wide.yaml:5: sequences[0].grant_prefix.ipv4: bad prefix length 8") {
+		t.Errorf("replay of a /8 grant_prefix: exit %d, %s", code, errOut)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/webknock/webknock/config"
+	"github.com/webknock/webknock/internal/realtest"
 	"github.com/webknock/webknock/weblog"
 )
 
@@ -327,11 +328,7 @@ func TestHookExamples(t *testing.T) {
 			if len(programs) == 0 {
 				t.Fatalf("%s configures no hook", f)
 			}
-			for _, p := range programs {
-				if _, err := os.Stat(p); err != nil {
-					t.Skipf("%s is not installed: %v", p, err)
-				}
-			}
+			realtest.RequirePrograms(t, "the hook examples", programs...)
 			if errs := checkHooks(cfg); len(errs) > 0 {
 				t.Errorf("%s: check refuses %v", f, errs)
 			}
@@ -342,9 +339,7 @@ func TestHookExamples(t *testing.T) {
 // TestHookWebhookExample runs the webhook example's curl against a local
 // server: every grant and every end is posted with its fields.
 func TestHookWebhookExample(t *testing.T) {
-	if _, err := os.Stat("/usr/bin/curl"); err != nil {
-		t.Skip("needs /usr/bin/curl (.ci/run installs it)")
-	}
+	realtest.RequirePrograms(t, "the webhook example", "/usr/bin/curl")
 	posts := make(chan url.Values, 10)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost || r.URL.Path != "/webknock" || r.ParseForm() != nil {
@@ -392,9 +387,7 @@ func TestHookWebhookExample(t *testing.T) {
 // syslog socket of the test's: the message arrives with the auth facility
 // and the tag.
 func TestHookJournalExample(t *testing.T) {
-	if _, err := os.Stat("/usr/bin/logger"); err != nil {
-		t.Skip("needs /usr/bin/logger (util-linux)")
-	}
+	realtest.RequirePrograms(t, "the journal example", "/usr/bin/logger")
 	sock := filepath.Join(t.TempDir(), "log.sock")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {

@@ -85,7 +85,9 @@ func runReplay(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 			debug.SetGCPercent(replayGCPercent)
 		}
 	}
-	cfg, err := loadConfigWith(env, fs, nil, true)
+	cfg, err := loadConfigWith(env, fs, func(cfg *config.Config) (errs, warns []*config.FieldError) {
+		return checkGrantPrefixes(cfg), nil
+	}, true)
 	if err != nil {
 		return err
 	}

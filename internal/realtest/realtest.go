@@ -19,8 +19,20 @@ const Env = "WK_E2E"
 // PATH. what names the test for the message.
 func Require(tb testing.TB, what string, programs ...string) {
 	tb.Helper()
+	require(tb, what, true, programs)
+}
+
+// RequirePrograms is Require for a test that needs the programs (given as
+// names on PATH or absolute paths) but not root.
+func RequirePrograms(tb testing.TB, what string, programs ...string) {
+	tb.Helper()
+	require(tb, what, false, programs)
+}
+
+func require(tb testing.TB, what string, root bool, programs []string) {
+	tb.Helper()
 	var missing []string
-	if os.Geteuid() != 0 {
+	if root && os.Geteuid() != 0 {
 		missing = append(missing, "root")
 	}
 	for _, p := range programs {
