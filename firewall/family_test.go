@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -132,14 +131,7 @@ func TestRestoreFailsPending(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := e.chain(ipv4)
-	var failing atomic.Bool
-	failing.Store(true)
-	e.v4.setFail(func(op, _ string, spec []string) error {
-		if op == "insert" && slices.Contains(spec, "--datestop") && failing.Load() {
-			return errors.New("too many open files")
-		}
-		return nil
-	})
+	failing := e.failGrantInserts()
 	e.v4.flushChain("WEBKNOCK")
 	f.checkOnce(t, e.clk)
 	if h := f.Health(); h.PendingGrants != 1 || len(f.Grants()) != 0 || h.InSync {

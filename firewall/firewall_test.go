@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -748,14 +747,7 @@ func TestGrantPending(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
 			f := e.open(e.options())
-			var failing atomic.Bool
-			failing.Store(true)
-			e.v4.setFail(func(op, _ string, spec []string) error {
-				if op == "insert" && slices.Contains(spec, "--datestop") && failing.Load() {
-					return errors.New("too many open files")
-				}
-				return nil
-			})
+			failing := e.failGrantInserts()
 			got, err := f.Firewall.Grant(ctx0, g)
 			if !errors.Is(err, ErrPending) || !grantEqual(got, g) {
 				t.Fatalf("Grant = %v, %v; want the grant pending", got, err)

@@ -3,14 +3,17 @@ package firewall
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -475,4 +478,18 @@ func host(ip netip.Addr) netip.Prefix { return netip.PrefixFrom(ip, ip.BitLen())
 func (f *fw) grant(g Grant) error {
 	_, err := f.Firewall.Grant(ctx0, g)
 	return err
+}
+
+// failGrantInserts makes the IPv4 table refuse to insert grant rules while
+// the returned flag is set (it starts set).
+func (e *env) failGrantInserts() *atomic.Bool {
+	failing := new(atomic.Bool)
+	failing.Store(true)
+	e.v4.setFail(func(op, _ string, spec []string) error {
+		if op == "insert" && slices.Contains(spec, "--datestop") && failing.Load() {
+			return errors.New("too many open files")
+		}
+		return nil
+	})
+	return failing
 }

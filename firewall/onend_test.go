@@ -1,7 +1,6 @@
 package firewall
 
 import (
-	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -151,14 +150,7 @@ func TestOnEndLostRules(t *testing.T) {
 	f := e.open(o)
 	until := t0.Add(2 * time.Minute)
 	mustGrant(t, f, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until})
-	var failing atomic.Bool
-	failing.Store(true)
-	e.v4.setFail(func(op, _ string, spec []string) error {
-		if op == "insert" && slices.Contains(spec, "--datestop") && failing.Load() {
-			return errors.New("too many open files")
-		}
-		return nil
-	})
+	e.failGrantInserts()
 	e.v4.flushChain("WEBKNOCK")
 	f.checkUntil(t, e.clk, "the grant to wait", func() bool { return f.Health().PendingGrants == 1 })
 	if got := rec.got(); len(got) != 0 {
