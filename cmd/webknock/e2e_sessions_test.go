@@ -35,17 +35,7 @@ func sessionHelper(mode, arg string) (code int, ok bool) {
 }
 
 func echoServer(addr string) int {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	fmt.Println("ready")
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return 1
-		}
+	return serveTCP(addr, func(c net.Conn) {
 		go func() {
 			defer c.Close()
 			sc := bufio.NewScanner(c)
@@ -65,7 +55,7 @@ func echoServer(addr string) int {
 				}
 			}
 		}()
-	}
+	})
 }
 
 // holdSession prints "connected", then for each command a line "ok MS" or

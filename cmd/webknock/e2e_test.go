@@ -56,25 +56,31 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// serveTCP listens on addr, prints "ready" and hands every connection to
+// handle; it returns only when accepting fails.
+func serveTCP(addr string, handle func(net.Conn)) int {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("ready")
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return 1
+		}
+		handle(c)
+	}
+}
+
 // helper runs one tool: "listen" accepts TCP connections on the address
 // (the SSH stand-in) and "dial" connects from SRC to DST ("SRC DST"),
 // exiting 0 when the connection is accepted.
 func helper(mode, arg string) int {
 	switch mode {
 	case "listen":
-		ln, err := net.Listen("tcp", arg)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		fmt.Println("ready")
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return 1
-			}
-			c.Close()
-		}
+		return serveTCP(arg, func(c net.Conn) { c.Close() })
 	case "knocklat":
 		// "SRC HOST DSTADDR": knock from SRC on http://HOST, then time from
 		// the knock page's response until DSTADDR accepts a connection.
