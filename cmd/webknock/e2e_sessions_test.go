@@ -123,19 +123,7 @@ func holdSession(arg string) int {
 }
 
 // startEcho starts the echo server on port 22 of the server.
-func (e *e2e) startEcho() {
-	e.t.Helper()
-	cmd := e.in(e.srv, os.Args[0], "[::]:22")
-	cmd.Env = append(os.Environ(), helperEnv+"=echo")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.background(cmd)
-	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
-		e.t.Fatalf("echo server did not start: %q %v", line, err)
-	}
-}
+func (e *e2e) startEcho() { e.startServer("echo") }
 
 // tcpSession is a connection a client holds, through the session helper.
 type tcpSession struct {

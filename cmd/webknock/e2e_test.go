@@ -251,10 +251,14 @@ func stop(cmd *exec.Cmd) {
 }
 
 // startListener starts the SSH stand-in on port 22 of the server.
-func (e *e2e) startListener() {
+func (e *e2e) startListener() { e.startServer("listen") }
+
+// startServer starts the helper mode (a TCP server) on port 22 of the
+// server and waits until it is ready.
+func (e *e2e) startServer(mode string) {
 	e.t.Helper()
 	cmd := e.in(e.srv, os.Args[0], "[::]:22")
-	cmd.Env = append(os.Environ(), helperEnv+"=listen")
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		e.t.Fatal(err)
@@ -262,7 +266,7 @@ func (e *e2e) startListener() {
 	e.background(cmd)
 	line, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil || line != "ready\n" {
-		e.t.Fatalf("listener did not start: %q %v", line, err)
+		e.t.Fatalf("%s server did not start: %q %v", mode, line, err)
 	}
 }
 
