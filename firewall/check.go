@@ -2,7 +2,6 @@ package firewall
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 )
@@ -93,70 +92,27 @@ func (w *worker) checkFamily(ctx context.Context) error {
 		return nil
 	}
 	if err := w.repair(ctx, d); err != nil {
-		return fmt.Errorf("%s: repair (%s): %w", w.fam.command(), strings.Join(d.fixes(), ", "), err)
+		return fmt.Errorf("%s: repair (%s): %w", w.rs.name(), strings.Join(d.fixes(), ", "), err)
 	}
 	w.f.repairs.Add(1)
 	w.log.Warn("firewall repaired", keyFamily, w.fam, keyFixed, d.fixes())
 	return nil
 }
 
-// inspect lists the hook and our chain: two iptables runs.
+// inspect compares the kernel with the grants and the protect tail.
 func (w *worker) inspect(ctx context.Context) (drift, error) {
-	var d drift
-	hook, err := w.listHook(ctx)
-	if err != nil {
-		return d, err
+	doomed := make([]entry, len(w.doomed))
+	for i, d := range w.doomed {
+		doomed[i] = d.e
 	}
-	d.noJump = w.jumps(hook) == 0
-	want := map[rule]bool{}
-	for _, g := range w.grants {
-		for _, r := range grantRules(g) {
-			want[r] = true
-		}
-	}
-	tail := tailRules(w.cur, w.fam)
-	have, err := w.list(ctx)
-	switch {
-	case errors.Is(err, errNoChain):
-		d.noChain, d.missing, d.tail = true, len(want), len(tail) > 0
-		return d, nil
-	case err != nil:
-		return d, err
-	}
-	have, d.marker = splitMarker(have, w.f.marker, func(r rule) bool { return want[r] })
-	doomed := map[rule]bool{}
-	for _, dr := range w.doomed {
-		doomed[dr.r] = true
-	}
-	n := len(have)
-	switch {
-	case tailAtEnd(have, tail):
-		n -= len(tail)
-	case len(tail) > 0:
-		d.tail = true
-	}
-	seen := map[rule]bool{}
-	for _, l := range have[:n] {
-		switch {
-		case l.ours && want[l.r] && !seen[l.r]:
-			seen[l.r] = true
-		case l.ours && doomed[l.r]:
-			// Its delete is retried on its own schedule.
-		case l.ours && l.r.kind != kindGrant && l.r.kind != kindMarker && d.tail:
-			// Part of a tail out of place: the repair replaces it.
-		default:
-			d.extra++
-		}
-	}
-	d.missing = len(want) - len(seen)
-	return d, nil
+	return w.rs.inspect(ctx, w.wantedEntries(), doomed, w.cur)
 }
 
 // repair brings the family in line: the chain, then its rules, then the
 // jump, so that traffic reaches the chain only when it is complete.
 func (w *worker) repair(ctx context.Context, d drift) error {
 	if d.noChain {
-		if err := w.ensureChain(ctx); err != nil {
+		if err := w.rs.ensure(ctx); err != nil {
 			return err
 		}
 	}
@@ -166,7 +122,7 @@ func (w *worker) repair(ctx context.Context, d drift) error {
 		}
 	}
 	if d.noJump {
-		return w.ensureJump(ctx)
+		return w.rs.ensureHook(ctx)
 	}
 	return nil
 }

@@ -877,10 +877,10 @@ func TestFlushFamily(t *testing.T) {
 	f.Close()
 	e.plant(ipv4, "INPUT", "-j WEBKNOCK", "-s 192.0.2.99/32 -j DROP")
 	o, _ := protectOptions(e).normalize()
-	rt := &retrier{clock: e.clk, log: o.Logger, timeout: o.CallTimeout}
 	for _, fam := range families {
+		rs := newIPTRules(fam, e.tabs(fam), &o)
 		for range 2 { // the second finds nothing to do
-			if err := flushFamily(ctx0, rt, e.tabs(fam), fam, &o); err != nil {
+			if err := rs.flush(ctx0); err != nil {
 				t.Fatalf("%v: flush: %v", fam, err)
 			}
 		}

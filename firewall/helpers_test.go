@@ -208,7 +208,7 @@ func (e *env) tryOpenOn(o Options, tabs [2]tables) (*fw, error) {
 	if tabs[ipv6] == (*memTables)(nil) {
 		tabs[ipv6] = nil
 	}
-	f := watch(newFirewall(n, tabs))
+	f := watch(newFirewall(n, iptRulesets(&n, tabs)))
 	for _, w := range f.workers() {
 		w.rt.delays = e.delays
 	}

@@ -188,7 +188,7 @@ func insideNetns(t *testing.T, env string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fw := watch(newFirewall(n, tabs))
+	fw := watch(newFirewall(n, iptRulesets(&n, tabs)))
 	if err := fw.start(ctx0); err != nil {
 		t.Fatal(err)
 	}
@@ -408,7 +408,7 @@ func independent(t *testing.T, in inside, o Options) {
 	}
 	clk := newFakeClock(time.Now())
 	n.Clock = clk
-	f := watch(newFirewall(n, wr.tables(&n)))
+	f := watch(newFirewall(n, iptRulesets(&n, wr.tables(&n))))
 	f.rt(ipv4).delays = nil
 	exited := make(chan struct{}, 16)
 	f.rt(ipv4).exited = func() { exited <- struct{}{} }
@@ -567,7 +567,7 @@ func wrapped(t *testing.T, in inside, o Options) {
 	// calls of an IPv6 worker running meanwhile (the families' independence
 	// has a test of its own).
 	tabs[ipv6] = nil
-	f := watch(newFirewall(n, tabs))
+	f := watch(newFirewall(n, iptRulesets(&n, tabs)))
 	exited := make(chan struct{}, 16)
 	f.rt(ipv4).exited = func() { exited <- struct{}{} }
 	if err := f.start(ctx0); err != nil {

@@ -67,7 +67,7 @@ func TestChainOwnership(t *testing.T) {
 				}
 				// Flush refuses it too.
 				n, _ := o.normalize()
-				if err := flushTables(ctx0, &n, [2]tables{e.v4, e.v6}); err == nil || !strings.Contains(err.Error(), o.Chain+" in table filter (IPv4)") {
+				if err := flushRulesets(ctx0, &n, iptRulesets(&n, [2]tables{e.v4, e.v6})); err == nil || !strings.Contains(err.Error(), o.Chain+" in table filter (IPv4)") {
 					t.Errorf("flush = %v, want it refused", err)
 				}
 				if got2, _ := e.v4.List(ctx0, table, o.Chain); !slices.Equal(got2, got) {

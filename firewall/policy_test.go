@@ -192,8 +192,8 @@ func TestLoadedPolicy(t *testing.T) {
 			for _, g := range loaded {
 				fam := familyOf(g.IP)
 				var specs []string
-				for _, r := range grantRules(g) {
-					specs = append(specs, r.String())
+				for _, e := range entriesOf(g) {
+					specs = append(specs, entryRule(e).String())
 				}
 				e.plant(fam, "WEBKNOCK", specs...)
 			}

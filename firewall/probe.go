@@ -5,11 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/netip"
 	"os"
-	"os/exec"
 	"slices"
-	"time"
 
 	"github.com/webknock/webknock/internal/statedir"
 )
@@ -32,11 +29,11 @@ func Probe(ctx context.Context, o Options) error {
 	if o.Backend == backendDryRun {
 		return nil
 	}
-	tabs, err := o.tables(ctx, true)
+	rss, err := o.rulesets(ctx, true)
 	if err != nil {
 		return err
 	}
-	f := newFirewall(o, tabs)
+	f := newFirewall(o, rss)
 	defer f.quit()
 	return f.probeTables(ctx)
 }
@@ -64,9 +61,18 @@ func probeState(o *Options, warn bool) error {
 	return nil
 }
 
-// tables returns the backend's tables; a family left out is nil. With
+// rulesets returns the backend's rulesets; a family left out is nil. With
 // strict, a host with IPv6 whose ip6tables does not work is refused when
 // Protect is on (see newIPTables).
+func (o *Options) rulesets(ctx context.Context, strict bool) ([2]ruleset, error) {
+	tabs, err := o.tables(ctx, strict)
+	if err != nil {
+		return [2]ruleset{}, err
+	}
+	return iptRulesets(o, tabs), nil
+}
+
+// tables returns the iptables backend's tables, or the dry-run backend's.
 func (o *Options) tables(ctx context.Context, strict bool) ([2]tables, error) {
 	if o.Backend != backendDryRun {
 		return newIPTables(ctx, o, hostHasIPv6(), strict)
@@ -88,172 +94,14 @@ func hostHasIPv6() bool {
 	return err == nil
 }
 
-// newIPTables returns the iptables backend: iptables, which must work, and
-// ip6tables. IPv6 fails closed: on a host with IPv6 (hasIPv6), with
-// Protect, an ip6tables that is missing or does not work is an error when
-// strict, since the protected ports would stay open to everyone over
-// IPv6. Without Protect it is a warning: IPv6 clients just cannot be
-// granted. With IPv6Off, IPv6 is left alone.
-func newIPTables(ctx context.Context, o *Options, hasIPv6, strict bool) ([2]tables, error) {
-	var tabs [2]tables
-	v4, err := newExecTables(ipv4, o.LockWait, o.CallTimeout)
-	if err == nil {
-		err = usable(ctx, v4, o.CallTimeout)
-	}
-	switch {
-	case errors.Is(err, exec.ErrNotFound):
-		return tabs, optErr("backend", "iptables is not installed; install it, or choose backend %s", backendDryRun)
-	case err != nil:
-		return tabs, optErr("backend", "iptables does not work: %w", err)
-	}
-	tabs[ipv4] = v4
-	switch {
-	case o.IPv6Off:
-		o.Logger.Warn(msgIPv6Off)
-		return tabs, nil
-	case !hasIPv6:
-		o.Logger.Info("the kernel has IPv6 disabled; only IPv4 is managed")
-		return tabs, nil
-	}
-	v6, err := newExecTables(ipv6, o.LockWait, o.CallTimeout)
-	if err == nil {
-		err = usable(ctx, v6, o.CallTimeout)
-	}
-	if err == nil {
-		tabs[ipv6] = v6
-		return tabs, nil
-	}
-	why := fmt.Sprintf("ip6tables does not work (%v)", err)
-	if errors.Is(err, exec.ErrNotFound) {
-		why = "ip6tables is not installed"
-	}
-	if o.Protect && strict {
-		return tabs, optErr("ipv6", "%s, but this host has IPv6 and protect is on: strangers could reach the protected ports over IPv6; "+
-			"install ip6tables, or set firewall.ipv6: false to leave IPv6 alone knowingly", why)
-	}
-	o.Logger.Warn("IPv6 firewall disabled: IPv6 clients cannot be granted", keyReason, why)
-	return tabs, nil
-}
-
-// usable tells whether t can read table filter: a program that is there
-// but cannot (no kernel module, no permission) is as good as missing.
-func usable(ctx context.Context, t tables, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	_, err := t.List(ctx, table, "INPUT")
-	return err
-}
-
-// probeTables checks, changing nothing, that each family's hook exists and
-// that a chain of our name is ours or absent.
+// probeTables checks, changing nothing, each family's ruleset: its hook
+// exists, and our chain or table is ours or absent.
 func (f *Firewall) probeTables(ctx context.Context) error {
 	var errs []error
-	hook, chain := f.o.Hook, f.o.Chain
 	for _, w := range f.workers() {
-		_, err := w.listHook(ctx)
-		switch {
-		case errors.Is(err, errNoChain):
-			hint := ""
-			if hook == "DOCKER-USER" {
-				hint = "; Docker makes it when it starts"
-			}
-			if w.fam == ipv6 {
-				hint += "; or set firewall.ipv6: false to leave IPv6 alone"
-			}
-			errs = append(errs, optErr("hook", "chain %s does not exist in table %s (%s): webknock jumps from it to its own chain%s",
-				hook, table, w.fam, hint))
-			continue
-		case err != nil:
-			errs = append(errs, err)
-			continue
-		}
-		var lines []string
-		err = w.rt.do(ctx, "list", func(ctx context.Context, _ int) (err error) {
-			lines, err = w.t.List(ctx, table, chain)
-			return err
-		})
-		switch {
-		case errors.Is(err, errNoChain):
-		case err != nil:
-			errs = append(errs, fmt.Errorf("%s: list %s/%s: %w", w.fam.command(), table, chain, err))
-		default:
-			if err := judgeChain(chain, lines, f.marker).err(w.fam, chain); err != nil {
-				errs = append(errs, &OptionError{Option: "chain", Err: err})
-			}
-		}
+		errs = append(errs, w.rs.probe(ctx))
 	}
 	return errors.Join(errs...)
-}
-
-// ownership is what the rules of an existing chain say about who owns it.
-type ownership struct {
-	marker  bool  // it holds our ownership marker
-	other   *rule // the marker of another webknock's, if any
-	rules   int
-	foreign int // rules webknock did not write
-}
-
-// judgeChain reads the lines of `iptables -S chain`; marker is ours.
-func judgeChain(chain string, lines []string, marker rule) ownership {
-	var o ownership
-	for _, l := range parseChain(chain, lines) {
-		o.rules++
-		switch {
-		case !l.ours:
-			o.foreign++
-		case l.r == marker:
-			o.marker = true
-		case l.r.kind == kindMarker && o.other == nil:
-			o.other = &l.r
-		}
-	}
-	return o
-}
-
-// err refuses a chain that is not ours: it has another webknock's marker,
-// or no marker and rules that webknock did not write. A chain without a
-// marker whose every rule is recognisably webknock's (an earlier version's,
-// or an empty one) is ours.
-func (o ownership) err(fam family, chain string) error {
-	switch {
-	case o.marker:
-		return nil
-	case o.other != nil:
-		return &otherOwnerError{chain: chain, fam: fam, owner: o.other.owner}
-	case o.foreign > 0:
-		return &foreignChainError{chain: chain, fam: fam, foreign: o.foreign}
-	}
-	return nil
-}
-
-// otherOwnerError refuses the chain of a webknock with another state
-// directory: two daemons on one chain would delete each other's grants.
-type otherOwnerError struct {
-	chain string
-	fam   family
-	owner string // its state directory; "" for none
-}
-
-func (e *otherOwnerError) Error() string {
-	who := "a webknock without a state_dir"
-	if e.owner != "" {
-		who = "the webknock with state_dir " + e.owner
-	}
-	return fmt.Sprintf("chain %s in table %s (%s) belongs to %s; stop that one and run webknock flush with its configuration, or choose another firewall.chain",
-		e.chain, table, e.fam, who)
-}
-
-// foreignChainError refuses a chain of another program's (fail2ban's
-// f2b-sshd, say): flushing it would undo that program's work.
-type foreignChainError struct {
-	chain   string
-	fam     family
-	foreign int
-}
-
-func (e *foreignChainError) Error() string {
-	return fmt.Sprintf("chain %s in table %s (%s) exists and is not webknock's: %d %s that webknock did not write; choose another firewall.chain",
-		e.chain, table, e.fam, e.foreign, plural(e.foreign, "rule", "rules"))
 }
 
 // start brings the kernel in line with the grants and starts the workers.
@@ -269,13 +117,13 @@ func (f *Firewall) start(ctx context.Context) error {
 	}
 	ws := f.workers()
 	for _, w := range ws {
-		if err := w.ensureChain(ctx); err != nil {
+		if err := w.rs.ensure(ctx); err != nil {
 			return err
 		}
 	}
 	if !loaded {
 		for _, w := range ws {
-			have, err := w.list(ctx)
+			have, err := w.rs.list(ctx)
 			if err != nil {
 				return err
 			}
@@ -297,7 +145,7 @@ func (f *Firewall) start(ctx context.Context) error {
 		}
 	}
 	for _, w := range ws {
-		if err := w.ensureJump(ctx); err != nil {
+		if err := w.rs.ensureHook(ctx); err != nil {
 			return err
 		}
 	}
@@ -407,35 +255,4 @@ func (f *Firewall) admit(doc stateDoc) []ending {
 		w.pruneRevoked(now)
 	}
 	return gone
-}
-
-// grantsOf groups the grant rules of a chain into grants.
-func grantsOf(have []listed) []Grant {
-	type k struct {
-		src   netip.Prefix
-		seq   string
-		until int64
-	}
-	idx := map[k]int{}
-	var gs []Grant
-	for _, l := range have {
-		if !l.ours || l.r.kind != kindGrant {
-			continue
-		}
-		key := k{l.r.src, l.r.seq, l.r.until}
-		i, ok := idx[key]
-		if !ok {
-			i = len(gs)
-			idx[key] = i
-			g := Grant{IP: key.src.Addr(), Sequence: key.seq, Until: time.Unix(key.until, 0).UTC()}
-			if !key.src.IsSingleIP() {
-				g.Bits = key.src.Bits()
-			}
-			gs = append(gs, g)
-		}
-		if !slices.Contains(gs[i].Ports, l.r.port) {
-			gs[i].Ports = append(gs[i].Ports, l.r.port)
-		}
-	}
-	return gs
 }

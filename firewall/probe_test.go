@@ -116,7 +116,7 @@ func TestProbeTables(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := len(e.v4.snapshots("")) + len(e.v6.snapshots(""))
-			f := newFirewall(n, [2]tables{e.v4, e.v6})
+			f := newFirewall(n, iptRulesets(&n, [2]tables{e.v4, e.v6}))
 			defer f.quit()
 			err = f.probeTables(ctx0)
 			if n := len(e.v4.snapshots("")) + len(e.v6.snapshots("")); n != before {

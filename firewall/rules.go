@@ -115,15 +115,6 @@ func grantComment(seq string, until int64) string {
 	return commentPrefix + seq + ":" + strconv.FormatInt(until, 10)
 }
 
-// grantRules are the rules of g: one per port.
-func grantRules(g Grant) []rule {
-	rs := make([]rule, len(g.Ports))
-	for i, p := range g.Ports {
-		rs[i] = rule{kind: kindGrant, src: g.Source(), port: p, seq: g.Sequence, until: g.Until.Unix()}
-	}
-	return rs
-}
-
 // tailRules is the protect tail of family fam: the always_allow accepts,
 // then for each port the resets (TCP) and the drop of NEW connections.
 // Empty unless protect is on.
@@ -299,14 +290,6 @@ func parseRule(spec []string) (rule, bool) {
 		r.kind, r.seq, r.until = kindGrant, seq, until
 	}
 	return r, true
-}
-
-// grantBits is the Bits of a grant to src: 0 for a single address.
-func grantBits(src netip.Prefix) int {
-	if src.IsSingleIP() {
-		return 0
-	}
-	return src.Bits()
 }
 
 // parseGrantComment reads webknock:SEQUENCE:UNTIL.

@@ -127,3 +127,59 @@ func newExecTables(fam family, lockWait, timeout time.Duration) (*execTables, er
 }
 
 func version(a, b, c int) int { return a<<16 | b<<8 | c }
+
+// newIPTables returns the iptables backend: iptables, which must work, and
+// ip6tables. IPv6 fails closed: on a host with IPv6 (hasIPv6), with
+// Protect, an ip6tables that is missing or does not work is an error when
+// strict, since the protected ports would stay open to everyone over
+// IPv6. Without Protect it is a warning: IPv6 clients just cannot be
+// granted. With IPv6Off, IPv6 is left alone.
+func newIPTables(ctx context.Context, o *Options, hasIPv6, strict bool) ([2]tables, error) {
+	var tabs [2]tables
+	v4, err := newExecTables(ipv4, o.LockWait, o.CallTimeout)
+	if err == nil {
+		err = usable(ctx, v4, o.CallTimeout)
+	}
+	switch {
+	case errors.Is(err, exec.ErrNotFound):
+		return tabs, optErr("backend", "iptables is not installed; install it, or choose backend %s", backendDryRun)
+	case err != nil:
+		return tabs, optErr("backend", "iptables does not work: %w", err)
+	}
+	tabs[ipv4] = v4
+	switch {
+	case o.IPv6Off:
+		o.Logger.Warn(msgIPv6Off)
+		return tabs, nil
+	case !hasIPv6:
+		o.Logger.Info("the kernel has IPv6 disabled; only IPv4 is managed")
+		return tabs, nil
+	}
+	v6, err := newExecTables(ipv6, o.LockWait, o.CallTimeout)
+	if err == nil {
+		err = usable(ctx, v6, o.CallTimeout)
+	}
+	if err == nil {
+		tabs[ipv6] = v6
+		return tabs, nil
+	}
+	why := fmt.Sprintf("ip6tables does not work (%v)", err)
+	if errors.Is(err, exec.ErrNotFound) {
+		why = "ip6tables is not installed"
+	}
+	if o.Protect && strict {
+		return tabs, optErr("ipv6", "%s, but this host has IPv6 and protect is on: strangers could reach the protected ports over IPv6; "+
+			"install ip6tables, or set firewall.ipv6: false to leave IPv6 alone knowingly", why)
+	}
+	o.Logger.Warn("IPv6 firewall disabled: IPv6 clients cannot be granted", keyReason, why)
+	return tabs, nil
+}
+
+// usable tells whether t can read table filter: a program that is there
+// but cannot (no kernel module, no permission) is as good as missing.
+func usable(ctx context.Context, t tables, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	_, err := t.List(ctx, table, "INPUT")
+	return err
+}

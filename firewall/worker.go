@@ -10,13 +10,6 @@ import (
 	"time"
 )
 
-// A grant whose insert failed is retried after pendFirst, doubling up to
-// pendMax, until it is applied or its window ends: someone waits for it.
-const (
-	pendFirst = time.Second
-	pendMax   = 30 * time.Second
-)
-
 // maxRevokes bounds the remembered revokes of a family; beyond it the
 // oldest is forgotten.
 const maxRevokes = 1 << 16
@@ -31,8 +24,8 @@ const clockSlack = time.Minute
 type worker struct {
 	f    *Firewall
 	fam  family
-	t    tables
-	rt   *retrier
+	rs   ruleset
+	rt   *retrier // rs's
 	log  *slog.Logger
 	reqs chan request
 	done chan struct{}
@@ -44,29 +37,11 @@ type worker struct {
 	pending  map[grantKey]*pendingGrant
 	revoked  map[netip.Prefix]time.Time // wall-clock time of the last revoke of a source
 	revList  []revoked                  // revoked as published; nil when it changed
-	doomed   []doomedRule
+	doomed   []doomedEntry
 	changed  bool      // the state file is behind this family
 	unsynced bool      // the last reconcile failed
 	checkErr error     // the last integrity check failed
 	checked  time.Time // the last integrity check passed
-}
-
-// doomedRule is a rule whose delete failed; it is retried at at.
-type doomedRule struct {
-	r     rule
-	fails int
-	at    time.Time
-}
-
-// pendingGrant is a grant whose insert failed; it is retried at at.
-type pendingGrant struct {
-	g     Grant
-	fails int
-	at    time.Time
-	err   error // the last failure
-	// held: it was held before (its rules were lost, or it extends a
-	// held grant that has expired), so its end is told to OnEnd.
-	held bool
 }
 
 type request struct {
@@ -199,12 +174,6 @@ func (w *worker) nextWake() (time.Time, bool) {
 	return at, !at.IsZero()
 }
 
-// due tells whether a retry set for at is to run: its time has come, or is
-// further away than any backoff, which means the clock was set back.
-func due(at, now time.Time, backoff time.Duration) bool {
-	return !at.After(now) || at.Sub(now) > backoff
-}
-
 // commit publishes the family's grants and health, and has the state file
 // written if they changed.
 func (w *worker) commit() {
@@ -319,23 +288,23 @@ func (w *worker) grant(ctx context.Context, g Grant) (Grant, error) {
 	return g, nil
 }
 
-// apply inserts the rules of g and makes it the grant of its key; the
-// rules of the grant it replaces are deleted after, so that there is no
+// apply adds the entries of g and makes it the grant of its key; the
+// entries of the grant it replaces are deleted after, so that there is no
 // gap. A chain found missing or emptied is repaired first.
 func (w *worker) apply(ctx context.Context, g Grant) error {
-	err := w.insertGrant(ctx, g)
+	es := entriesOf(g)
+	err := w.add(ctx, es)
 	if errors.Is(err, errNoChain) || errors.Is(err, errEmptyChain) {
 		// Our chain went away or was flushed behind our back: repair,
 		// then try again.
 		w.log.Warn("our chain is missing or was emptied; repairing before the grant", keyFamily, w.fam, keyIP, sourceOf(g))
 		w.checkFamily(ctx)
-		err = w.insertGrant(ctx, g)
+		err = w.add(ctx, es)
 	}
 	if err != nil {
 		return err
 	}
-	rs := grantRules(g)
-	w.undoom(rs)
+	w.undoom(es)
 	k := keyOf(g)
 	old, had := w.grants[k]
 	w.grants[k] = g
@@ -344,86 +313,31 @@ func (w *worker) apply(ctx context.Context, g Grant) error {
 		w.log.Debug("grant applied", grantAttrs(g)...)
 		return nil
 	}
-	for _, r := range grantRules(old) {
-		if slices.Contains(rs, r) {
-			continue
-		}
-		if err := w.deleteRule(ctx, r); err != nil {
-			w.doom(r)
+	for _, e := range entriesOf(old) {
+		if !slices.Contains(es, e) {
+			w.del(ctx, e)
 		}
 	}
 	w.log.Debug("grant replaced", grantAttrs(g)...)
 	return nil
 }
 
-// pend keeps g to be retried after its insert failed.
-func (w *worker) pend(g Grant, err error) {
-	k := keyOf(g)
-	p := w.pending[k]
-	if p == nil {
-		p = &pendingGrant{}
-		w.pending[k] = p
+// add adds es, all or none; what a failure left behind is deleted later.
+func (w *worker) add(ctx context.Context, es []entry) error {
+	left, err := w.rs.add(ctx, es)
+	for _, e := range left {
+		w.doom(e)
 	}
-	p.g, p.err = g, err
-	p.fails++
-	p.at = w.f.clock.Now().Add(backoff(pendFirst, pendMax, p.fails))
-	w.changed = true
-	w.log.Warn("grant not applied; retrying until its window ends", append(grantAttrs(g), keyAt, p.at, keyErr, err)...)
+	return err
 }
 
-// demote makes the grant of k, whose rules are not all in the chain, a
-// pending grant: its rules are deleted, and it is retried.
-func (w *worker) demote(ctx context.Context, k grantKey, err error) {
-	g, ok := w.grants[k]
-	if !ok {
-		return
+// del deletes e, or has its delete retried later.
+func (w *worker) del(ctx context.Context, e entry) error {
+	err := w.rs.del(ctx, e)
+	if err != nil {
+		w.doom(e)
 	}
-	// Its place in the table passes to the pending grant.
-	delete(w.grants, k)
-	w.changed = true
-	for _, r := range grantRules(g) {
-		if derr := w.deleteRule(ctx, r); derr != nil {
-			w.doom(r)
-		}
-	}
-	if p, ok := w.pending[k]; ok && p.g.Until.After(g.Until) {
-		p.held = true
-		return
-	}
-	w.pend(g, err)
-	w.pending[k].held = true
-}
-
-// backoff is the wait before retry number fails: first, doubling, at most
-// most.
-func backoff(first, most time.Duration, fails int) time.Duration {
-	return min(first<<min(max(fails-1, 0), 10), most)
-}
-
-// insertGrant inserts the rules of g, or none: on failure the ones it
-// inserted are deleted again, or retried in the background; so is the
-// failed one when it may have been applied.
-func (w *worker) insertGrant(ctx context.Context, g Grant) error {
-	// Insert the new rules before deleting the old ones: no gap. In
-	// reverse, so that the chain lists them in the order of the ports.
-	rs := grantRules(g)
-	for i := len(rs) - 1; i >= 0; i-- {
-		err := w.insert(ctx, rs[i])
-		if err == nil {
-			continue
-		}
-		undo := rs[i+1:]
-		if maybeApplied(err) {
-			undo = rs[i:]
-		}
-		for _, r := range undo {
-			if derr := w.deleteRule(ctx, r); derr != nil {
-				w.doom(r)
-			}
-		}
-		return err
-	}
-	return nil
+	return err
 }
 
 // revoke ends the grants, held and pending, of sequence (all when "")
@@ -535,9 +449,8 @@ func (w *worker) remove(ctx context.Context, k grantKey, reason string) error {
 	g := w.grants[k]
 	w.dropGrant(k)
 	var errs []error
-	for _, r := range grantRules(g) {
-		if err := w.deleteRule(ctx, r); err != nil {
-			w.doom(r)
+	for _, e := range entriesOf(g) {
+		if err := w.del(ctx, e); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -563,75 +476,6 @@ func (w *worker) ended(g Grant, reason string) {
 		g.Ports = slices.Clone(g.Ports)
 		fn(g, reason)
 	}
-}
-
-func (w *worker) doom(r rule) {
-	w.doomed = append(w.doomed, doomedRule{r: r, fails: 1, at: w.f.clock.Now().Add(doomFirst)})
-	w.log.Warn("rule left in the chain; its delete will be retried", keyFamily, w.fam, keyRule, r.String())
-}
-
-// undoom gives up the retried deletes of rules that are wanted again.
-func (w *worker) undoom(rs []rule) {
-	w.doomed = slices.DeleteFunc(w.doomed, func(d doomedRule) bool { return slices.Contains(rs, d.r) })
-}
-
-// maybeApplied tells whether a failed call may still have changed the
-// kernel: an attempt of it was killed or abandoned.
-func maybeApplied(err error) bool {
-	for _, e := range []error{errTimeout, errClosed, context.Canceled, context.DeadlineExceeded} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}
-
-// tick removes the grants that have ended, retries failed deletes and the
-// pending grants that are due.
-func (w *worker) tick(ctx context.Context) {
-	now := w.f.clock.Now()
-	w.expire(ctx, now)
-	kept := w.doomed[:0]
-	for _, d := range w.doomed {
-		if !due(d.at, now, doomMax) {
-			kept = append(kept, d)
-			continue
-		}
-		if err := w.deleteRule(ctx, d.r); err != nil {
-			d.fails++
-			d.at = now.Add(backoff(doomFirst, doomMax, d.fails))
-			kept = append(kept, d)
-			continue
-		}
-		w.log.Info("left-over rule deleted", keyFamily, w.fam, keyRule, d.r.String())
-	}
-	w.doomed = kept
-	for _, p := range w.pendingSorted() {
-		if !due(p.at, now, pendMax) {
-			continue
-		}
-		k := keyOf(p.g)
-		if err := w.apply(ctx, p.g); err != nil {
-			p.fails++
-			p.err = err
-			p.at = now.Add(backoff(pendFirst, pendMax, p.fails))
-			w.log.Warn("pending grant still not applied; retrying", append(grantAttrs(p.g), keyAt, p.at, keyErr, err)...)
-			continue
-		}
-		w.dropPending(k)
-		w.log.Info("pending grant applied", grantAttrs(p.g)...)
-	}
-}
-
-func (w *worker) pendingSorted() []*pendingGrant {
-	ps := make([]*pendingGrant, 0, len(w.pending))
-	for _, p := range w.pending {
-		ps = append(ps, p)
-	}
-	slices.SortFunc(ps, func(a, b *pendingGrant) int {
-		return compareGrants(a.g, b.g)
-	})
-	return ps
 }
 
 // expire removes the grants, held or pending, whose until is not after now.
@@ -695,10 +539,8 @@ func (w *worker) applyPolicy(ctx context.Context, pol policy) {
 			}
 			w.log.Info("grant cut to the sequence's shortened window", grantAttrs(v.g)...)
 		case len(v.dropped) > 0:
-			for _, r := range grantRules(Grant{IP: g.IP, Bits: g.Bits, Sequence: g.Sequence, Ports: v.dropped, Until: g.Until}) {
-				if err := w.deleteRule(ctx, r); err != nil {
-					w.doom(r)
-				}
+			for _, e := range entriesOf(Grant{IP: g.IP, Bits: g.Bits, Sequence: g.Sequence, Ports: v.dropped, Until: g.Until}) {
+				w.del(ctx, e)
 			}
 			w.grants[k] = v.g
 			w.changed = true
@@ -722,223 +564,4 @@ func (w *worker) applyPolicy(ctx context.Context, pol policy) {
 		}
 	}
 	w.pruneRevoked(now)
-}
-
-// The calls on the tables, retried, with errors that name the object.
-
-func (w *worker) list(ctx context.Context) ([]listed, error) {
-	var lines []string
-	err := w.rt.do(ctx, "list", func(ctx context.Context, _ int) (err error) {
-		lines, err = w.t.List(ctx, table, w.f.o.Chain)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%s: list %s/%s: %w", w.fam.command(), table, w.f.o.Chain, err)
-	}
-	return parseChain(w.f.o.Chain, lines), nil
-}
-
-// parseChain returns the rules in the lines of `iptables -S chain`.
-func parseChain(chain string, lines []string) []listed {
-	var have []listed
-	for _, line := range lines {
-		if l, ok := parseListed(chain, line); ok {
-			have = append(have, l)
-		}
-	}
-	return have
-}
-
-// insertAt is where grant rules go: after the ownership marker.
-const insertAt = 2
-
-func (w *worker) insert(ctx context.Context, r rule) error {
-	return w.insertPos(ctx, insertAt, r)
-}
-
-func (w *worker) insertPos(ctx context.Context, pos int, r rule) error {
-	spec := r.args()
-	err := w.rt.do(ctx, "insert", func(ctx context.Context, attempt int) error {
-		// A call that failed may have been applied (a lock timeout after
-		// the commit, a kill after it): never insert a rule twice.
-		if attempt > 1 {
-			if ok, err := w.t.Exists(ctx, table, w.f.o.Chain, spec...); err == nil && ok {
-				return nil
-			}
-		}
-		return w.t.Insert(ctx, table, w.f.o.Chain, pos, spec...)
-	})
-	if err != nil {
-		return fmt.Errorf("%s: insert %s into %s/%s: %w", w.fam.command(), r, table, w.f.o.Chain, err)
-	}
-	return nil
-}
-
-func (w *worker) append(ctx context.Context, r rule) error {
-	// A retried append may add the rule twice; the next reconcile or
-	// integrity check deletes the first copy, which is never the drop
-	// at the end.
-	err := w.rt.do(ctx, "append", func(ctx context.Context, _ int) error {
-		return w.t.Append(ctx, table, w.f.o.Chain, r.args()...)
-	})
-	if err != nil {
-		return fmt.Errorf("%s: append %s to %s/%s: %w", w.fam.command(), r, table, w.f.o.Chain, err)
-	}
-	return nil
-}
-
-func (w *worker) deleteRule(ctx context.Context, r rule) error {
-	err := w.rt.do(ctx, "delete", func(ctx context.Context, _ int) error {
-		return w.t.DeleteIfExists(ctx, table, w.f.o.Chain, r.args()...)
-	})
-	if err != nil {
-		return fmt.Errorf("%s: delete %s from %s/%s: %w", w.fam.command(), r, table, w.f.o.Chain, err)
-	}
-	return nil
-}
-
-// deleteListed deletes a listed rule, which need not be ours: by its
-// specification, or, should iptables not take back what it printed, by its
-// number. Both delete the first rule that is the same; with last, the last
-// one is deleted, by its number (a second ownership marker, whose first
-// copy is to stay at the top).
-func (w *worker) deleteListed(ctx context.Context, l listed, last bool) error {
-	t, chain := w.t, w.f.o.Chain
-	err := w.rt.do(ctx, "delete", func(ctx context.Context, _ int) error {
-		if !last {
-			err := t.Delete(ctx, table, chain, l.spec...)
-			if err == nil {
-				return nil
-			}
-		}
-		lines, err := t.List(ctx, table, chain)
-		if err != nil {
-			return err
-		}
-		i := slices.Index(lines, l.line)
-		if last {
-			i = lastIndex(lines, l.line)
-		}
-		if i < 1 { // gone, or the -N line
-			return nil
-		}
-		return t.DeleteById(ctx, table, chain, i)
-	})
-	if err != nil {
-		return fmt.Errorf("%s: delete %q from %s/%s: %w", w.fam.command(), l.line, table, chain, err)
-	}
-	return nil
-}
-
-func lastIndex(lines []string, s string) int {
-	for i := len(lines) - 1; i >= 0; i-- {
-		if lines[i] == s {
-			return i
-		}
-	}
-	return -1
-}
-
-// ensureChain makes sure our chain exists and is ours: created with the
-// ownership marker when missing; a chain of that name without the marker
-// is adopted only if webknock wrote every rule in it (an earlier version's
-// chain, or an empty one), else refused untouched.
-func (w *worker) ensureChain(ctx context.Context) error {
-	t, chain := w.t, w.f.o.Chain
-	var lines []string
-	created := false
-	err := w.rt.do(ctx, "new chain", func(ctx context.Context, _ int) error {
-		var err error
-		lines, err = t.List(ctx, table, chain)
-		if !errors.Is(err, errNoChain) {
-			return err
-		}
-		if err := t.NewChain(ctx, table, chain); err != nil {
-			// Created meanwhile by another webknock, or by an attempt
-			// that timed out after the commit?
-			if ok, cerr := t.ChainExists(ctx, table, chain); cerr == nil && ok {
-				lines, err = t.List(ctx, table, chain)
-				return err
-			}
-			return err
-		}
-		lines, created = nil, true
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("%s: create chain %s/%s: %w", w.fam.command(), table, chain, err)
-	}
-	own := judgeChain(chain, lines, w.f.marker)
-	if err := own.err(w.fam, chain); err != nil {
-		return err
-	}
-	if own.marker {
-		return nil
-	}
-	if err := w.insertPos(ctx, 1, w.f.marker); err != nil {
-		return err
-	}
-	switch {
-	case created:
-		w.log.Info("chain created", keyFamily, w.fam, keyChain, chain)
-	case own.rules == 0:
-		w.log.Info("empty chain adopted; ownership marker added", keyFamily, w.fam, keyChain, chain)
-	default:
-		w.log.Warn("chain of an earlier webknock adopted; ownership marker added", keyFamily, w.fam, keyChain, chain, keyCount, own.rules)
-	}
-	return nil
-}
-
-// ensureJump inserts the jump to our chain at the top of the hook if it has
-// none. Extra jumps are left alone with a warning: they do no harm, and the
-// only safe way to delete one, by its specification, would delete the first.
-func (w *worker) ensureJump(ctx context.Context) error {
-	t, o := w.t, &w.f.o
-	lines, err := w.listHook(ctx)
-	if err != nil {
-		return err
-	}
-	switch n := w.jumps(lines); {
-	case n == 0:
-		err := w.rt.do(ctx, "insert", func(ctx context.Context, attempt int) error {
-			if attempt > 1 {
-				if ok, err := t.Exists(ctx, table, o.Hook, "-j", o.Chain); err == nil && ok {
-					return nil
-				}
-			}
-			return t.Insert(ctx, table, o.Hook, 1, "-j", o.Chain)
-		})
-		if err != nil {
-			return fmt.Errorf("%s: insert jump to %s into %s/%s: %w", w.fam.command(), o.Chain, table, o.Hook, err)
-		}
-		w.log.Info("jump inserted", keyFamily, w.fam, keyHook, o.Hook, keyChain, o.Chain)
-	case n > 1:
-		w.log.Warn("the hook jumps to our chain more than once", keyFamily, w.fam, keyHook, o.Hook, keyChain, o.Chain, keyCount, n)
-	}
-	return nil
-}
-
-// listHook lists the hook; a missing hook is an error like any other.
-func (w *worker) listHook(ctx context.Context) ([]string, error) {
-	var lines []string
-	err := w.rt.do(ctx, "list", func(ctx context.Context, _ int) (err error) {
-		lines, err = w.t.List(ctx, table, w.f.o.Hook)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%s: list %s/%s: %w", w.fam.command(), table, w.f.o.Hook, err)
-	}
-	return lines, nil
-}
-
-// jumps counts the jumps to our chain in the lines of the hook.
-func (w *worker) jumps(hook []string) int {
-	jump := "-A " + w.f.o.Hook + " -j " + w.f.o.Chain
-	n := 0
-	for _, l := range hook {
-		if l == jump {
-			n++
-		}
-	}
-	return n
 }
