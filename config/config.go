@@ -35,11 +35,12 @@ type Log struct {
 	TrustedProxies []netip.Prefix
 }
 
-// Firewall configures webknock's own iptables chain.
+// Firewall configures webknock's own iptables chain or nftables table.
 type Firewall struct {
-	Backend     string // iptables | dry-run
-	Chain       string
-	Hook        string
+	Backend     string // iptables | nftables | dry-run
+	Chain       string // iptables
+	Table       string // nftables
+	Hook        string // iptables: the chain that jumps to ours; nftables: input or forward
 	Protect     bool
 	AlwaysAllow []netip.Prefix
 	// IPv6 false leaves IPv6 unmanaged, knowingly: without it, a host with
@@ -67,6 +68,9 @@ type Sequence struct {
 	// CloseKillsSessions makes a close also end the client's established
 	// connections to the sequence's ports.
 	CloseKillsSessions bool
+	// CloseOnConnect ends the grant of a port at the first new connection
+	// to it from the granted address (nftables only).
+	CloseOnConnect bool
 	// AllowFrom lists the networks that may knock; empty: anyone.
 	AllowFrom []netip.Prefix
 	// Expires is the time after which the sequence grants nothing, and
@@ -172,6 +176,7 @@ func defaults() Config {
 		Firewall: Firewall{
 			Backend: "iptables",
 			Chain:   "WEBKNOCK",
+			Table:   "webknock",
 			Hook:    "INPUT",
 			Protect: true,
 			IPv6:    true,
@@ -218,7 +223,7 @@ var overrideFlags = []struct {
 	{"log-start", "log.start", "where to start reading logs: saved, end or beginning (overrides log.start)", false},
 	{"log-paths", "log.paths", "access logs to follow, comma separated, globs allowed (overrides log.paths)", true},
 	{"state-dir", "state_dir", "directory for grants and log positions (overrides state_dir)", false},
-	{"firewall-backend", "firewall.backend", "firewall backend: iptables or dry-run (overrides firewall.backend)", false},
+	{"firewall-backend", "firewall.backend", "firewall backend: iptables, nftables or dry-run (overrides firewall.backend)", false},
 	{"web-listen", "web.listen", "host:port of the status page and API, empty disables (overrides web.listen)", false},
 }
 

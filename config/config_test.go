@@ -39,6 +39,7 @@ func goodConfig() Config {
 		Firewall: Firewall{
 			Backend:     "dry-run",
 			Chain:       "WK-CHAIN",
+			Table:       "wk_table",
 			Hook:        "DOCKER-USER",
 			Protect:     false,
 			IPv6:        false,
@@ -121,7 +122,7 @@ func minimalConfig() Config {
 			Start:  "saved",
 		},
 		StateDir: "/var/lib/webknock",
-		Firewall: Firewall{Backend: "iptables", Chain: "WEBKNOCK", Hook: "INPUT", Protect: true, IPv6: true},
+		Firewall: Firewall{Backend: "iptables", Chain: "WEBKNOCK", Table: "webknock", Hook: "INPUT", Protect: true, IPv6: true},
 		Sequences: []Sequence{{
 			Name:        "ssh",
 			Steps:       []string{"/k/a"},
@@ -188,7 +189,7 @@ func TestLoad(t *testing.T) {
 				*c = goodConfig()
 				c.Log = Log{Paths: []string{"/a.log", "/b.log", "/c.log"}, Format: "common", Start: "beginning"}
 				c.StateDir = "/tmp/state"
-				c.Firewall = Firewall{Backend: "iptables", Chain: "KNOCK", Hook: "FORWARD", Protect: true,
+				c.Firewall = Firewall{Backend: "iptables", Chain: "KNOCK", Table: "wk_table", Hook: "FORWARD", Protect: true,
 					AlwaysAllow: prefixes("10.9.0.0/16", "10.8.0.1/32")}
 				c.Lockout = Lockout{Failures: 7, Period: time.Minute, Duration: 2 * time.Hour}
 				c.Web = Web{TokenFile: "/run/token", Socket: "/run/wk/admin.sock"}

@@ -41,6 +41,8 @@ func (l *loader) decodeRoot(a loc, root map[string]any) {
 					l.setString(a, v, &l.cfg.Firewall.Backend)
 				case "chain":
 					l.setString(a, v, &l.cfg.Firewall.Chain)
+				case "table":
+					l.setString(a, v, &l.cfg.Firewall.Table)
 				case "hook":
 					l.setString(a, v, &l.cfg.Firewall.Hook)
 				case "protect":
@@ -149,6 +151,8 @@ func (l *loader) setSequences(a loc, v any) {
 				l.setString(a, v, &s.ClosePage)
 			case "close_kills_sessions":
 				l.setBool(a, v, &s.CloseKillsSessions)
+			case "close_on_connect":
+				l.setBool(a, v, &s.CloseOnConnect)
 			case "allow_from":
 				l.setPrefixes(a, v, &s.AllowFrom)
 			case "expires":

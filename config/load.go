@@ -31,6 +31,7 @@ var envKeys = map[string]bool{
 	"state_dir":             false,
 	"firewall.backend":      false,
 	"firewall.chain":        false,
+	"firewall.table":        false,
 	"firewall.hook":         false,
 	"firewall.protect":      false,
 	"firewall.always_allow": true,

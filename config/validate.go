@@ -71,8 +71,11 @@ func (l *loader) validate(checkFormat func(string) error) {
 	if c.Firewall.Chain == "" {
 		bad(at("firewall", "chain"), "must not be empty; want a chain of our own like \"WEBKNOCK\"")
 	}
+	if c.Firewall.Table == "" {
+		bad(at("firewall", "table"), "must not be empty; want a table of our own like \"webknock\"")
+	}
 	if c.Firewall.Hook == "" {
-		bad(at("firewall", "hook"), "must not be empty; want the chain that jumps to ours, like \"INPUT\" or \"DOCKER-USER\"")
+		bad(at("firewall", "hook"), "must not be empty; want the chain that jumps to ours, like \"INPUT\" or \"DOCKER-USER\" (iptables), or input or forward (nftables)")
 	}
 
 	l.validateSequences(at, bad)
@@ -215,6 +218,10 @@ func (l *loader) validateSequences(at func(p ...any) loc, bad func(a loc, format
 
 		if s.ClosePage != "" {
 			usePath(at("sequences", i, "close_page"), s.ClosePage)
+		}
+		if s.CloseOnConnect && (s.GrantPrefix.IPv4 != 32 || s.GrantPrefix.IPv6 != 128) {
+			bad(at("sequences", i, "close_on_connect"), "opens to one address: the first connection from it closes the grant; a grant_prefix wider than the address (here /%d, /%d) cannot be closed on connect",
+				s.GrantPrefix.IPv4, s.GrantPrefix.IPv6)
 		}
 		if s.CloseKillsSessions && s.ClosePage == "" {
 			bad(at("sequences", i, "close_kills_sessions"), "needs close_page: only a close from the close page ends sessions (revoke --kill-sessions does it by hand)")

@@ -31,6 +31,7 @@ type drift struct {
 	missing int  // grant rules missing
 	extra   int  // rules that are not there to stay
 	tail    bool // the protect tail is not at the end
+	used    int  // door entries a connection used (close_on_connect): their grants end
 }
 
 func (d drift) clean() bool { return d == drift{} }
@@ -54,6 +55,9 @@ func (d drift) fixes() []string {
 	}
 	if d.noJump {
 		out = append(out, "jump restored")
+	}
+	if d.used > 0 {
+		out = append(out, fmt.Sprintf("%d grants used by a connection ended", d.used))
 	}
 	return out
 }
@@ -94,8 +98,16 @@ func (w *worker) checkFamily(ctx context.Context) error {
 	if err := w.repair(ctx, d); err != nil {
 		return fmt.Errorf("%s: repair (%s): %w", w.rs.name(), strings.Join(d.fixes(), ", "), err)
 	}
+	if d == (drift{used: d.used}) {
+		// Nothing was wrong: connections used door grants.
+		return nil
+	}
 	w.f.repairs.Add(1)
-	w.log.Warn("firewall repaired", keyFamily, w.fam, keyFixed, d.fixes())
+	attrs := []any{keyFamily, w.fam, keyFixed, d.fixes()}
+	if w.changedBy != "" {
+		attrs = append(attrs, keyBy, w.changedBy)
+	}
+	w.log.Warn("firewall repaired", attrs...)
 	return nil
 }
 
@@ -116,7 +128,7 @@ func (w *worker) repair(ctx context.Context, d drift) error {
 			return err
 		}
 	}
-	if d.noChain || d.marker || d.missing > 0 || d.extra > 0 || d.tail {
+	if d.noChain || d.marker || d.missing > 0 || d.extra > 0 || d.tail || d.used > 0 {
 		if err := w.reconcile(ctx); err != nil {
 			return err
 		}

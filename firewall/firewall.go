@@ -50,6 +50,7 @@ const (
 	keyRule     = "rule"
 	keyFamily   = "family"
 	keyChain    = "chain"
+	keyTable    = "table"
 	keyHook     = "hook"
 	keyOp       = "op"
 	keyAttempt  = "attempt"
@@ -63,11 +64,13 @@ const (
 	keyFixed    = "fixed"
 	keyCut      = "cut"
 	keyAt       = "at"
+	keyBy       = "by"
 )
 
 // Backends.
 const (
 	backendIPTables = "iptables"
+	backendNFTables = "nftables"
 	backendDryRun   = "dry-run"
 )
 
@@ -109,10 +112,14 @@ func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) 
 
 // Options configure the firewall.
 type Options struct {
-	Backend     string // "iptables" (default) or "dry-run": in memory, each change logged
-	Chain       string // our chain; default WEBKNOCK
-	Hook        string // the chain that jumps to ours; default INPUT
-	Protect     bool   // end our chain with drops of NEW connections to Ports (and resets of lost TCP sessions)
+	Backend string // "iptables" (default), "nftables", or "dry-run": in memory, each change logged
+	Chain   string // iptables: our chain; default WEBKNOCK
+	Table   string // nftables: our table, of family inet; default webknock
+	// Hook is, for iptables, the chain that jumps to ours (default
+	// INPUT); for nftables, the hook of our base chains: input (default)
+	// or forward.
+	Hook        string
+	Protect     bool // end our chain with drops of NEW connections to Ports (and resets of lost TCP sessions)
 	AlwaysAllow []netip.Prefix
 	Ports       []Port // every port of every sequence: what Protect guards
 	// Sequences are what grants may open, and for how long. nil: no
@@ -155,6 +162,7 @@ const (
 	ReasonRevoked = "revoked" // an administrator revoked it
 	ReasonClosed  = "closed"  // its client requested its sequence's close page
 	ReasonPolicy  = "policy"  // the configured sequences no longer allow it
+	ReasonUsed    = "used"    // a connection used it (close_on_connect)
 )
 
 // statePath is the state file of o, or "" when none is kept.
@@ -199,8 +207,6 @@ type Firewall struct {
 	clock Clock
 	fams  [2]*worker // nil: family not managed
 	st    *store
-	// marker is the ownership marker of our chains: it names StateDir.
-	marker rule
 	// conntrack opens the kernel's connection tracking for KillSessions;
 	// hostAddrs lists this host's addresses.
 	conntrack func() (conntrackConn, error)
@@ -255,6 +261,9 @@ func Open(ctx context.Context, o Options) (*Firewall, error) {
 	f := newFirewall(o, rss)
 	if err := f.start(ctx); err != nil {
 		f.quit()
+		for _, w := range f.workers() {
+			w.rs.close()
+		}
 		return nil, err
 	}
 	return f, nil
@@ -266,7 +275,7 @@ func newFirewall(o Options, rss [2]ruleset) *Firewall {
 	ctx, quit := context.WithCancel(context.Background())
 	f := &Firewall{
 		o: o, log: o.Logger, clock: o.Clock,
-		st: &store{path: o.statePath(), log: o.Logger}, marker: markerFor(o.StateDir),
+		st:        &store{path: o.statePath(), log: o.Logger, gap: stateGap},
 		conntrack: dialConntrack, hostAddrs: hostAddrs,
 		stop: make(chan struct{}), ctx: ctx, quit: quit,
 	}
@@ -283,7 +292,7 @@ func newFirewall(o Options, rss [2]ruleset) *Firewall {
 			f: f, fam: fam, rs: rs, rt: rt, log: o.Logger,
 			reqs: make(chan request), done: make(chan struct{}),
 			cur: cur, pol: pol,
-			grants: map[grantKey]Grant{}, pending: map[grantKey]*pendingGrant{}, revoked: map[netip.Prefix]time.Time{},
+			grants: map[grantKey]Grant{}, touched: map[grantKey]struct{}{}, doors: map[grantKey]struct{}{}, pending: map[grantKey]*pendingGrant{}, revoked: map[netip.Prefix]time.Time{},
 		}
 	}
 	return f
@@ -450,12 +459,9 @@ func (f *Firewall) Health() Health {
 			say("chain not reconciled with the grants")
 		}
 	}
-	if dirty {
-		msg := "state file not written"
-		if serr != nil {
-			msg += ": " + serr.Error()
-		}
-		h.Problems = append(h.Problems, msg)
+	// A write put off by the gap is not a problem; one that failed is.
+	if dirty && serr != nil {
+		h.Problems = append(h.Problems, "state file not written: "+serr.Error())
 	}
 	h.InSync = len(h.Problems) == 0
 	return h
@@ -534,6 +540,7 @@ func (f *Firewall) Close() error {
 		f.quit()
 		for _, w := range f.workers() {
 			<-w.done
+			w.rs.close()
 		}
 		err = f.st.flush()
 	})
@@ -552,6 +559,13 @@ func Flush(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	defer func() {
+		for _, rs := range rss {
+			if rs != nil {
+				rs.close()
+			}
+		}
+	}()
 	return flushRulesets(ctx, &o, rss)
 }
 
@@ -579,7 +593,8 @@ func flushRulesets(ctx context.Context, o *Options, rss [2]ruleset) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	o.Logger.Info("firewall flushed", keyChain, o.Chain, keyHook, o.Hook)
+	k, v := o.where()
+	o.Logger.Info("firewall flushed", k, v, keyHook, o.Hook)
 	return nil
 }
 

@@ -212,6 +212,9 @@ func (e *env) tryOpenOn(o Options, tabs [2]tables) (*fw, error) {
 	for _, w := range f.workers() {
 		w.rt.delays = e.delays
 	}
+	// Every change written at once: the tests read the state file after
+	// each (TestStateWritesBatched tests the gap).
+	f.st.gap = 0
 	if err := f.start(context.Background()); err != nil {
 		return nil, err
 	}

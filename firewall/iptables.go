@@ -49,6 +49,9 @@ func (r *iptRules) retrier() *retrier { return r.rt }
 
 func (r *iptRules) describe(e entry) string { return entryRule(e).String() }
 
+// close: iptables runs a program per call, nothing stays open.
+func (r *iptRules) close() {}
+
 // entryRule is the grant rule of e.
 func entryRule(e entry) rule {
 	return rule{kind: kindGrant, src: e.src, port: e.port, seq: e.seq, until: e.until}
@@ -438,10 +441,10 @@ func (r *iptRules) inspect(ctx context.Context, wantEntries, doomedEntries []ent
 // rule that is the same; since the kept tail is last and the first copy of a
 // grant rule is as good as any other, that is always a right one. Only a
 // second marker is deleted by its number, the first one staying on top.
-func (r *iptRules) reconcile(ctx context.Context, wantEntries []entry, t tail) ([]entry, error) {
+func (r *iptRules) reconcile(ctx context.Context, wantEntries []entry, t tail) (lost, used []entry, err error) {
 	have, err := r.listRules(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	want := make([]rule, len(wantEntries))
 	wanted := map[rule]bool{}
@@ -452,7 +455,7 @@ func (r *iptRules) reconcile(ctx context.Context, wantEntries []entry, t tail) (
 	have, missing := splitMarker(have, r.marker, func(ru rule) bool { return wanted[ru] })
 	if missing {
 		if err := r.insertPos(ctx, 1, r.marker); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		r.log.Info("ownership marker restored", keyFamily, r.fam, keyChain, r.chain)
 	}
@@ -465,7 +468,7 @@ func (r *iptRules) reconcile(ctx context.Context, wantEntries []entry, t tail) (
 		} else {
 			for _, ru := range tail {
 				if err := r.append(ctx, ru); err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 			}
 			r.log.Info("protect rules appended", keyFamily, r.fam, keyCount, n)
@@ -505,7 +508,6 @@ func (r *iptRules) reconcile(ctx context.Context, wantEntries []entry, t tail) (
 
 	// Restore what is missing, in reverse so that the chain lists the
 	// grants in order.
-	var lost []entry
 	for i := len(want) - 1; i >= 0; i-- {
 		ru := want[i]
 		if kept[ru] {
@@ -518,7 +520,7 @@ func (r *iptRules) reconcile(ctx context.Context, wantEntries []entry, t tail) (
 		}
 		r.log.Info("grant rule restored", keyFamily, r.fam, keyRule, ru.String())
 	}
-	return lost, errors.Join(errs...)
+	return lost, nil, errors.Join(errs...)
 }
 
 // splitMarker finds the ownership marker that is to stay on top: the first

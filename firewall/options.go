@@ -19,6 +19,10 @@ type Sequence struct {
 	Name   string
 	Ports  []Port
 	Window time.Duration
+	// CloseOnConnect: the first new connection from the granted address
+	// to a port ends that port's grant, in the kernel's packet path
+	// (nftables only). A grant to a network is not closed on connect.
+	CloseOnConnect bool
 }
 
 // OptionError is a problem with one option. Option is the configuration key
@@ -60,38 +64,19 @@ var (
 func CheckOptions(o Options) error {
 	var errs []error
 	switch o.Backend {
-	case "", backendIPTables, backendDryRun:
+	case "", backendIPTables, backendNFTables, backendDryRun:
 	default:
-		errs = append(errs, optErr("backend", "unknown backend %q: want %s or %s", o.Backend, backendIPTables, backendDryRun))
+		errs = append(errs, optErr("backend", "unknown backend %q: want %s, %s or %s", o.Backend, backendIPTables, backendNFTables, backendDryRun))
 	}
-	chain, hook := cmp.Or(o.Chain, defaultChain), cmp.Or(o.Hook, defaultHook)
-	chainOK := true
-	switch upper := strings.ToUpper(chain); {
-	case !nameRe.MatchString(chain):
-		chainOK = false
-		errs = append(errs, optErr("chain", "%q is not a chain name iptables accepts: want 1 to 28 characters of A-Z a-z 0-9 _ . -, the first a letter or digit", chain))
-	case slices.Contains(builtin, upper):
-		chainOK = false
-		errs = append(errs, optErr("chain", "%q is a built-in chain; webknock needs a chain of its own, such as %s", chain, defaultChain))
-	case slices.Contains(targets, upper):
-		chainOK = false
-		errs = append(errs, optErr("chain", "%q is the name of a target; choose another, such as %s", chain, defaultChain))
+	for _, s := range o.Sequences {
+		if s.CloseOnConnect && o.Backend != backendNFTables {
+			errs = append(errs, optErr("sequences", "sequence %q: close_on_connect needs firewall.backend %s: the first connection ends the grant in the kernel's packet path, by deleting a set element; an iptables rule cannot delete itself", s.Name, backendNFTables))
+		}
 	}
-	switch upper := strings.ToUpper(hook); {
-	case !nameRe.MatchString(hook):
-		errs = append(errs, optErr("hook", "%q is not a chain name iptables accepts: want 1 to 28 characters of A-Z a-z 0-9 _ . -, the first a letter or digit", hook))
-	case slices.Contains(builtin, upper) && hook != upper:
-		// iptables names are case-sensitive: "input" would be a user chain
-		// that nothing jumps to.
-		errs = append(errs, optErr("hook", "%q names no chain of table filter; did you mean %s?", hook, upper))
-	case hook == "PREROUTING" || hook == "POSTROUTING":
-		errs = append(errs, optErr("hook", "%s is not a chain of table filter; want INPUT, FORWARD or a user chain such as DOCKER-USER", hook))
-	case hook == "OUTPUT":
-		errs = append(errs, optErr("hook", "OUTPUT sees only what this host sends; want INPUT, FORWARD or a user chain such as DOCKER-USER"))
-	case slices.Contains(targets, upper):
-		errs = append(errs, optErr("hook", "%q is the name of a target, not a chain", hook))
-	case chainOK && hook == chain:
-		errs = append(errs, optErr("chain", "chain and hook are both %q: the hook is the chain that jumps to webknock's own", chain))
+	if o.Backend == backendNFTables {
+		errs = append(errs, checkNFTNames(o)...)
+	} else {
+		errs = append(errs, checkIPTNames(o)...)
 	}
 	for _, n := range o.AlwaysAllow {
 		if !n.IsValid() {
@@ -130,10 +115,83 @@ func CheckOptions(o Options) error {
 	return errors.Join(errs...)
 }
 
+// where names our rules for the log: the chain (iptables) or the table
+// (nftables).
+func (o *Options) where() (key, name string) {
+	if o.Backend == backendNFTables {
+		return keyTable, "inet " + o.Table
+	}
+	return keyChain, o.Chain
+}
+
+// tableRe is what webknock accepts as an nftables table name.
+var tableRe = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,31}$`)
+
+// checkNFTNames checks the table and the hook of the nftables backend.
+func checkNFTNames(o Options) []error {
+	var errs []error
+	if t := cmp.Or(o.Table, defaultTable); !tableRe.MatchString(t) {
+		errs = append(errs, optErr("table", "%q is not a table name webknock accepts: want 1 to 32 characters of A-Z a-z 0-9 _ -, the first a letter", t))
+	}
+	switch h := strings.ToLower(cmp.Or(o.Hook, nftHookInput)); h {
+	case nftHookInput, nftHookForward:
+	default:
+		hint := ""
+		if o.Hook == "DOCKER-USER" {
+			hint = "; for Docker's containers, forward"
+		}
+		errs = append(errs, optErr("hook", "%q is not an nftables hook webknock uses: want input or forward%s", o.Hook, hint))
+	}
+	return errs
+}
+
+// checkIPTNames checks the chain and the hook of the iptables backend
+// (and of dry-run, which mimics it).
+func checkIPTNames(o Options) []error {
+	var errs []error
+	chain, hook := cmp.Or(o.Chain, defaultChain), cmp.Or(o.Hook, defaultHook)
+	chainOK := true
+	switch upper := strings.ToUpper(chain); {
+	case !nameRe.MatchString(chain):
+		chainOK = false
+		errs = append(errs, optErr("chain", "%q is not a chain name iptables accepts: want 1 to 28 characters of A-Z a-z 0-9 _ . -, the first a letter or digit", chain))
+	case slices.Contains(builtin, upper):
+		chainOK = false
+		errs = append(errs, optErr("chain", "%q is a built-in chain; webknock needs a chain of its own, such as %s", chain, defaultChain))
+	case slices.Contains(targets, upper):
+		chainOK = false
+		errs = append(errs, optErr("chain", "%q is the name of a target; choose another, such as %s", chain, defaultChain))
+	}
+	switch upper := strings.ToUpper(hook); {
+	case !nameRe.MatchString(hook):
+		errs = append(errs, optErr("hook", "%q is not a chain name iptables accepts: want 1 to 28 characters of A-Z a-z 0-9 _ . -, the first a letter or digit", hook))
+	case slices.Contains(builtin, upper) && hook != upper:
+		// iptables names are case-sensitive: "input" would be a user chain
+		// that nothing jumps to.
+		errs = append(errs, optErr("hook", "%q names no chain of table filter; did you mean %s?", hook, upper))
+	case hook == "PREROUTING" || hook == "POSTROUTING":
+		errs = append(errs, optErr("hook", "%s is not a chain of table filter; want INPUT, FORWARD or a user chain such as DOCKER-USER", hook))
+	case hook == "OUTPUT":
+		errs = append(errs, optErr("hook", "OUTPUT sees only what this host sends; want INPUT, FORWARD or a user chain such as DOCKER-USER"))
+	case slices.Contains(targets, upper):
+		errs = append(errs, optErr("hook", "%q is the name of a target, not a chain", hook))
+	case chainOK && hook == chain:
+		errs = append(errs, optErr("chain", "chain and hook are both %q: the hook is the chain that jumps to webknock's own", chain))
+	}
+	return errs
+}
+
 // Defaults of Options.
 const (
-	defaultChain         = "WEBKNOCK"
-	defaultHook          = "INPUT"
+	defaultChain   = "WEBKNOCK"
+	defaultHook    = "INPUT"
+	defaultTable   = "webknock"
+	nftHookInput   = "input"
+	nftHookForward = "forward"
+	// nftCheckInterval is the nftables backend's slow listing: the
+	// netlink monitor tells of changes at once; the listing catches what
+	// it cannot see (elements used by a connection).
+	nftCheckInterval     = 30 * time.Second
 	defaultLockWait      = 5 * time.Second
 	defaultCheckInterval = 3 * time.Second
 	defaultMaxGrants     = 1 << 16
@@ -146,6 +204,13 @@ func (o Options) normalize() (Options, error) {
 	}
 	o.Backend = cmp.Or(o.Backend, backendIPTables)
 	o.Chain = cmp.Or(o.Chain, defaultChain)
+	o.Table = cmp.Or(o.Table, defaultTable)
+	if o.Backend == backendNFTables {
+		o.Hook = strings.ToLower(cmp.Or(o.Hook, nftHookInput))
+		if o.CheckInterval <= 0 {
+			o.CheckInterval = nftCheckInterval
+		}
+	}
 	o.Hook = cmp.Or(o.Hook, defaultHook)
 	o.Ports = uniquePorts(o.Ports)
 	var allow []netip.Prefix
@@ -162,7 +227,7 @@ func (o Options) normalize() (Options, error) {
 	if o.Sequences != nil {
 		seqs := make([]Sequence, len(o.Sequences))
 		for i, s := range o.Sequences {
-			seqs[i] = Sequence{Name: s.Name, Ports: uniquePorts(s.Ports), Window: s.Window}
+			seqs[i] = Sequence{Name: s.Name, Ports: uniquePorts(s.Ports), Window: s.Window, CloseOnConnect: s.CloseOnConnect}
 		}
 		o.Sequences = seqs
 	}
@@ -214,6 +279,12 @@ func newPolicy(ss []Sequence) policy {
 		p.longest = max(p.longest, s.Window)
 	}
 	return p
+}
+
+// door tells whether g's entries close on the first connection: its
+// sequence says so, and it opens to one address.
+func (p policy) door(g Grant) bool {
+	return p.seqs[g.Sequence].CloseOnConnect && g.Bits == 0
 }
 
 // verdict is what the policy makes of a grant.

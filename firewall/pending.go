@@ -65,9 +65,8 @@ func (w *worker) demote(ctx context.Context, k grantKey, err error) {
 		return
 	}
 	// Its place in the table passes to the pending grant.
-	delete(w.grants, k)
-	w.changed = true
-	for _, e := range entriesOf(g) {
+	w.unsetGrant(k)
+	for _, e := range w.entries(g) {
 		w.del(ctx, e)
 	}
 	if p, ok := w.pending[k]; ok && p.g.Until.After(g.Until) {

@@ -192,7 +192,7 @@ func TestLoadedPolicy(t *testing.T) {
 			for _, g := range loaded {
 				fam := familyOf(g.IP)
 				var specs []string
-				for _, e := range entriesOf(g) {
+				for _, e := range entriesOf(g, false) {
 					specs = append(specs, entryRule(e).String())
 				}
 				e.plant(fam, "WEBKNOCK", specs...)

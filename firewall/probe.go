@@ -34,7 +34,12 @@ func Probe(ctx context.Context, o Options) error {
 		return err
 	}
 	f := newFirewall(o, rss)
-	defer f.quit()
+	defer func() {
+		f.quit()
+		for _, w := range f.workers() {
+			w.rs.close()
+		}
+	}()
 	return f.probeTables(ctx)
 }
 
@@ -65,6 +70,9 @@ func probeState(o *Options, warn bool) error {
 // strict, a host with IPv6 whose ip6tables does not work is refused when
 // Protect is on (see newIPTables).
 func (o *Options) rulesets(ctx context.Context, strict bool) ([2]ruleset, error) {
+	if o.Backend == backendNFTables {
+		return newNFTRulesets(ctx, o, hostHasIPv6())
+	}
 	tabs, err := o.tables(ctx, strict)
 	if err != nil {
 		return [2]ruleset{}, err
@@ -84,6 +92,33 @@ func (o *Options) tables(ctx context.Context, strict bool) ([2]tables, error) {
 		tabs[ipv6] = newMemTables(ipv6, o.Logger, o.Hook)
 	}
 	return tabs, nil
+}
+
+// newNFTRulesets returns the nftables backend's rulesets, once nftables
+// answers. One table of family inet serves both: IPv6 works whenever IPv4
+// does, so it is left out only knowingly (IPv6Off) or on a kernel without
+// IPv6.
+func newNFTRulesets(ctx context.Context, o *Options, hasIPv6 bool) ([2]ruleset, error) {
+	var rss [2]ruleset
+	if err := nftUsable(ctx, o); err != nil {
+		return rss, err
+	}
+	for _, fam := range families {
+		switch {
+		case fam == ipv6 && o.IPv6Off:
+			o.Logger.Warn(msgIPv6Off)
+			continue
+		case fam == ipv6 && !hasIPv6:
+			o.Logger.Info("the kernel has IPv6 disabled; only IPv4 is managed")
+			continue
+		}
+		rs, err := newNFTRules(fam, o)
+		if err != nil {
+			return rss, err
+		}
+		rss[fam] = rs
+	}
+	return rss, nil
 }
 
 const msgIPv6Off = "IPv6 is not managed (firewall.ipv6: false): IPv6 clients cannot be granted, and protect does not guard IPv6"
@@ -154,9 +189,13 @@ func (f *Firewall) start(ctx context.Context) error {
 		w.checked = now
 		w.commit()
 	}
-	f.log.Info("firewall ready", keyChain, f.o.Chain, keyHook, f.o.Hook, keyCount, f.count.Load(),
+	k, v := f.o.where()
+	f.log.Info("firewall ready", k, v, keyHook, f.o.Hook, keyCount, f.count.Load(),
 		keyBackend, f.o.Backend, keyProtect, f.o.Protect)
 	for _, w := range ws {
+		if wa, ok := w.rs.(watcher); ok {
+			w.hints = wa.watch(f.stop)
+		}
 		go w.run(f.clock.After(f.o.CheckInterval))
 	}
 	return nil
@@ -238,7 +277,7 @@ func (f *Firewall) admit(doc stateDoc) []ending {
 			f.count.Add(1)
 		}
 		if !had || g.Until.After(old.Until) {
-			w.grants[k] = g
+			w.setGrant(k, g)
 		}
 	}
 	if n := f.count.Load(); n > int64(f.o.MaxGrants) {

@@ -12,11 +12,9 @@ import (
 func (w *worker) reconcile(ctx context.Context) error {
 	now := w.f.clock.Now()
 	var gone []Grant
-	for _, g := range sortedGrants(w.grants) {
-		if !g.Until.After(now) {
-			w.dropGrant(keyOf(g))
-			gone = append(gone, g)
-		}
+	for _, g := range w.endedBy(now) {
+		w.dropGrant(keyOf(g))
+		gone = append(gone, g)
 	}
 	err := w.reconcileRules(ctx)
 	w.unsynced = err != nil
@@ -32,27 +30,38 @@ func (w *worker) reconcileRules(ctx context.Context) error {
 	var want []entry
 	wanted := map[entry]grantKey{}
 	for _, g := range sortedGrants(w.grants) {
-		for _, e := range entriesOf(g) {
+		for _, e := range w.entries(g) {
 			want = append(want, e)
 			wanted[e] = keyOf(g)
 		}
 	}
-	lost, err := w.rs.reconcile(ctx, want, w.cur)
-	demoted := map[grantKey]bool{}
+	lost, used, err := w.rs.reconcile(ctx, want, w.cur)
+	done := map[grantKey]bool{}
+	for _, e := range used {
+		if k := wanted[e]; !done[k] {
+			done[k] = true
+			_ = w.remove(ctx, k, ReasonUsed)
+		}
+	}
 	for _, e := range lost {
-		if k := wanted[e]; !demoted[k] {
-			demoted[k] = true
+		if k := wanted[e]; !done[k] {
+			done[k] = true
 			w.demote(ctx, k, err)
 		}
 	}
 	return err
 }
 
+// entries are the entries of g under the family's policy.
+func (w *worker) entries(g Grant) []entry {
+	return entriesOf(g, w.pol.door(g))
+}
+
 // wantedEntries are the entries of the held grants.
 func (w *worker) wantedEntries() []entry {
 	var es []entry
 	for _, g := range w.grants {
-		es = append(es, entriesOf(g)...)
+		es = append(es, w.entries(g)...)
 	}
 	return es
 }

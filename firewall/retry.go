@@ -38,12 +38,12 @@ const (
 )
 
 var (
-	errTimeout   = errors.New("iptables did not answer in time; killed")
-	errStuck     = errors.New("too many killed iptables calls have not exited")
-	errSuspended = errors.New("iptables calls suspended: the last ones hung")
+	errTimeout   = errors.New("the firewall call did not answer in time; killed")
+	errStuck     = errors.New("too many killed firewall calls have not exited")
+	errSuspended = errors.New("firewall calls suspended: the last ones hung")
 )
 
-// retrier runs iptables calls: each under a deadline, retried with
+// retrier runs a ruleset's calls (iptables runs, netlink requests): each under a deadline, retried with
 // backoff, counted.
 type retrier struct {
 	clock    Clock
@@ -52,7 +52,7 @@ type retrier struct {
 	timeout  time.Duration   // an attempt that takes longer is abandoned
 	maxStuck int             // 0: maxStuck
 	stop     <-chan struct{} // nil: never
-	cmd      string          // iptables or ip6tables, for the log
+	cmd      string          // iptables, ip6tables or nftables, for the log
 	exited   func()          // for the tests: called when an abandoned call returns
 
 	failures atomic.Uint64 // attempts that failed, timeouts and refusals included
@@ -98,10 +98,10 @@ func (rt *retrier) do(ctx context.Context, op string, fn func(ctx context.Contex
 		rt.mu.Unlock()
 		if errors.Is(err, errStuck) || errors.Is(err, errSuspended) {
 			// Not run: said once, when it began, and by the caller.
-			rt.log.Debug("iptables call refused", keyOp, op, keyErr, err)
+			rt.log.Debug(cmp.Or(rt.cmd, "iptables")+" call refused", keyOp, op, keyErr, err)
 			return err
 		}
-		rt.log.Warn("iptables call failed", keyOp, op, keyAttempt, attempt, keyErr, err)
+		rt.log.Warn(cmp.Or(rt.cmd, "iptables")+" call failed", keyOp, op, keyAttempt, attempt, keyErr, err)
 		if attempt > len(rt.delays) {
 			return err
 		}

@@ -46,14 +46,35 @@ type ruleset interface {
 	inspect(ctx context.Context, want, doomed []entry, t tail) (drift, error)
 	// reconcile makes the kernel hold the marker, exactly the entries
 	// wanted, once each, and the tail, and nothing else. It returns the
-	// wanted entries it could not restore.
-	reconcile(ctx context.Context, want []entry, t tail) (lost []entry, err error)
+	// wanted entries it could not restore, and the door entries that are
+	// gone because a connection used them (not restored: their grants
+	// have ended).
+	reconcile(ctx context.Context, want []entry, t tail) (lost, used []entry, err error)
 	// owned refuses a chain or table of our name that is not ours; an
 	// absent one is fine.
 	owned(ctx context.Context) error
 	// flush removes the hook to our rules and our chain or table.
 	flush(ctx context.Context) error
+	// close lets go of what the ruleset holds open (a netlink socket).
+	close()
 }
+
+// watcher is a ruleset that tells at once of changes others make to our
+// rules (the nftables monitor): each hint says by whom, as far as the
+// kernel tells. The channel closes when stop does.
+type watcher interface {
+	watch(stop <-chan struct{}) <-chan string
+}
+
+// doorPoller is a ruleset whose door entries connections use up in the
+// packet path, which tells no one: usedDoors lists them cheaply, so that
+// the worker ends the used grants within doorPoll.
+type doorPoller interface {
+	usedDoors(ctx context.Context, want []entry) (int, error)
+}
+
+// doorPoll is how often the door entries are listed while there are any.
+const doorPoll = time.Second
 
 // entry is one port of one grant as the kernel holds it: a rule in our
 // chain (iptables) or an element of our set (nftables). It is comparable.
@@ -62,13 +83,17 @@ type entry struct {
 	port  Port
 	seq   string
 	until int64 // unix seconds
+	// door: the first new connection it lets in ends it, in the packet
+	// path (close_on_connect; nftables only).
+	door bool
 }
 
-// entriesOf are the entries of g: one per port, in the order of its ports.
-func entriesOf(g Grant) []entry {
+// entriesOf are the entries of g: one per port, in the order of its ports;
+// door entries when its sequence closes on connect.
+func entriesOf(g Grant, door bool) []entry {
 	es := make([]entry, len(g.Ports))
 	for i, p := range g.Ports {
-		es[i] = entry{src: g.Source(), port: p, seq: g.Sequence, until: g.Until.Unix()}
+		es[i] = entry{src: g.Source(), port: p, seq: g.Sequence, until: g.Until.Unix(), door: door}
 	}
 	return es
 }

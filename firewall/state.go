@@ -133,20 +133,35 @@ func removeState(path string) error {
 
 // store is the state both families share: what each holds, merged into one
 // state file that one place writes, and the views that Grants and Health
-// read. Each family's worker publishes to it after every change.
+// read. Each family's worker publishes to it after every change: the
+// grants it changed, not all of them, so that a change costs the same
+// with ten grants or a hundred thousand.
+//
+// The state file is written at most once per gap: a burst of grants is one
+// write, not one per grant. A change not yet written is written when the
+// gap has passed, and at Close; should webknock die before, the rules'
+// comments (iptables) or the elements' (nftables) still hold the grants.
 type store struct {
 	path string // "": no state file
 	log  *slog.Logger
+	gap  time.Duration // the least time between two writes; 0: none
 
-	mu    sync.Mutex
-	fams  [2]famView
-	dirty bool  // the state file is behind
-	err   error // the last write's failure
+	mu     sync.Mutex
+	fams   [2]famView
+	dirty  bool  // the state file is behind
+	err    error // the last write's failure
+	last   time.Time
+	timer  *time.Timer // a write put off until the gap has passed
+	closed bool
+	wrote  func() // for the tests: called after each write, with mu held
 }
+
+// stateGap is the least time between two writes of the state file.
+const stateGap = 200 * time.Millisecond
 
 // famView is what one family's worker publishes.
 type famView struct {
-	grants  []Grant // sorted
+	grants  map[grantKey]Grant
 	pending []Grant
 	revoked []revoked
 	health  famHealth
@@ -154,30 +169,58 @@ type famView struct {
 
 // famHealth is one family's part of Health.
 type famHealth struct {
-	doomed   int       // rules whose delete is retried
+	doomed   int       // entries whose delete is retried
 	pending  int       // grants whose insert is retried
 	unsynced bool      // the last reconcile failed
 	checkErr error     // the last integrity check failed
 	checked  time.Time // the last integrity check passed
 }
 
-// publish replaces fam's view; when changed, the state file is written
-// with both families' grants. A failed write is logged and retried at the
-// next publish of either family.
-func (s *store) publish(fam family, v famView, changed bool) {
+// publish takes fam's grants of the keys touched from grants, and the
+// rest of its view; when changed, the state file is written with both
+// families' grants, now or once the gap has passed. A failed write is
+// logged and retried at the next change of either family.
+func (s *store) publish(fam family, grants map[grantKey]Grant, touched map[grantKey]struct{}, pending []Grant, rev []revoked, h famHealth, changed bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.fams[fam] = v
+	v := &s.fams[fam]
+	if v.grants == nil {
+		v.grants = make(map[grantKey]Grant, len(grants))
+	}
+	for k := range touched {
+		if g, ok := grants[k]; ok {
+			v.grants[k] = g
+		} else {
+			delete(v.grants, k)
+		}
+	}
+	v.pending, v.revoked, v.health = pending, rev, h
 	if changed && s.path != "" {
 		s.dirty = true
 	}
-	if s.dirty {
-		s.writeLocked()
+	if !s.dirty || s.closed || s.timer != nil {
+		return
 	}
+	if wait := s.gap - time.Since(s.last); wait > 0 {
+		s.timer = time.AfterFunc(wait, func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.timer = nil
+			if s.dirty && !s.closed {
+				s.writeLocked()
+			}
+		})
+		return
+	}
+	s.writeLocked()
 }
 
 func (s *store) writeLocked() {
 	err := writeState(s.path, s.docLocked())
+	s.last = time.Now()
+	if s.wrote != nil {
+		s.wrote()
+	}
 	switch {
 	case err == nil:
 		s.dirty, s.err = false, nil
@@ -189,20 +232,28 @@ func (s *store) writeLocked() {
 	}
 }
 
-// flush writes the state file if it is behind.
+// flush writes the state file if it is behind, and writes no more: the
+// firewall is closed.
 func (s *store) flush() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
 	if s.dirty {
 		s.writeLocked()
 	}
+	s.closed = true
 	return s.err
 }
 
 func (s *store) docLocked() stateDoc {
 	var doc stateDoc
 	for _, v := range s.fams {
-		doc.Grants = append(doc.Grants, v.grants...)
+		for _, g := range v.grants {
+			doc.Grants = append(doc.Grants, g)
+		}
 		doc.Pending = append(doc.Pending, v.pending...)
 		doc.Revoked = append(doc.Revoked, v.revoked...)
 	}
@@ -218,18 +269,15 @@ func (s *store) docLocked() stateDoc {
 // the ports are the caller's.
 func (s *store) grants() []Grant {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []Grant
+	out := make([]Grant, 0, len(s.fams[ipv4].grants)+len(s.fams[ipv6].grants))
 	for _, v := range s.fams {
 		for _, g := range v.grants {
 			g.Ports = slices.Clone(g.Ports)
 			out = append(out, g)
 		}
 	}
+	s.mu.Unlock()
 	sortGrants(out)
-	if out == nil {
-		out = []Grant{}
-	}
 	return out
 }
 

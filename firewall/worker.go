@@ -29,11 +29,17 @@ type worker struct {
 	log  *slog.Logger
 	reqs chan request
 	done chan struct{}
+	// hints tell of changes others made to our rules (the nftables
+	// monitor), and by whom; nil: none come, the periodic check finds them.
+	hints <-chan string
 
 	// Owned by the worker goroutine (and by start before it runs).
 	cur      tail
 	pol      policy
 	grants   map[grantKey]Grant
+	ends     ends                  // grants by their end
+	touched  map[grantKey]struct{} // grants changed since the last commit
+	doors    map[grantKey]struct{} // held grants whose entries are doors
 	pending  map[grantKey]*pendingGrant
 	revoked  map[netip.Prefix]time.Time // wall-clock time of the last revoke of a source
 	revList  []revoked                  // revoked as published; nil when it changed
@@ -42,6 +48,8 @@ type worker struct {
 	unsynced bool      // the last reconcile failed
 	checkErr error     // the last integrity check failed
 	checked  time.Time // the last integrity check passed
+	// changedBy says who changed our rules, when a hint said so.
+	changedBy string
 }
 
 type request struct {
@@ -80,12 +88,23 @@ func (w *worker) do(ctx context.Context, fn func(context.Context) error) error {
 func (w *worker) run(check <-chan time.Time) {
 	defer close(w.done)
 	f := w.f
+	poller, _ := w.rs.(doorPoller)
+	var doorTick <-chan time.Time
 	for {
 		var wake <-chan time.Time
 		if at, ok := w.nextWake(); ok {
 			wake = f.clock.After(at.Sub(f.clock.Now()))
 		}
+		if poller != nil && len(w.doors) > 0 && doorTick == nil {
+			doorTick = f.clock.After(doorPoll)
+		}
 		select {
+		case <-doorTick:
+			doorTick = nil
+			w.begin()
+			w.pollDoors(f.ctx, poller)
+			w.commit()
+			w.end()
 		case <-f.stop:
 			return
 		case r := <-w.reqs:
@@ -104,6 +123,17 @@ func (w *worker) run(check <-chan time.Time) {
 			w.tick(f.ctx)
 			w.commit()
 			w.end()
+		case by, ok := <-w.hints:
+			if !ok {
+				w.hints = nil
+				continue
+			}
+			w.begin()
+			w.changedBy = by
+			w.check(f.ctx)
+			w.changedBy = ""
+			w.commit()
+			w.end()
 		case <-check:
 			w.begin()
 			// What a check costs is real time spent in iptables, whatever
@@ -116,6 +146,19 @@ func (w *worker) run(check <-chan time.Time) {
 			w.commit()
 			w.end()
 		}
+	}
+}
+
+// pollDoors ends the grants whose door entries connections used: found
+// by listing the doors, ended by the check (which lists everything).
+func (w *worker) pollDoors(ctx context.Context, p doorPoller) {
+	var want []entry
+	for k := range w.doors {
+		want = append(want, w.entries(w.grants[k])...)
+	}
+	n, err := p.usedDoors(ctx, want)
+	if err != nil || n > 0 {
+		w.check(ctx)
 	}
 }
 
@@ -154,7 +197,7 @@ func (w *worker) nextWake() (time.Time, bool) {
 			at = t
 		}
 	}
-	for _, g := range w.grants {
+	if g, ok := w.firstEnd(); ok {
 		earlier(g.Until)
 	}
 	now := w.f.clock.Now()
@@ -188,11 +231,10 @@ func (w *worker) commit() {
 		pending = append(pending, p.g)
 	}
 	sortGrants(pending)
-	w.f.st.publish(w.fam, famView{
-		grants: sortedGrants(w.grants), pending: pending, revoked: w.revList,
-		health: famHealth{doomed: len(w.doomed), pending: len(w.pending),
-			unsynced: w.unsynced, checkErr: w.checkErr, checked: w.checked},
-	}, w.changed)
+	w.f.st.publish(w.fam, w.grants, w.touched, pending, w.revList,
+		famHealth{doomed: len(w.doomed), pending: len(w.pending),
+			unsynced: w.unsynced, checkErr: w.checkErr, checked: w.checked}, w.changed)
+	clear(w.touched)
 	w.changed = false
 }
 
@@ -211,8 +253,7 @@ func (w *worker) dropGrant(k grantKey) {
 	if _, ok := w.grants[k]; !ok {
 		return
 	}
-	delete(w.grants, k)
-	w.changed = true
+	w.unsetGrant(k)
 	if _, ok := w.pending[k]; !ok {
 		w.f.count.Add(-1)
 	}
@@ -292,7 +333,7 @@ func (w *worker) grant(ctx context.Context, g Grant) (Grant, error) {
 // entries of the grant it replaces are deleted after, so that there is no
 // gap. A chain found missing or emptied is repaired first.
 func (w *worker) apply(ctx context.Context, g Grant) error {
-	es := entriesOf(g)
+	es := w.entries(g)
 	err := w.add(ctx, es)
 	if errors.Is(err, errNoChain) || errors.Is(err, errEmptyChain) {
 		// Our chain went away or was flushed behind our back: repair,
@@ -307,13 +348,12 @@ func (w *worker) apply(ctx context.Context, g Grant) error {
 	w.undoom(es)
 	k := keyOf(g)
 	old, had := w.grants[k]
-	w.grants[k] = g
-	w.changed = true
+	w.setGrant(k, g)
 	if !had {
 		w.log.Debug("grant applied", grantAttrs(g)...)
 		return nil
 	}
-	for _, e := range entriesOf(old) {
+	for _, e := range w.entries(old) {
 		if !slices.Contains(es, e) {
 			w.del(ctx, e)
 		}
@@ -449,7 +489,7 @@ func (w *worker) remove(ctx context.Context, k grantKey, reason string) error {
 	g := w.grants[k]
 	w.dropGrant(k)
 	var errs []error
-	for _, e := range entriesOf(g) {
+	for _, e := range w.entries(g) {
 		if err := w.del(ctx, e); err != nil {
 			errs = append(errs, err)
 		}
@@ -480,11 +520,9 @@ func (w *worker) ended(g Grant, reason string) {
 
 // expire removes the grants, held or pending, whose until is not after now.
 func (w *worker) expire(ctx context.Context, now time.Time) {
-	for _, g := range sortedGrants(w.grants) {
-		if !g.Until.After(now) {
-			// A failure is logged and retried by remove.
-			_ = w.remove(ctx, keyOf(g), ReasonExpired)
-		}
+	for _, g := range w.endedBy(now) {
+		// A failure is logged and retried by remove.
+		_ = w.remove(ctx, keyOf(g), ReasonExpired)
 	}
 	for _, p := range w.pendingSorted() {
 		if !p.g.Until.After(now) {
@@ -519,6 +557,12 @@ func (w *worker) setTail(ctx context.Context, next tail) error {
 // plus its sequence's window is cut to it.
 func (w *worker) applyPolicy(ctx context.Context, pol policy) {
 	w.pol = pol
+	clear(w.doors)
+	for k, g := range w.grants {
+		if pol.door(g) {
+			w.doors[k] = struct{}{}
+		}
+	}
 	now := w.f.clock.Now()
 	for _, g := range sortedGrants(w.grants) {
 		k := keyOf(g)
@@ -539,11 +583,10 @@ func (w *worker) applyPolicy(ctx context.Context, pol policy) {
 			}
 			w.log.Info("grant cut to the sequence's shortened window", grantAttrs(v.g)...)
 		case len(v.dropped) > 0:
-			for _, e := range entriesOf(Grant{IP: g.IP, Bits: g.Bits, Sequence: g.Sequence, Ports: v.dropped, Until: g.Until}) {
+			for _, e := range w.entries(Grant{IP: g.IP, Bits: g.Bits, Sequence: g.Sequence, Ports: v.dropped, Until: g.Until}) {
 				w.del(ctx, e)
 			}
-			w.grants[k] = v.g
-			w.changed = true
+			w.setGrant(k, v.g)
 			w.log.Info("ports closed: no longer the sequence's", append(grantAttrs(v.g), keyFixed, v.dropped)...)
 		}
 	}

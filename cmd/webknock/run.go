@@ -190,7 +190,7 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, hup <-c
 		}
 	}()
 	logger.Info("webknock running", "logs", cfg.Log.Paths, "sequences", len(cfg.Sequences),
-		"backend", cfg.Firewall.Backend, "chain", cfg.Firewall.Chain)
+		"backend", cfg.Firewall.Backend, "chain", cfg.Firewall.Chain, "table", cfg.Firewall.Table)
 	for {
 		select {
 		case <-ctx.Done():
@@ -335,10 +335,10 @@ func firewallOptions(cfg *config.Config, logger *slog.Logger) firewall.Options {
 				ports = append(ports, p)
 			}
 		}
-		seqs = append(seqs, firewall.Sequence{Name: s.Name, Ports: sp, Window: s.Window})
+		seqs = append(seqs, firewall.Sequence{Name: s.Name, Ports: sp, Window: s.Window, CloseOnConnect: s.CloseOnConnect})
 	}
 	return firewall.Options{
-		Backend: cfg.Firewall.Backend, Chain: cfg.Firewall.Chain, Hook: cfg.Firewall.Hook,
+		Backend: cfg.Firewall.Backend, Chain: cfg.Firewall.Chain, Table: cfg.Firewall.Table, Hook: cfg.Firewall.Hook,
 		Protect: cfg.Firewall.Protect, AlwaysAllow: cfg.Firewall.AlwaysAllow, Ports: ports,
 		IPv6Off: !cfg.Firewall.IPv6, Sequences: seqs,
 		StateDir: cfg.StateDir, Logger: logger,
