@@ -603,12 +603,17 @@ type otherOwnerError struct {
 }
 
 func (e *otherOwnerError) Error() string {
-	who := "a webknock without a state_dir"
-	if e.owner != "" {
-		who = "the webknock with state_dir " + e.owner
-	}
 	return fmt.Sprintf("chain %s in table %s (%s) belongs to %s; stop that one and run webknock flush with its configuration, or choose another firewall.chain",
-		e.chain, table, e.fam, who)
+		e.chain, table, e.fam, ownerOf(e.owner))
+}
+
+// ownerOf names the webknock whose ownership marker names the state
+// directory dir ("" for none).
+func ownerOf(dir string) string {
+	if dir == "" {
+		return "a webknock without a state_dir"
+	}
+	return "the webknock with state_dir " + dir
 }
 
 // foreignChainError refuses a chain of another program's (fail2ban's

@@ -136,6 +136,13 @@ func brokenCases() []brokenCase {
 		}
 	}
 	return []brokenCase{
+		{name: "close on connect with iptables", edit: map[string]string{"    ports:": "    ports: [22/tcp]\n    close_on_connect: true"},
+			want: "close_on_connect needs firewall.backend nftables"},
+		{name: "close on connect with a network", edit: map[string]string{"  backend:": "  backend: nftables",
+			"    ports:": "    ports: [22/tcp]\n    close_on_connect: true\n    grant_prefix: {ipv4: 24}"}, want: "sequences[0].close_on_connect:"},
+		{name: "nftables hook DOCKER-USER", edit: map[string]string{"  backend:": "  backend: nftables", "  hook:": "  hook: DOCKER-USER"},
+			want: "firewall.hook: \"DOCKER-USER\" is not an nftables hook webknock uses: want input or forward; for Docker's containers, forward"},
+		{name: "nftables table name", edit: map[string]string{"  backend:": "  backend: nftables", "  chain:": "  table: 9wk"}, want: "firewall.table:"},
 		{name: "chain starting with a dash", edit: map[string]string{"  chain:": `  chain: "-WK"`}, want: "firewall.chain:"},
 		{name: "chain built in", edit: map[string]string{"  chain:": "  chain: INPUT"}, want: "firewall.chain:"},
 		{name: "chain is the hook", edit: map[string]string{"  chain:": "  chain: DOCKER-USER", "  hook:": "  hook: DOCKER-USER"}, want: "firewall.chain:"},

@@ -281,10 +281,7 @@ func TestE2EFirewalld(t *testing.T) {
 	unchanged("after firewalld started and the recipe's reload")
 
 	e.assertOpen()
-	e.knock(cliV4[0], fullKnock...)
-	d.wait(t, "grant", cliV4[0])
-	e.knock(cliV6[0], fullKnock...)
-	d.wait(t, "grant", cliV6[0])
+	e.knockGranted(d, cliV4[0], cliV6[0])
 	e.assertOpen(cliV4[0], cliV6[0])
 
 	// An accept in our table does not override firewalld's reject: without
@@ -312,7 +309,6 @@ func TestE2EFirewalld(t *testing.T) {
 	f.start()
 	unchanged("after firewalld started again")
 	e.assertOpen(cliV4[0], cliV6[0])
-	e.knock(cliV4[1], fullKnock...)
-	d.wait(t, "grant", cliV4[1])
+	e.knockGranted(d, cliV4[1])
 	e.assertOpen(cliV4[0], cliV4[1], cliV6[0])
 }

@@ -72,8 +72,7 @@ func TestE2ENFTFlushRuleset(t *testing.T) {
 	e.startNginx()
 	e.startListener()
 	d := e.startDaemon(e.config("10m"))
-	e.knock(cliV4[0], fullKnock...)
-	d.wait(t, "grant", cliV4[0])
+	e.knockGranted(d, cliV4[0])
 	e.must("ip", "netns", "exec", e.srv, "nft", "flush", "ruleset")
 	start := time.Now()
 	rec := d.wait(t, "firewall repaired", "")
@@ -158,8 +157,7 @@ func TestE2ENFTForward(t *testing.T) {
 	if reaches(cliV4[0]) {
 		t.Fatal("a stranger reached the host behind the server")
 	}
-	e.knock(cliV4[0], fullKnock...)
-	d.wait(t, "grant", cliV4[0])
+	e.knockGranted(d, cliV4[0])
 	if !reaches(cliV4[0]) {
 		t.Error("the knocker does not reach the host behind the server")
 	}
@@ -190,8 +188,7 @@ func TestE2ENFTConfRecipe(t *testing.T) {
 	e.startListener()
 	d := e.startDaemon(e.config("10m"))
 	e.assertOpen()
-	e.knock(cliV4[0], fullKnock...)
-	d.wait(t, "grant", cliV4[0])
+	e.knockGranted(d, cliV4[0])
 	e.assertOpen(cliV4[0])
 	// The admin reloads the file: flush ruleset takes our table too.
 	e.must("ip", "netns", "exec", e.srv, "nft", "-f", conf)

@@ -42,8 +42,7 @@ func TestE2EPolicy(t *testing.T) {
 		t.Errorf("denied record %v, want reason allow_from", rec)
 	}
 	e.assertOpen()
-	e.knock(cliV4[0], fullKnock...)
-	d.wait(t, "grant", cliV4[0])
+	e.knockGranted(d, cliV4[0])
 	e.assertOpen(cliV4[0])
 
 	// close_page: the client ends its own grant.

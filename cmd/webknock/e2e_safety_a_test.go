@@ -175,8 +175,7 @@ func TestE2ESafetyA_MissingLogDir(t *testing.T) {
 	}
 	e.log = logPath
 	e.startNginx()
-	e.knock(cliV4[0], fullKnock...)
-	d.wait(t, "grant", cliV4[0])
+	e.knockGranted(d, cliV4[0])
 	e.assertOpen(cliV4[0])
 
 	deadline := time.Now().Add(10 * time.Second)
@@ -204,8 +203,7 @@ func TestE2ESafetyA_TwoDaemons(t *testing.T) {
 	e.startListener()
 	cfg := e.writeConfig(e2eConf{})
 	d := e.startDaemon(cfg)
-	e.knock(cliV4[0], fullKnock...)
-	d.wait(t, "grant", cliV4[0])
+	e.knockGranted(d, cliV4[0])
 	before := e.rulesetA()
 
 	out, code, started := e.tryRunA(cfg, nil)
@@ -232,8 +230,7 @@ func TestE2ESafetyA_TwoDaemons(t *testing.T) {
 	}
 
 	// The first one still works.
-	e.knock(cliV4[1], fullKnock...)
-	d.wait(t, "grant", cliV4[1])
+	e.knockGranted(d, cliV4[1])
 	e.assertOpen(cliV4[0], cliV4[1])
 }
 
@@ -354,8 +351,7 @@ func TestE2ESafetyA_NoIP6Tables(t *testing.T) {
 	if e.connects(cliV4[0]) {
 		t.Errorf("%s connects before knocking", cliV4[0])
 	}
-	e.knock(cliV4[0], fullKnock...)
-	d.wait(t, "grant", cliV4[0])
+	e.knockGranted(d, cliV4[0])
 	if in, out := e.connects(cliV4[0]), e.connects(cliV4[1]); !in || out {
 		t.Errorf("after %s knocked: it connects %v, %s connects %v; want true, false", cliV4[0], in, cliV4[1], out)
 	}

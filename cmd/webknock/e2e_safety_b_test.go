@@ -316,8 +316,7 @@ func TestE2ESafetyB_IdleConnections(t *testing.T) {
 		t.Fatalf("only %d of 400 connections made", held)
 	}
 
-	e.knock(cliV4[0], fullKnock...)
-	d.wait(t, "grant", cliV4[0])
+	e.knockGranted(d, cliV4[0])
 	e.assertOpen(cliV4[0])
 
 	pollB(t, "/healthz to answer 200 during the flood", 15*time.Second, func() bool {
@@ -331,8 +330,7 @@ func TestE2ESafetyB_IdleConnections(t *testing.T) {
 			t.Errorf("no connection refused over the %s limit:\n%s", limit, grepB(metrics, "webknock_web_connections"))
 		}
 	}
-	e.knock(cliV4[1], fullKnock...)
-	d.wait(t, "grant", cliV4[1])
+	e.knockGranted(d, cliV4[1])
 	e.assertOpen(cliV4[0], cliV4[1])
 }
 
@@ -404,8 +402,7 @@ func TestE2ESafetyB_ReloadWeb(t *testing.T) {
 		t.Errorf("the old port still answers after the reload: HTTP %s", code)
 	}
 
-	e.knock(cliV4[0], fullKnock...)
-	d.wait(t, "grant", cliV4[0])
+	e.knockGranted(d, cliV4[0])
 	url := "http://127.0.0.1:7081/api/grants/" + cliV4[0]
 	if code, body := e.httpB("DELETE", url, oldToken); code != "401" {
 		t.Errorf("DELETE with the old token after the reload: %s %s; want 401", code, body)

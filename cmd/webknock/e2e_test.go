@@ -597,6 +597,16 @@ func (e *e2e) knock(src string, paths ...string) {
 
 var fullKnock = []string{"/k/a1", "/k/b2", "/k/c3", "/k/open"}
 
+// knockGranted knocks the whole sequence from each src and waits for its
+// grant.
+func (e *e2e) knockGranted(d *daemonProc, srcs ...string) {
+	e.t.Helper()
+	for _, src := range srcs {
+		e.knock(src, fullKnock...)
+		d.wait(e.t, "grant", src)
+	}
+}
+
 // connects reports whether src can open a TCP connection to port 22.
 func (e *e2e) connects(src string) bool {
 	e.t.Helper()
@@ -699,8 +709,7 @@ func testNginxKnock(t *testing.T, e *e2e) {
 		t.Errorf("IPv4 grant entries = %q, want one", r)
 	}
 
-	e.knock(cliV6[0], fullKnock...)
-	d.wait(t, "grant", cliV6[0])
+	e.knockGranted(d, cliV6[0])
 	e.assertOpen(cliV4[0], cliV6[0])
 	if r := e.grantEntries(true); len(r) != 1 {
 		t.Errorf("IPv6 grant entries = %q, want one", r)
@@ -726,10 +735,7 @@ func TestE2EApacheKnock(t *testing.T) {
 	e.startListener()
 	d := e.startDaemon(e.config("1m"))
 	e.assertOpen()
-	e.knock(cliV4[0], fullKnock...)
-	d.wait(t, "grant", cliV4[0])
-	e.knock(cliV6[1], fullKnock...)
-	d.wait(t, "grant", cliV6[1])
+	e.knockGranted(d, cliV4[0], cliV6[1])
 	e.assertOpen(cliV4[0], cliV6[1])
 }
 
@@ -765,8 +771,7 @@ func testKillAndRestart(t *testing.T, e *e2e) {
 
 	// A long grant, then kill -9 again, plant a dead and an unknown rule.
 	d = e.startDaemon(e.config("10m"))
-	e.knock(cliV4[1], fullKnock...)
-	d.wait(t, "grant", cliV4[1])
+	e.knockGranted(d, cliV4[1])
 	d.wait(t, "log positions saved", "")
 	d.kill9(t)
 	e.plantStale()
@@ -811,8 +816,7 @@ func TestE2ERotation(t *testing.T) {
 	e.knock(cliV4[0], "/k/c3", "/k/open")
 	d.wait(t, "grant", cliV4[0])
 	e.reopenNginx()
-	e.knock(cliV4[1], fullKnock...)
-	d.wait(t, "grant", cliV4[1])
+	e.knockGranted(d, cliV4[1])
 
 	// copytruncate
 	e.knock(cliV4[2], "/k/a1", "/k/b2")
@@ -1060,8 +1064,7 @@ func testRepair(t *testing.T, e *e2e) {
 	e.startNginx()
 	e.startListener()
 	d := e.startDaemon(e.config("10m"))
-	e.knock(cliV4[0], fullKnock...)
-	d.wait(t, "grant", cliV4[0])
+	e.knockGranted(d, cliV4[0])
 	for _, damage := range e.damages() {
 		damage.do()
 		start := time.Now()
@@ -1084,8 +1087,7 @@ func TestE2EStatusAndRevoke(t *testing.T) {
 	write(t, filepath.Join(e.dir, "token"), "0123456789abcdef0123456789abcdef\n")
 	cfg := e.configWeb("10m", "127.0.0.1:7080")
 	d := e.startDaemon(cfg)
-	e.knock(cliV4[0], fullKnock...)
-	d.wait(t, "grant", cliV4[0])
+	e.knockGranted(d, cliV4[0])
 	e.assertOpen(cliV4[0])
 
 	wk := func(args ...string) (string, error) {
@@ -1113,8 +1115,7 @@ func TestE2EStatusAndRevoke(t *testing.T) {
 	if out, _ := wk("status", "-c", cfg); !strings.Contains(out, "no active grants") {
 		t.Errorf("status after revoke:\n%s", out)
 	}
-	e.knock(cliV4[1], fullKnock...)
-	d.wait(t, "grant", cliV4[1])
+	e.knockGranted(d, cliV4[1])
 	if code := curl("0123456789abcdef0123456789abcdef", cliV4[1]); code != "204" && code != "200" {
 		t.Fatalf("revoke over TCP with the token: HTTP %s", code)
 	}
