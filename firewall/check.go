@@ -8,7 +8,9 @@ import (
 
 // The integrity check repairs what others do to our rules: an
 // `iptables -F WEBKNOCK`, a deleted jump or chain, a firewall reload by
-// another tool (iptables-restore). Every CheckInterval (3 s) the worker ends
+// another tool (iptables-restore); with nftables a deleted table, chain,
+// set or element, a `flush ruleset`. The nftables monitor's hint runs it at
+// once; otherwise every CheckInterval (3 s; 30 s with nftables) the worker ends
 // the grants whose until has passed, then lists the hook and our chain of
 // each family and compares them with the grants and the protect tail; on a
 // difference it runs the reconcile logic for that family and logs

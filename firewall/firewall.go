@@ -1,21 +1,25 @@
-// Package firewall owns webknock's chains in the kernel: it opens a port to
-// one client with a rule the kernel itself stops matching at the grant's end,
-// revokes, persists the grants and reconciles the chains with them at start.
+// Package firewall owns webknock's rules in the kernel: it opens a port to
+// one client with a rule or set element the kernel itself stops matching at
+// the grant's end, revokes, persists the grants and reconciles the kernel
+// with them at start.
 //
-// Rules live in our own chain (WEBKNOCK) in table filter, for IPv4 and IPv6,
-// reached by one jump from a hook (INPUT). The chain starts with an
-// ownership marker; a chain of that name that webknock did not write is
-// refused, never adopted. Nothing outside our chain is touched but that
-// jump. Each family has its own worker goroutine, through which every
-// change of that family goes, so that a hung iptables never holds up
-// ip6tables or the other way round; the worker also checks every few
-// seconds that others have not changed its chain, and repairs it if they
-// have.
+// A ruleset holds one family's rules (ruleset.go): with iptables, our own
+// chain (WEBKNOCK) in table filter, reached by one jump from a hook (INPUT);
+// with nftables, our own table (inet webknock) with a base chain per
+// family and sets whose elements are the grants. Our chain starts with an
+// ownership marker; a chain or table of that name that webknock did not
+// write is refused, never adopted. Each family has its own worker
+// goroutine, through which every change of that family goes, so that a
+// hung iptables never holds up ip6tables or the other way round; the
+// worker also checks that others have not changed its rules, and repairs
+// them if they have: every few seconds with iptables, at once with
+// nftables (its netlink monitor tells), and every 30 s anyway.
 //
-// Each iptables run has a deadline: one that hangs is killed with its
-// process group and counted as a failure; failures are retried with
-// backoff, and a grant that cannot be applied waits and is retried until its
-// window ends. Health tells what went wrong and what is pending.
+// Each call has a deadline: an iptables run that hangs is killed with its
+// process group, a netlink request abandoned with its socket, and counted
+// as a failure; failures are retried with backoff, and a grant that cannot
+// be applied waits and is retried until its window ends. Health tells what
+// went wrong and what is pending.
 //
 // Every grant is held to the configured sequences (Options.Sequences): its
 // sequence must exist, its ports be the sequence's, and it ends at most one

@@ -85,9 +85,13 @@ func (r *nftRules) complete(s *nftSnap) error {
 // deleted (added first, so that the delete of one that has just expired
 // cannot fail the batch); put are then refreshed (added, deleted and added
 // again with their timeout, which refreshes it on kernels before 6.12 too).
-// The drops go first: a network's range may overlap one that goes.
+// The drops go first: a network's range may overlap one that goes. fresh
+// are elements of keys that hold no entry: no element of webknock's is
+// there to refresh, so a plain add does (one message, not three); an
+// element someone else put there meanwhile keeps its own timeout until the
+// monitor's hint has it reconciled.
 type nftElemOps struct {
-	put, drop []nftables.SetElement
+	put, drop, fresh []nftables.SetElement
 }
 
 // putElem is the element of k with the timeout up to until and the
@@ -116,7 +120,7 @@ func (r *nftRules) applyElems(ctx context.Context, op string, ops map[string]*nf
 	return r.call(ctx, op, func(ctx context.Context, c *nftables.Conn) error {
 		for _, kind := range []string{nftGrant, nftNet, nftDoor} {
 			o := ops[kind]
-			if o == nil || len(o.put)+len(o.drop) == 0 {
+			if o == nil || len(o.put)+len(o.drop)+len(o.fresh) == 0 {
 				continue
 			}
 			set := r.setObj(kind)
@@ -135,8 +139,8 @@ func (r *nftRules) applyElems(ctx context.Context, op string, ops map[string]*nf
 					return err
 				}
 			}
-			if len(o.put) > 0 {
-				if err := c.SetAddElements(set, o.put); err != nil {
+			if put := slices.Concat(o.put, o.fresh); len(put) > 0 {
+				if err := c.SetAddElements(set, put); err != nil {
 					return err
 				}
 			}
@@ -211,7 +215,9 @@ func (r *nftRules) add(ctx context.Context, es []entry) ([]entry, error) {
 				o = &nftElemOps{}
 				ops[k.kind] = o
 			}
-			if el, ok := r.putElem(k, nftLatest(after[k]), now); ok {
+			if el, ok := r.putElem(k, nftLatest(after[k]), now); ok && len(r.keys[k]) == 0 {
+				o.fresh = append(o.fresh, el)
+			} else if ok {
 				o.put = append(o.put, el)
 			} else {
 				o.drop = append(o.drop, r.dropElem(k))

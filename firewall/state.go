@@ -178,9 +178,10 @@ type famHealth struct {
 
 // publish takes fam's grants of the keys touched from grants, and the
 // rest of its view; when changed, the state file is written with both
-// families' grants, now or once the gap has passed. A failed write is
+// families' grants, now or once the gap has passed; when urgent (a grant
+// ended before its time, a revoke), now. A failed write is
 // logged and retried at the next change of either family.
-func (s *store) publish(fam family, grants map[grantKey]Grant, touched map[grantKey]struct{}, pending []Grant, rev []revoked, h famHealth, changed bool) {
+func (s *store) publish(fam family, grants map[grantKey]Grant, touched map[grantKey]struct{}, pending []Grant, rev []revoked, h famHealth, changed, urgent bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v := &s.fams[fam]
@@ -198,10 +199,17 @@ func (s *store) publish(fam family, grants map[grantKey]Grant, touched map[grant
 	if changed && s.path != "" {
 		s.dirty = true
 	}
-	if !s.dirty || s.closed || s.timer != nil {
+	if !s.dirty || s.closed {
 		return
 	}
-	if wait := s.gap - time.Since(s.last); wait > 0 {
+	if urgent && s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	if s.timer != nil {
+		return
+	}
+	if wait := s.gap - time.Since(s.last); wait > 0 && !urgent {
 		s.timer = time.AfterFunc(wait, func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()

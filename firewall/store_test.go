@@ -23,7 +23,7 @@ func TestStateWritesBatched(t *testing.T) {
 		g := Grant{IP: netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}
 		grants[keyOf(g)] = g
 		touched[keyOf(g)] = struct{}{}
-		s.publish(ipv4, grants, touched, nil, nil, famHealth{}, true)
+		s.publish(ipv4, grants, touched, nil, nil, famHealth{}, true, false)
 		clear(touched)
 	}
 	for i := 1; i <= 100; i++ {
@@ -53,19 +53,63 @@ func TestStateWritesBatched(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait(101)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if n != 3 {
-		t.Errorf("%d writes for 101 changes, want 3", n)
+	written := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return n
+	}
+	if got := written(); got != 3 {
+		t.Errorf("%d writes for 101 changes, want 3", got)
 	}
 	doc, err := readState(path)
 	if err != nil || len(doc.Grants) != 101 {
 		t.Fatalf("state file: %d grants, %v; want 101", len(doc.Grants), err)
 	}
-	s.mu.Unlock()
 	add(102)
-	s.mu.Lock()
-	if n != 3 {
+	if got := written(); got != 3 {
 		t.Errorf("a change after Close was written")
 	}
+}
+
+// TestStateUrgentWrite: a grant ended before its time (a revoke) is written
+// at once, whatever the gap, and so is what waited for the gap with it.
+func TestStateUrgentWrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), stateFile)
+	writes := make(chan int, 10)
+	s := &store{path: path, log: slog.New(slog.DiscardHandler), gap: time.Hour}
+	s.wrote = func() { writes <- len(s.fams[ipv4].grants) }
+	grants := map[grantKey]Grant{}
+	touched := map[grantKey]struct{}{}
+	var keys []grantKey
+	for i := 1; i <= 3; i++ {
+		g := Grant{IP: netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}
+		grants[keyOf(g)], touched[keyOf(g)] = g, struct{}{}
+		keys = append(keys, keyOf(g))
+	}
+	s.publish(ipv4, grants, touched, nil, nil, famHealth{}, true, false)
+	if got := <-writes; got != 3 {
+		t.Fatalf("first write: %d grants, want 3", got)
+	}
+	change := func(k grantKey, urgent bool) {
+		delete(grants, k)
+		clear(touched)
+		touched[k] = struct{}{}
+		s.publish(ipv4, grants, touched, nil, nil, famHealth{}, true, urgent)
+	}
+	change(keys[0], false) // an expiry: put off by the gap
+	select {
+	case got := <-writes:
+		t.Fatalf("an expiry within the gap was written at once (%d grants)", got)
+	default:
+	}
+	change(keys[1], true) // a revoke: now, with the expiry
+	select {
+	case got := <-writes:
+		if got != 1 {
+			t.Errorf("urgent write: %d grants, want 1", got)
+		}
+	default:
+		t.Fatal("a revoke within the gap was not written at once")
+	}
+	s.flush()
 }

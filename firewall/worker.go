@@ -48,6 +48,10 @@ type worker struct {
 	unsynced bool      // the last reconcile failed
 	checkErr error     // the last integrity check failed
 	checked  time.Time // the last integrity check passed
+	// urgent: a grant ended before its time (revoked, closed, used, no
+	// longer allowed) or a revoke was recorded: the state file is written
+	// at once, not after the gap, so that no restart brings it back.
+	urgent bool
 	// changedBy says who changed our rules, when a hint said so.
 	changedBy string
 }
@@ -233,7 +237,8 @@ func (w *worker) commit() {
 	sortGrants(pending)
 	w.f.st.publish(w.fam, w.grants, w.touched, pending, w.revList,
 		famHealth{doomed: len(w.doomed), pending: len(w.pending),
-			unsynced: w.unsynced, checkErr: w.checkErr, checked: w.checked}, w.changed)
+			unsynced: w.unsynced, checkErr: w.checkErr, checked: w.checked}, w.changed, w.urgent)
+	w.urgent = false
 	clear(w.touched)
 	w.changed = false
 }
@@ -427,6 +432,7 @@ func (w *worker) revoke(ctx context.Context, p netip.Prefix, sequence, reason st
 // recordRevoke remembers the time of a revoke of src.
 func (w *worker) recordRevoke(src netip.Prefix, at time.Time) {
 	w.revoked[src] = at
+	w.urgent = true
 	for len(w.revoked) > maxRevokes {
 		var oldest netip.Prefix
 		for p, t := range w.revoked {
@@ -488,6 +494,7 @@ func (w *worker) pruneRevoked(now time.Time) {
 func (w *worker) remove(ctx context.Context, k grantKey, reason string) error {
 	g := w.grants[k]
 	w.dropGrant(k)
+	w.urgent = w.urgent || reason != ReasonExpired
 	var errs []error
 	for _, e := range w.entries(g) {
 		if err := w.del(ctx, e); err != nil {
