@@ -138,11 +138,13 @@ type Options struct {
 	Clock    Clock         // nil: real time
 	LockWait time.Duration // how long iptables waits for the xtables lock; default 5s
 
-	// CallTimeout is how long an iptables run may take before it is
-	// killed and counted as a failure; default LockWait + 5s.
+	// CallTimeout is how long a call (an iptables run, a netlink
+	// request) may take before it is abandoned (an iptables run killed)
+	// and counted as a failure; default LockWait + 5s.
 	CallTimeout time.Duration
 	// CheckInterval is the period of the integrity check, which repairs
-	// our chains when others change them; default 3s. A check that takes
+	// our rules when others change them; default 3s, 30s with nftables
+	// (whose monitor has the check run at once on a change). A check that takes
 	// more than a tenth of it puts the next one off.
 	CheckInterval time.Duration
 	// MaxGrants bounds the live and pending grants; a new grant beyond it
