@@ -486,15 +486,15 @@ func plural(n int, one, many string) string {
 // families took them are the sequences applied to the grants: those of a
 // sequence that is gone are revoked, ports no longer a sequence's are
 // closed, and a grant that ends later than now plus a shortened window is
-// cut to it. Backend, Chain, Hook, IPv6Off and StateDir change only with a
-// restart; the other options are ignored.
+// cut to it. Backend, Chain, Table, Hook, IPv6Off and StateDir change only
+// with a restart; the other options are ignored.
 func (f *Firewall) Reconfigure(ctx context.Context, o Options) error {
 	n, err := o.normalize()
 	if err != nil {
 		return fmt.Errorf("reconfigure: %w", err)
 	}
-	if n.Backend != f.o.Backend || n.Chain != f.o.Chain || n.Hook != f.o.Hook || n.StateDir != f.o.StateDir || n.IPv6Off != f.o.IPv6Off {
-		return errors.New("reconfigure: the firewall backend, chain, hook, ipv6 and state dir change only with a restart")
+	if n.Backend != f.o.Backend || n.Chain != f.o.Chain || n.Table != f.o.Table || n.Hook != f.o.Hook || n.StateDir != f.o.StateDir || n.IPv6Off != f.o.IPv6Off {
+		return errors.New("reconfigure: the firewall backend, chain, table, hook, ipv6 and state dir change only with a restart")
 	}
 	next := tail{protect: n.Protect, allow: n.AlwaysAllow, ports: n.Ports}
 	ws := f.workers()

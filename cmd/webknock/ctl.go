@@ -42,6 +42,10 @@ func runFlush(ctx context.Context, env *environment, fs *pflag.FlagSet, args []s
 	if err := firewall.Flush(ctx, firewallOptions(cfg, logger)); err != nil {
 		return fmt.Errorf("flush: %w", err)
 	}
+	if cfg.Firewall.Backend == "nftables" {
+		_, err = fmt.Fprintf(env.stdout, "removed table inet %s (IPv4 and IPv6)\n", cfg.Firewall.Table)
+		return err
+	}
 	_, err = fmt.Fprintf(env.stdout, "removed chain %s and its jump from %s (IPv4 and IPv6)\n", cfg.Firewall.Chain, cfg.Firewall.Hook)
 	return err
 }

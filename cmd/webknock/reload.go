@@ -13,7 +13,7 @@ import (
 // can change (sequences, lockout, log paths and format, protect, web
 // listener, socket and token) changes; the knocks in progress and the
 // lockouts of unchanged sequences are kept; grants of removed sequences end.
-// The firewall backend, chain, hook and state_dir change only with a
+// The firewall backend, chain, table, hook and state_dir change only with a
 // restart.
 func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)) {
 	ok := false
@@ -24,9 +24,9 @@ func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)
 		return
 	}
 	old := d.cfg
-	if cfg.Firewall.Backend != old.Firewall.Backend || cfg.Firewall.Chain != old.Firewall.Chain ||
+	if cfg.Firewall.Backend != old.Firewall.Backend || cfg.Firewall.Chain != old.Firewall.Chain || cfg.Firewall.Table != old.Firewall.Table ||
 		cfg.Firewall.Hook != old.Firewall.Hook || cfg.StateDir != old.StateDir || cfg.Firewall.IPv6 != old.Firewall.IPv6 {
-		d.log.Error("reload refused: firewall.backend, chain, hook, ipv6 and state_dir change only with a restart; keeping the running configuration")
+		d.log.Error("reload refused: firewall.backend, chain, table, hook, ipv6 and state_dir change only with a restart; keeping the running configuration")
 		return
 	}
 	// Everything that can fail comes first, so that a refusal changes nothing.

@@ -270,6 +270,18 @@ func TestRunSignals(t *testing.T) {
 	appendLines(t, log, knockLines("203.0.113.7", time.Now(), "/k/a1", "/k/b2", "/k/open")...)
 	recs.wait(t, "grant")
 
+	good, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another table (or chain, backend, hook) needs a restart.
+	other := strings.Replace(string(good), "  backend: dry-run\n", "  backend: dry-run\n  table: other\n", 1)
+	if err := os.WriteFile(cfg, []byte(other), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Signal(syscall.SIGHUP)
+	recs.wait(t, "reload refused: firewall.backend, chain, table, hook, ipv6 and state_dir change only with a restart; keeping the running configuration")
+
 	if err := os.WriteFile(cfg, []byte("sequences: [\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
