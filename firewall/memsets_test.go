@@ -399,3 +399,43 @@ func TestKernelExpiry(t *testing.T) {
 		t.Errorf("after the end: %d elements, grants %v, %d repairs", n, f.Grants(), f.Health().Repairs)
 	}
 }
+
+// TestDoorReload: a reload that makes a sequence close on connect moves
+// its live grants into the doors, and back out when it no longer does.
+func TestDoorReload(t *testing.T) {
+	e := newEnv(t)
+	o := e.doorOptions(make(chan string, 4))
+	f, sets := e.openSets(o)
+	f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
+	in := entry{src: netip.PrefixFrom(c1, 32), port: ssh}
+	doors := func() int {
+		sets[ipv4].mu.Lock()
+		defer sets[ipv4].mu.Unlock()
+		n := 0
+		for k := range sets[ipv4].elems {
+			if k.kind == nftDoor {
+				n++
+			}
+		}
+		return n
+	}
+	o.Sequences[1].CloseOnConnect = true
+	if err := f.Reconfigure(ctx0, o); err != nil {
+		t.Fatal(err)
+	}
+	if n, all := doors(), sets[ipv4].Elements(); n != 1 || all != 1 {
+		t.Fatalf("after close_on_connect on: %d door elements of %d, want 1 of 1", n, all)
+	}
+	o.Sequences[1].CloseOnConnect = false
+	if err := f.Reconfigure(ctx0, o); err != nil {
+		t.Fatal(err)
+	}
+	if n, all := doors(), sets[ipv4].Elements(); n != 0 || all != 1 {
+		t.Fatalf("after close_on_connect off: %d door elements of %d, want 0 of 1", n, all)
+	}
+	for i := range 2 {
+		if !sets[ipv4].Connect(in) {
+			t.Errorf("connection %d refused: the grant is no door any more", i+1)
+		}
+	}
+}

@@ -563,11 +563,27 @@ func (w *worker) setTail(ctx context.Context, next tail) error {
 // longer the sequence's are closed, and a grant that ends later than now
 // plus its sequence's window is cut to it.
 func (w *worker) applyPolicy(ctx context.Context, pol policy) {
+	old := w.pol
 	w.pol = pol
 	clear(w.doors)
 	for k, g := range w.grants {
 		if pol.door(g) {
 			w.doors[k] = struct{}{}
+		}
+	}
+	// The grants of a sequence that now closes on connect, or no longer
+	// does, move into the doors or out of them: the new entries first.
+	for _, g := range sortedGrants(w.grants) {
+		was, is := old.door(g), pol.door(g)
+		if _, kept := pol.seqs[g.Sequence]; !kept || was == is {
+			continue
+		}
+		if err := w.add(ctx, entriesOf(g, is)); err != nil {
+			w.log.Warn("grant not moved for close_on_connect; the next check does it", append(grantAttrs(g), keyErr, err)...)
+			continue
+		}
+		for _, e := range entriesOf(g, was) {
+			w.del(ctx, e)
 		}
 	}
 	now := w.f.clock.Now()
