@@ -208,7 +208,7 @@ func (r *iptRules) insert(ctx context.Context, ru rule) error {
 
 func (r *iptRules) insertPos(ctx context.Context, pos int, ru rule) error {
 	spec := ru.args()
-	err := r.rt.do(ctx, "insert", func(ctx context.Context, attempt int) error {
+	return r.change(ctx, "insert", "insert "+ru.String()+" into", func(ctx context.Context, attempt int) error {
 		// A call that failed may have been applied (a lock timeout after
 		// the commit, a kill after it): never insert a rule twice.
 		if attempt > 1 {
@@ -218,31 +218,28 @@ func (r *iptRules) insertPos(ctx context.Context, pos int, ru rule) error {
 		}
 		return r.t.Insert(ctx, table, r.chain, pos, spec...)
 	})
-	if err != nil {
-		return fmt.Errorf("%s: insert %s into %s/%s: %w", r.fam.command(), ru, table, r.chain, err)
-	}
-	return nil
 }
 
 func (r *iptRules) append(ctx context.Context, ru rule) error {
 	// A retried append may add the rule twice; the next reconcile or
 	// integrity check deletes the first copy, which is never the drop
 	// at the end.
-	err := r.rt.do(ctx, "append", func(ctx context.Context, _ int) error {
+	return r.change(ctx, "append", "append "+ru.String()+" to", func(ctx context.Context, _ int) error {
 		return r.t.Append(ctx, table, r.chain, ru.args()...)
 	})
-	if err != nil {
-		return fmt.Errorf("%s: append %s to %s/%s: %w", r.fam.command(), ru, table, r.chain, err)
-	}
-	return nil
 }
 
 func (r *iptRules) deleteRule(ctx context.Context, ru rule) error {
-	err := r.rt.do(ctx, "delete", func(ctx context.Context, _ int) error {
+	return r.change(ctx, "delete", "delete "+ru.String()+" from", func(ctx context.Context, _ int) error {
 		return r.t.DeleteIfExists(ctx, table, r.chain, ru.args()...)
 	})
-	if err != nil {
-		return fmt.Errorf("%s: delete %s from %s/%s: %w", r.fam.command(), ru, table, r.chain, err)
+}
+
+// change runs a change of our chain through the retrier; its error says
+// what (like "insert RULE into") and names the chain.
+func (r *iptRules) change(ctx context.Context, op, what string, fn func(ctx context.Context, attempt int) error) error {
+	if err := r.rt.do(ctx, op, fn); err != nil {
+		return fmt.Errorf("%s: %s %s/%s: %w", r.fam.command(), what, table, r.chain, err)
 	}
 	return nil
 }
