@@ -2,7 +2,6 @@ package firewall
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -127,34 +126,27 @@ func nftSuffix(fam family) string {
 }
 
 // newNFTRules is the ruleset of family fam, for normalized options.
-func newNFTRules(fam family, o *Options) (*nftRules, error) {
+func newNFTRules(fam family, o *Options) *nftRules {
 	return newNFTRulesNetns(fam, o, 0)
 }
 
 // newNFTRulesNetns is newNFTRules in the network namespace netnsFd (for
-// the tests; 0: ours).
-func newNFTRulesNetns(fam family, o *Options, netnsFd int) (*nftRules, error) {
-	switch o.Hook {
-	case nftHookInput, nftHookForward:
-	default:
-		return nil, optErr("hook", "%q is not an nftables hook webknock uses: want %s or %s", o.Hook, nftHookInput, nftHookForward)
-	}
-	if o.Table == "" {
-		return nil, optErr("table", "no table name")
-	}
+// the tests; 0: ours). The options' table and hook are checked by
+// CheckOptions.
+func newNFTRulesNetns(fam family, o *Options, netnsFd int) *nftRules {
 	return &nftRules{
 		fam: fam, table: o.Table, chain: nftChains[fam], hook: o.Hook, marker: markerFor(o.StateDir),
 		netns: netnsFd, log: o.Logger, keys: map[nftKey][]entry{},
 		rt: &retrier{clock: o.Clock, log: o.Logger.With(keyFamily, fam), delays: defaultDelays,
 			timeout: o.CallTimeout, cmd: backendNFTables},
-	}, nil
+	}
 }
 
 // nftUsable tells whether nftables works here: it lists the tables once.
 // A kernel without nf_tables, or a process without CAP_NET_ADMIN, is told
 // of plainly.
 func nftUsable(ctx context.Context, o *Options) error {
-	timeout := cmp.Or(o.CallTimeout, defaultLockWait+5*time.Second)
+	timeout := o.CallTimeout
 	done := make(chan error, 1)
 	go func() {
 		c, err := nftables.New(nftables.AsLasting())

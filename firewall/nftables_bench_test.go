@@ -38,11 +38,7 @@ func BenchmarkNFTGrant(b *testing.B) {
 	}
 	var rss [2]ruleset
 	for _, fam := range families {
-		rs, err := newNFTRulesNetns(fam, &o, int(ns.Fd()))
-		if err != nil {
-			b.Fatal(err)
-		}
-		rss[fam] = rs
+		rss[fam] = newNFTRulesNetns(fam, &o, int(ns.Fd()))
 	}
 	f := newFirewall(o, rss)
 	ctx := context.Background()

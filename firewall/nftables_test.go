@@ -161,11 +161,7 @@ func nftTestOptions(t *testing.T, dir string) *Options {
 
 // rules is a ruleset of family fam in the namespace.
 func (ns *nftNS) rules(fam family, o *Options) *nftRules {
-	ns.t.Helper()
-	r, err := newNFTRulesNetns(fam, o, ns.fd)
-	if err != nil {
-		ns.t.Fatal(err)
-	}
+	r := newNFTRulesNetns(fam, o, ns.fd)
 	ns.t.Cleanup(r.close)
 	return r
 }
@@ -885,17 +881,15 @@ func TestNFTUsable(t *testing.T) {
 
 func TestNFTNew(t *testing.T) {
 	o := nftTestOptions(t, "")
-	r, err := newNFTRules(ipv6, o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newNFTRules(ipv6, o)
 	if r.name() != "nftables" || r.chain != "ipv6" || r.setName(nftGrant) != "grant6" || r.retrier().cmd != "nftables" {
 		t.Errorf("ruleset %s, chain %s, set %s", r.name(), r.chain, r.setName(nftGrant))
 	}
-	o.Hook = "INPUT"
+	// A hook nftables cannot use is refused by the one check of the options.
+	o.Backend, o.Hook = backendNFTables, "DOCKER-USER"
 	var oe *OptionError
-	if _, err := newNFTRules(ipv4, o); !errors.As(err, &oe) || oe.Option != "hook" {
-		t.Errorf("hook INPUT: %v", err)
+	if err := CheckOptions(*o); !errors.As(err, &oe) || oe.Option != "hook" {
+		t.Errorf("hook DOCKER-USER: %v", err)
 	}
 }
 
@@ -906,9 +900,9 @@ func TestNFTPackets(t *testing.T) {
 	cli := newNFTNS(t)
 	for _, args := range [][]string{
 		{"link", "add", "wkc", "netns", cli.name, "type", "veth", "peer", "name", "wks", "netns", srv.name},
-		{"-n", cli.name, "addr", "add", "10.99.0.1/24", "dev", "wkc"},
-		{"-n", cli.name, "addr", "add", "10.99.0.3/24", "dev", "wkc"},
-		{"-n", srv.name, "addr", "add", "10.99.0.2/24", "dev", "wks"},
+		{"-n", cli.name, "addr", "add", "192.0.2.1/24", "dev", "wkc"},
+		{"-n", cli.name, "addr", "add", "192.0.2.3/24", "dev", "wkc"},
+		{"-n", srv.name, "addr", "add", "192.0.2.2/24", "dev", "wks"},
 		{"-n", cli.name, "link", "set", "wkc", "up"},
 		{"-n", srv.name, "link", "set", "wks", "up"},
 		{"-n", srv.name, "link", "set", "lo", "up"},
@@ -921,7 +915,7 @@ func TestNFTPackets(t *testing.T) {
 	var ln net.Listener
 	inNetns(t, srv.fd, func() {
 		var err error
-		ln, err = net.Listen("tcp4", "10.99.0.2:22")
+		ln, err = net.Listen("tcp4", "192.0.2.2:22")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -952,7 +946,7 @@ func TestNFTPackets(t *testing.T) {
 		var err error
 		inNetns(t, cli.fd, func() {
 			d := net.Dialer{Timeout: 500 * time.Millisecond, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
-			c, err = d.Dial("tcp4", "10.99.0.2:22")
+			c, err = d.Dial("tcp4", "192.0.2.2:22")
 		})
 		return c, err
 	}
@@ -977,14 +971,14 @@ func TestNFTPackets(t *testing.T) {
 	}
 	tl := tail{protect: true, ports: []Port{nftSSH}}
 	r := srv.ready(ipv4, nftTestOptions(t, ""), nil, tl)
-	connects("protected", "10.99.0.1", false)
+	connects("protected", "192.0.2.1", false)
 	until := time.Now().Add(time.Hour)
-	grant := ent("10.99.0.1", nftSSH, "ssh", until, false)
+	grant := ent("192.0.2.1", nftSSH, "ssh", until, false)
 	if _, err := r.add(ctx, []entry{grant}); err != nil {
 		t.Fatal(err)
 	}
-	c := connects("granted", "10.99.0.1", true)
-	connects("another address", "10.99.0.3", false)
+	c := connects("granted", "192.0.2.1", true)
+	connects("another address", "192.0.2.3", false)
 	if err := r.del(ctx, grant); err != nil {
 		t.Fatal(err)
 	}
@@ -994,18 +988,18 @@ func TestNFTPackets(t *testing.T) {
 		}
 		c.Close()
 	}
-	connects("revoked", "10.99.0.1", false)
+	connects("revoked", "192.0.2.1", false)
 	// A door: the first connection goes through, and holds; the next is
 	// dropped.
-	door := ent("10.99.0.1", nftSSH, "once", until, true)
+	door := ent("192.0.2.1", nftSSH, "once", until, true)
 	if _, err := r.add(ctx, []entry{door}); err != nil {
 		t.Fatal(err)
 	}
-	first := connects("door", "10.99.0.1", true)
+	first := connects("door", "192.0.2.1", true)
 	if got := srv.elems("door4"); len(got) != 0 {
 		t.Errorf("door still open after a connection: %v", got)
 	}
-	connects("door used", "10.99.0.1", false)
+	connects("door used", "192.0.2.1", false)
 	if first != nil {
 		if err := echo(first); err != nil {
 			t.Errorf("the door's connection broke: %v", err)
@@ -1016,10 +1010,10 @@ func TestNFTPackets(t *testing.T) {
 		t.Errorf("inspect: %+v, %v; want used 1", d, err)
 	}
 	// A network grant.
-	if _, err := r.add(ctx, []entry{ent("10.99.0.0/24", nftSSH, "office", until, false)}); err != nil {
+	if _, err := r.add(ctx, []entry{ent("192.0.2.0/24", nftSSH, "office", until, false)}); err != nil {
 		t.Fatal(err)
 	}
-	connects("network", "10.99.0.3", true)
+	connects("network", "192.0.2.3", true)
 }
 
 // inNetns runs fn on a thread in the network namespace fd: the sockets it

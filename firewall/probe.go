@@ -112,11 +112,7 @@ func newNFTRulesets(ctx context.Context, o *Options, hasIPv6 bool) ([2]ruleset, 
 			o.Logger.Info("the kernel has IPv6 disabled; only IPv4 is managed")
 			continue
 		}
-		rs, err := newNFTRules(fam, o)
-		if err != nil {
-			return rss, err
-		}
-		rss[fam] = rs
+		rss[fam] = newNFTRules(fam, o)
 	}
 	return rss, nil
 }

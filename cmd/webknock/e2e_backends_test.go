@@ -18,15 +18,20 @@ var e2eBackends = []string{"iptables", "nftables"}
 // forBackends runs fn as a subtest per backend, on a world of its own.
 func forBackends(t *testing.T, programs []string, fn func(t *testing.T, e *e2e)) {
 	for _, b := range e2eBackends {
-		t.Run(b, func(t *testing.T) {
-			if b == "nftables" {
-				requireE2E(t, "nft")
-			}
-			e := newE2E(t, programs...)
-			e.backend = b
-			fn(t, e)
-		})
+		t.Run(b, func(t *testing.T) { fn(t, newBackendE2E(t, b, programs...)) })
 	}
+}
+
+// newBackendE2E is a world whose daemon uses the firewall backend named;
+// nftables needs nft, to read what the kernel holds.
+func newBackendE2E(tb testing.TB, backend string, programs ...string) *e2e {
+	tb.Helper()
+	if backend == "nftables" {
+		programs = append(programs, "nft")
+	}
+	e := newE2E(tb, programs...)
+	e.backend = backend
+	return e
 }
 
 // nftTable is our table in the end-to-end configurations.

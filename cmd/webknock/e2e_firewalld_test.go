@@ -214,8 +214,7 @@ func (e *e2e) nftTables() map[string]int {
 // table alone (the same table, not one put back): the recipe's comments
 // say so.
 func TestE2EFirewalld(t *testing.T) {
-	e := newE2E(t, "nginx", "firewalld", "firewall-cmd", "dbus-daemon", "nft", "sh")
-	e.backend = "nftables"
+	e := newNFTE2E(t, "nginx", "firewalld", "firewall-cmd", "dbus-daemon", "sh")
 
 	// The host's firewall is never touched: its ruleset is the same when
 	// firewalld and its bus are gone. firewalld makes /run/firewalld (the

@@ -17,10 +17,7 @@ import (
 // newNFTE2E is a world whose daemon uses the nftables backend.
 func newNFTE2E(t *testing.T, programs ...string) *e2e {
 	t.Helper()
-	requireE2E(t, "nft")
-	e := newE2E(t, programs...)
-	e.backend = "nftables"
-	return e
+	return newBackendE2E(t, "nftables", programs...)
 }
 
 // TestE2ECloseOnConnect: with close_on_connect, the knocker's first
@@ -93,9 +90,7 @@ func TestE2ENFTFlushRuleset(t *testing.T) {
 func BenchmarkE2ENFTRepair(b *testing.B) {
 	for _, damage := range [][]string{{"delete", "table", "inet", nftTable}, {"flush", "ruleset"}} {
 		b.Run(strings.Join(damage[:2], "-"), func(b *testing.B) {
-			requireE2E(b, "nft")
-			e := newE2E(b)
-			e.backend = "nftables"
+			e := newBackendE2E(b, "nftables")
 			write(b, e.log, "")
 			d := e.startDaemon(e.config("10m"))
 			var took, after []float64

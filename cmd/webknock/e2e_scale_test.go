@@ -31,9 +31,6 @@ func BenchmarkE2EScale(b *testing.B) {
 	}
 	for _, backend := range e2eBackends {
 		b.Run(backend, func(b *testing.B) {
-			if backend == "nftables" {
-				requireE2E(b, "nft")
-			}
 			for b.Loop() {
 				benchScale(b, backend, n)
 			}
@@ -59,8 +56,7 @@ func burstSource(i int) string { return fmt.Sprintf("2001:db8:1::%x:%x", i>>16, 
 
 func benchScale(b *testing.B, backend string, n int) {
 	b.StopTimer()
-	e := newE2E(b)
-	e.backend = backend
+	e := newBackendE2E(b, backend)
 	e.startListener()
 	cfg := e.writeConfig(e2eConf{window: "1h", start: "end"})
 	write(b, e.log, "")

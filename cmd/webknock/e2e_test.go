@@ -870,18 +870,12 @@ func TestE2ERotation(t *testing.T) {
 //	sudo go test ./cmd/webknock -run '^$' -bench E2EKnockToOpen -benchtime 50x
 func BenchmarkE2EKnockToOpen(b *testing.B) {
 	for _, backend := range e2eBackends {
-		b.Run(backend, func(b *testing.B) {
-			if backend == "nftables" {
-				requireE2E(b, "nft")
-			}
-			benchKnockToOpen(b, backend)
-		})
+		b.Run(backend, func(b *testing.B) { benchKnockToOpen(b, backend) })
 	}
 }
 
 func benchKnockToOpen(b *testing.B, backend string) {
-	e := newE2E(b, "nginx")
-	e.backend = backend
+	e := newBackendE2E(b, backend, "nginx")
 	e.startNginx()
 	e.startListener()
 	// Logging at the default level, as a daemon runs.
