@@ -144,19 +144,26 @@ func (r *iptRules) add(ctx context.Context, es []entry) ([]entry, error) {
 		if maybeApplied(err) {
 			undo = es[i:]
 		}
-		var left []entry
-		for _, e := range undo {
-			if derr := r.del(ctx, e); derr != nil {
-				left = append(left, e)
-			}
-		}
+		left, _ := r.del(ctx, undo...)
 		return left, err
 	}
 	return nil, nil
 }
 
-func (r *iptRules) del(ctx context.Context, e entry) error {
-	return r.deleteRule(ctx, entryRule(e))
+// del deletes the rules of es one by one; those it could not delete are
+// left.
+func (r *iptRules) del(ctx context.Context, es ...entry) ([]entry, error) {
+	var (
+		left []entry
+		errs []error
+	)
+	for _, e := range es {
+		if err := r.deleteRule(ctx, entryRule(e)); err != nil {
+			left = append(left, e)
+			errs = append(errs, err)
+		}
+	}
+	return left, errors.Join(errs...)
 }
 
 // The calls on the tables, retried, with errors that name the object.

@@ -128,20 +128,22 @@ func (m *memSets) add(_ context.Context, es []entry) ([]entry, error) {
 	return nil, nil
 }
 
-func (m *memSets) del(_ context.Context, e entry) error {
+func (m *memSets) del(_ context.Context, es ...entry) ([]entry, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	k := nftKeyOf(e)
-	m.keys[k] = slices.DeleteFunc(m.keys[k], func(x entry) bool { return x == e })
-	if len(m.keys[k]) == 0 {
-		delete(m.keys, k)
-		delete(m.elems, k)
-		return nil
+	for _, e := range es {
+		k := nftKeyOf(e)
+		m.keys[k] = slices.DeleteFunc(m.keys[k], func(x entry) bool { return x == e })
+		if len(m.keys[k]) == 0 {
+			delete(m.keys, k)
+			delete(m.elems, k)
+			continue
+		}
+		if _, held := m.elems[k]; held {
+			m.putLocked(k)
+		}
 	}
-	if _, held := m.elems[k]; held {
-		m.putLocked(k)
-	}
-	return nil
+	return nil, nil
 }
 
 // wantedLocked groups the wanted entries by element, dropping those past.

@@ -444,11 +444,11 @@ func TestNFTShared(t *testing.T) {
 	}
 	expires(5*time.Minute, grantComment("web", long.until))
 	// The extension ends first: the element goes back to the other's until.
-	if err := r.del(ctx, long); err != nil {
+	if _, err := r.del(ctx, long); err != nil {
 		t.Fatal(err)
 	}
 	expires(time.Minute, grantComment("ssh", short.until))
-	if err := r.del(ctx, short); err != nil {
+	if _, err := r.del(ctx, short); err != nil {
 		t.Fatal(err)
 	}
 	if got := ns.elems("grant4"); len(got) != 0 {
@@ -458,7 +458,7 @@ func TestNFTShared(t *testing.T) {
 	if _, err := r.add(ctx, []entry{short, long}); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.del(ctx, short); err != nil {
+	if _, err := r.del(ctx, short); err != nil {
 		t.Fatal(err)
 	}
 	expires(5*time.Minute, grantComment("web", long.until))
@@ -484,7 +484,7 @@ func TestNFTDelGone(t *testing.T) {
 	ns.nft("delete", "element", "inet", "webknock", "grant4", "{ 192.0.2.7 . tcp . 22 }")
 	ns.nft("delete", "element", "inet", "webknock", "door4", "{ 192.0.2.8 . tcp . 22 }")
 	for _, e := range []entry{a, b} {
-		if err := r.del(ctx, e); err != nil {
+		if _, err := r.del(ctx, e); err != nil {
 			t.Errorf("delete of %s, gone: %v", r.describe(e), err)
 		}
 	}
@@ -498,13 +498,13 @@ func TestNFTDelGone(t *testing.T) {
 		}
 	}
 	for _, e := range []entry{soon, soonNet} {
-		if err := r.del(ctx, e); err != nil {
+		if _, err := r.del(ctx, e); err != nil {
 			t.Errorf("delete of an expired element: %v", err)
 		}
 	}
 	// Without the table the element is gone too.
 	ns.nft("delete", "table", "inet", "webknock")
-	if err := r.del(ctx, a); err != nil {
+	if _, err := r.del(ctx, a); err != nil {
 		t.Errorf("delete without a table: %v", err)
 	}
 }
@@ -540,7 +540,7 @@ func TestNFTChunks(t *testing.T) {
 		if _, err := r.add(ctx, []entry{e}); err != nil {
 			t.Fatal(err)
 		}
-		if err := r.del(ctx, e); err != nil {
+		if _, err := r.del(ctx, e); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -827,7 +827,7 @@ func TestNFTMonitor(t *testing.T) {
 	if _, err := r.add(ctx, []entry{e}); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.del(ctx, e); err != nil {
+	if _, err := r.del(ctx, e); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := r.reconcile(ctx, []entry{e}, protectTail()); err != nil {
@@ -979,7 +979,7 @@ func TestNFTPackets(t *testing.T) {
 	}
 	c := connects("granted", "192.0.2.1", true)
 	connects("another address", "192.0.2.3", false)
-	if err := r.del(ctx, grant); err != nil {
+	if _, err := r.del(ctx, grant); err != nil {
 		t.Fatal(err)
 	}
 	if c != nil {

@@ -244,31 +244,67 @@ func (r *nftRules) add(ctx context.Context, es []entry) ([]entry, error) {
 	return nil, nil
 }
 
-func (r *nftRules) del(ctx context.Context, e entry) error {
-	k := nftKeyOf(e)
-	rest := slices.Clone(r.keys[k])
-	if i := slices.Index(rest, e); i >= 0 {
-		rest = slices.Delete(rest, i, i+1)
-	}
-	o := &nftElemOps{}
-	if len(rest) > 0 {
-		if el, ok := r.putElem(k, nftLatest(rest), r.rt.clock.Now()); ok {
-			o.put = append(o.put, el)
+// del deletes es in batches of at most nftMaxOps operations. A key that
+// still holds another entry of webknock's keeps its element, refreshed to
+// that entry's until; the others are deleted.
+func (r *nftRules) del(ctx context.Context, es ...entry) ([]entry, error) {
+	// The keys touched, in order, with their entries after the delete.
+	var order []nftKey
+	after := map[nftKey][]entry{}
+	byKey := map[nftKey][]entry{}
+	for _, e := range es {
+		k := nftKeyOf(e)
+		if _, ok := after[k]; !ok {
+			order = append(order, k)
+			after[k] = slices.Clone(r.keys[k])
 		}
+		after[k] = slices.DeleteFunc(after[k], func(x entry) bool { return x == e })
+		byKey[k] = append(byKey[k], e)
 	}
-	if len(o.put) == 0 {
-		o.drop = append(o.drop, r.dropElem(k))
+	now := r.rt.clock.Now()
+	for start := 0; start < len(order); {
+		ops := map[string]*nftElemOps{}
+		n, end := 0, start
+		for ; end < len(order) && (n == 0 || n+3 <= nftMaxOps); end++ {
+			k := order[end]
+			o := ops[k.kind]
+			if o == nil {
+				o = &nftElemOps{}
+				ops[k.kind] = o
+			}
+			if rest := after[k]; len(rest) > 0 {
+				if el, ok := r.putElem(k, nftLatest(rest), now); ok {
+					o.put = append(o.put, el)
+					n += 3
+					continue
+				}
+			}
+			o.drop = append(o.drop, r.dropElem(k))
+			n += 2
+		}
+		chunk := order[start:end]
+		err := r.applyElems(ctx, "delete", ops)
+		switch {
+		case errors.Is(err, errNoChain): // the set is gone, and the elements with it
+		case err != nil:
+			var left []entry
+			for _, k := range order[start:] {
+				left = append(left, byKey[k]...)
+			}
+			what := fmt.Sprintf("%d elements", len(left))
+			if len(left) == 1 {
+				what = r.describe(left[0])
+			}
+			return left, fmt.Errorf("%s: delete %s from %s: %w", r.name(), what, r.where(), err)
+		}
+		for _, k := range chunk {
+			if len(after[k]) > 0 {
+				r.keys[k] = after[k]
+			} else {
+				delete(r.keys, k)
+			}
+		}
+		start = end
 	}
-	err := r.applyElems(ctx, "delete", map[string]*nftElemOps{k.kind: o})
-	switch {
-	case errors.Is(err, errNoChain): // the set is gone, and the element with it
-	case err != nil:
-		return fmt.Errorf("%s: delete %s from %s: %w", r.name(), r.describe(e), r.where(), err)
-	}
-	if len(rest) > 0 {
-		r.keys[k] = rest
-	} else {
-		delete(r.keys, k)
-	}
-	return nil
+	return nil, nil
 }

@@ -66,9 +66,7 @@ func (w *worker) demote(ctx context.Context, k grantKey, err error) {
 	}
 	// Its place in the table passes to the pending grant.
 	w.unsetGrant(k)
-	for _, e := range w.entries(g) {
-		w.del(ctx, e)
-	}
+	w.del(ctx, w.entries(g)...)
 	if p, ok := w.pending[k]; ok && p.g.Until.After(g.Until) {
 		p.held = true
 		return
@@ -115,7 +113,7 @@ func (w *worker) tick(ctx context.Context) {
 			kept = append(kept, d)
 			continue
 		}
-		if err := w.rs.del(ctx, d.e); err != nil {
+		if _, err := w.rs.del(ctx, d.e); err != nil {
 			d.fails++
 			d.at = now.Add(backoff(doomFirst, doomMax, d.fails))
 			kept = append(kept, d)

@@ -38,8 +38,10 @@ type ruleset interface {
 	// add puts es into the kernel, all or none. When it fails, the entries
 	// it may have left behind are returned, to be deleted later.
 	add(ctx context.Context, es []entry) (left []entry, err error)
-	// del deletes e from the kernel; an entry already gone is no error.
-	del(ctx context.Context, e entry) error
+	// del deletes es from the kernel, in as few calls as it can; an entry
+	// already gone is no error. When it fails, the entries it may have
+	// left behind are returned, to be deleted later.
+	del(ctx context.Context, es ...entry) (left []entry, err error)
 	// inspect compares the kernel with the entries wanted and the protect
 	// tail; doomed are entries whose delete is retried on their own
 	// schedule, not counted as extra.

@@ -358,11 +358,7 @@ func (w *worker) apply(ctx context.Context, g Grant) error {
 		w.log.Debug("grant applied", grantAttrs(g)...)
 		return nil
 	}
-	for _, e := range w.entries(old) {
-		if !slices.Contains(es, e) {
-			w.del(ctx, e)
-		}
-	}
+	w.del(ctx, slices.DeleteFunc(w.entries(old), func(e entry) bool { return slices.Contains(es, e) })...)
 	w.log.Debug("grant replaced", grantAttrs(g)...)
 	return nil
 }
@@ -376,10 +372,13 @@ func (w *worker) add(ctx context.Context, es []entry) error {
 	return err
 }
 
-// del deletes e, or has its delete retried later.
-func (w *worker) del(ctx context.Context, e entry) error {
-	err := w.rs.del(ctx, e)
-	if err != nil {
+// del deletes es; the deletes that fail are retried later.
+func (w *worker) del(ctx context.Context, es ...entry) error {
+	if len(es) == 0 {
+		return nil
+	}
+	left, err := w.rs.del(ctx, es...)
+	for _, e := range left {
 		w.doom(e)
 	}
 	return err
@@ -495,15 +494,10 @@ func (w *worker) remove(ctx context.Context, k grantKey, reason string) error {
 	g := w.grants[k]
 	w.dropGrant(k)
 	w.urgent = w.urgent || reason != ReasonExpired
-	var errs []error
-	for _, e := range w.entries(g) {
-		if err := w.del(ctx, e); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	err := w.del(ctx, w.entries(g)...)
 	w.log.Info("grant removed", keyIP, sourceOf(g), keySequence, g.Sequence, keyUntil, g.Until, keyReason, reason)
 	w.endHeld(k, g, reason)
-	return errors.Join(errs...)
+	return err
 }
 
 // endHeld tells OnEnd that the held grant g of k ended; but when it
@@ -582,9 +576,7 @@ func (w *worker) applyPolicy(ctx context.Context, pol policy) {
 			w.log.Warn("grant not moved for close_on_connect; the next check does it", append(grantAttrs(g), keyErr, err)...)
 			continue
 		}
-		for _, e := range entriesOf(g, was) {
-			w.del(ctx, e)
-		}
+		w.del(ctx, entriesOf(g, was)...)
 	}
 	now := w.f.clock.Now()
 	for _, g := range sortedGrants(w.grants) {
@@ -606,9 +598,7 @@ func (w *worker) applyPolicy(ctx context.Context, pol policy) {
 			}
 			w.log.Info("grant cut to the sequence's shortened window", grantAttrs(v.g)...)
 		case len(v.dropped) > 0:
-			for _, e := range w.entries(Grant{IP: g.IP, Bits: g.Bits, Sequence: g.Sequence, Ports: v.dropped, Until: g.Until}) {
-				w.del(ctx, e)
-			}
+			w.del(ctx, w.entries(Grant{IP: g.IP, Bits: g.Bits, Sequence: g.Sequence, Ports: v.dropped, Until: g.Until})...)
 			w.setGrant(k, v.g)
 			w.log.Info("ports closed: no longer the sequence's", append(grantAttrs(v.g), keyFixed, v.dropped)...)
 		}
