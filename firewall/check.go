@@ -115,9 +115,9 @@ func (w *worker) checkFamily(ctx context.Context) error {
 
 // inspect compares the kernel with the grants and the protect tail.
 func (w *worker) inspect(ctx context.Context) (drift, error) {
-	doomed := make([]entry, len(w.doomed))
-	for i, d := range w.doomed {
-		doomed[i] = d.e
+	doomed := w.sw.entries()
+	for _, d := range w.doomed {
+		doomed = append(doomed, d.e)
 	}
 	return w.rs.inspect(ctx, w.wantedEntries(), doomed, w.cur)
 }

@@ -296,7 +296,7 @@ func newFirewall(o Options, rss [2]ruleset) *Firewall {
 		rt.stop = f.stop
 		f.fams[fam] = &worker{
 			f: f, fam: fam, rs: rs, rt: rt, log: o.Logger,
-			reqs: make(chan request), done: make(chan struct{}),
+			reqs: make(chan request, reqQueue), done: make(chan struct{}),
 			cur: cur, pol: pol,
 			grants: map[grantKey]Grant{}, touched: map[grantKey]struct{}{}, doors: map[grantKey]struct{}{}, pending: map[grantKey]*pendingGrant{}, revoked: map[netip.Prefix]time.Time{},
 		}

@@ -44,6 +44,7 @@ type worker struct {
 	revoked  map[netip.Prefix]time.Time // wall-clock time of the last revoke of a source
 	revList  []revoked                  // revoked as published; nil when it changed
 	doomed   []doomedEntry
+	sw       sweep     // entries of ended grants still to be deleted
 	changed  bool      // the state file is behind this family
 	unsynced bool      // the last reconcile failed
 	checkErr error     // the last integrity check failed
@@ -77,8 +78,21 @@ func (w *worker) do(ctx context.Context, fn func(context.Context) error) error {
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-w.done:
+		// Stopped: with the request still queued, or just done with it.
+		select {
+		case err := <-r.done:
+			return err
+		default:
+			return errClosed
+		}
 	}
 }
+
+// reqQueue is how many requests wait for a family's worker without
+// holding up their callers' send: the worker takes them before the next
+// chunk of a sweep.
+const reqQueue = 64
 
 // run is the worker's goroutine.
 //
@@ -95,6 +109,21 @@ func (w *worker) run(check <-chan time.Time) {
 	poller, _ := w.rs.(doorPoller)
 	var doorTick <-chan time.Time
 	for {
+		if w.sw.pending() > 0 {
+			// Requests first; between them, the sweep a chunk at a time.
+			select {
+			case r := <-w.reqs:
+				w.serve(r)
+			case <-f.stop:
+				return
+			default:
+				w.begin()
+				_ = w.sweepChunk(f.ctx)
+				w.commit()
+				w.end()
+			}
+			continue
+		}
 		var wake <-chan time.Time
 		if at, ok := w.nextWake(); ok {
 			wake = f.clock.After(at.Sub(f.clock.Now()))
@@ -112,16 +141,7 @@ func (w *worker) run(check <-chan time.Time) {
 		case <-f.stop:
 			return
 		case r := <-w.reqs:
-			w.begin()
-			err := r.ctx.Err()
-			if err == nil {
-				err = r.fn(r.ctx)
-			}
-			w.commit()
-			// Told before the caller goes on: a test that waits for it
-			// after its own request is never woken by that request.
-			w.end()
-			r.done <- err
+			w.serve(r)
 		case <-wake:
 			w.begin()
 			w.tick(f.ctx)
@@ -151,6 +171,20 @@ func (w *worker) run(check <-chan time.Time) {
 			w.end()
 		}
 	}
+}
+
+// serve runs a request.
+func (w *worker) serve(r request) {
+	w.begin()
+	err := r.ctx.Err()
+	if err == nil {
+		err = r.fn(r.ctx)
+	}
+	w.commit()
+	// Told before the caller goes on: a test that waits for it after its
+	// own request is never woken by that request.
+	w.end()
+	r.done <- err
 }
 
 // pollDoors ends the grants whose door entries connections used: found
@@ -236,7 +270,7 @@ func (w *worker) commit() {
 	}
 	sortGrants(pending)
 	w.f.st.publish(w.fam, w.grants, w.touched, pending, w.revList,
-		famHealth{doomed: len(w.doomed), pending: len(w.pending),
+		famHealth{doomed: len(w.doomed) + w.sw.pending(), pending: len(w.pending),
 			unsynced: w.unsynced, checkErr: w.checkErr, checked: w.checked}, w.changed, w.urgent)
 	w.urgent = false
 	clear(w.touched)
@@ -351,6 +385,7 @@ func (w *worker) apply(ctx context.Context, g Grant) error {
 		return err
 	}
 	w.undoom(es)
+	w.sw.drop(es)
 	k := keyOf(g)
 	old, had := w.grants[k]
 	w.setGrant(k, g)
@@ -488,16 +523,23 @@ func (w *worker) pruneRevoked(now time.Time) {
 	}
 }
 
-// remove forgets a held grant, deletes its rules and tells OnEnd why it
-// ended; a rule whose delete fails is retried later.
+// remove forgets a held grant, deletes its rules (before any that wait in
+// the sweep) and tells OnEnd why it ended; a rule whose delete fails is
+// retried later.
 func (w *worker) remove(ctx context.Context, k grantKey, reason string) error {
+	return w.retire(ctx, w.forget(k, reason), true)
+}
+
+// forget forgets a held grant and tells OnEnd why it ended; it returns
+// its entries, which are the caller's to delete.
+func (w *worker) forget(k grantKey, reason string) []entry {
 	g := w.grants[k]
+	es := w.entries(g)
 	w.dropGrant(k)
 	w.urgent = w.urgent || reason != ReasonExpired
-	err := w.del(ctx, w.entries(g)...)
 	w.log.Info("grant removed", keyIP, sourceOf(g), keySequence, g.Sequence, keyUntil, g.Until, keyReason, reason)
 	w.endHeld(k, g, reason)
-	return err
+	return es
 }
 
 // endHeld tells OnEnd that the held grant g of k ended; but when it
@@ -521,9 +563,14 @@ func (w *worker) ended(g Grant, reason string) {
 
 // expire removes the grants, held or pending, whose until is not after now.
 func (w *worker) expire(ctx context.Context, now time.Time) {
+	// Their entries go in one sweep, oldest end first: the first chunk now,
+	// the rest between requests. A failure is logged and retried.
+	var es []entry
 	for _, g := range w.endedBy(now) {
-		// A failure is logged and retried by remove.
-		_ = w.remove(ctx, keyOf(g), ReasonExpired)
+		es = append(es, w.forget(keyOf(g), ReasonExpired)...)
+	}
+	if len(es) > 0 {
+		_ = w.retire(ctx, es, false)
 	}
 	for _, p := range w.pendingSorted() {
 		if !p.g.Until.After(now) {
