@@ -6,10 +6,15 @@
 # 1000, on a log of the same size holding their knocks) and with every
 # further CONFIG named; prints the best CPU time (user+sys)
 # and the best wall time of RUNS runs as ratios to wc -l's, and webknock's
-# peak memory. WEBKNOCK=BINARY times that build instead of the tree's.
+# peak memory (GNU time's %M). WEBKNOCK=BINARY times that build instead of
+# the tree's. Fails unless the logs hold the lines written and each replay
+# reads them all, parses every line it examines (--parse-all: every line)
+# and grants the knocks the log holds (those of a further CONFIG are not
+# known: any number).
 # Usage: [SEQUENCES=N] [ONETIME=N] [WEBKNOCK=BINARY] bench/replay.sh [LINES] [RUNS] [CONFIG...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 lines=${1:-1000000}
 runs=${2:-5}
 shift $(($# < 2 ? $# : 2))
@@ -21,15 +26,16 @@ many=$out/sequences-$seqs.yaml
 ot=${ONETIME:-1000}
 otlog=$out/access-$lines-o$ot.log
 otcfg=$out/onetime-$ot.yaml
-command -v /usr/bin/time > /dev/null || { echo "bench/replay.sh needs GNU time (apt-get install time)" >&2; exit 1; }
+[ -x /usr/bin/time ] || fail "bench/replay.sh needs GNU time (apt-get install time)"
+need jq jq
 wk=${WEBKNOCK:-$out/webknock}
 [ -n "${WEBKNOCK:-}" ] || go build -o "$wk" ./cmd/webknock
-if [ ! -s "$log" ] || [ ! -s "$many" ]; then
-  go run ./bench/genlog -lines "$lines" -sequences "$seqs" -config "$many" > "$log"
-fi
-if [ ! -s "$otlog" ] || [ ! -s "$otcfg" ]; then
-  go run ./bench/genlog -lines "$lines" -onetime "$ot" -config "$otcfg" > "$otlog"
-fi
+[ -s "$many" ] || rm -f "$log.genlog"
+genlog "$log" -lines "$lines" -sequences "$seqs" -config "$many"
+[ -s "$otcfg" ] || rm -f "$otlog.genlog"
+genlog "$otlog" -lines "$lines" -onetime "$ot" -config "$otcfg"
+check_lines "$log" "$lines"
+check_lines "$otlog" "$lines"
 cat "$log" "$otlog" > /dev/null # warm the page cache for all
 
 # The commands: wc -l, replay with each configuration, replay parsing every
@@ -38,6 +44,16 @@ cat "$log" "$otlog" > /dev/null # warm the page cache for all
 # that other load on the machine falls on all of them alike.
 configs=(testdata/example.yaml "$many" "$otcfg" "$@")
 logOf() { if [ "$1" = "$otcfg" ]; then echo "$otlog"; else echo "$log"; fi; }
+# The grants a replay of its log with configuration $1 must show: genlog's
+# 20 knocks of example.yaml; its 500 knocks of random sequences, every
+# fifth left after two steps.
+grantsOf() {
+  case $1 in
+  testdata/example.yaml) echo 20 ;;
+  "$many" | "$otcfg") echo 400 ;;
+  *) echo - ;;
+  esac
+}
 names=("wc -l") flags=("") cfgs=("") logs=("$log")
 names+=("wc -l (one-time log)") flags+=("") cfgs+=("") logs+=("$otlog")
 for cfg in "${configs[@]}"; do
@@ -74,7 +90,17 @@ for ((i = 0; i < ncmd; i++)); do
     'BEGIN { printf "%-40s %8.3f %8.2f %8.3f %8.2f\n", n, c, c / (c0 > 0 ? c0 : 0.001), w, w / (w0 > 0 ? w0 : 0.001) }'
 done
 echo
+# Peak memory, and the checks: every line read, every line examined parsed
+# (with --parse-all every line), the knocks granted.
+measure() { # NAME EXPECTED-PARSED FLAGS... CONFIG LOG
+  local name=$1 parsed=$2 cfg=${*: -2:1}
+  shift 2
+  /usr/bin/time -o "$out/rss" -f '%M' "$wk" replay --summary json "$@" > /dev/null 2> "$out/summary"
+  check_replay "$out/summary" "$name" "$lines" "$parsed" "$(grantsOf "$cfg")"
+  printf '%-32s peak RSS %6s KiB; %s\n' "$name" "$(cat "$out/rss")" \
+    "$(tail -n 1 "$out/summary" | jq -r '"\(.lines) lines read, \(.examined) examined, \(.parsed) parsed, \(.grants) grants"')"
+}
 for cfg in "${configs[@]}"; do
-  /usr/bin/time -o "$out/rss" -f '%M' "$wk" replay -c "$cfg" "$(logOf "$cfg")" > /dev/null 2> "$out/summary"
-  printf '%-24s peak RSS %s KiB; %s\n' "$(basename "$cfg")" "$(cat "$out/rss")" "$(tail -n 1 "$out/summary")"
+  measure "replay $(basename "$cfg")" examined -c "$cfg" "$(logOf "$cfg")"
 done
+measure "replay --parse-all example.yaml" "$lines" --parse-all -c testdata/example.yaml "$log"

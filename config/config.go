@@ -46,6 +46,12 @@ type Firewall struct {
 	// IPv6 false leaves IPv6 unmanaged, knowingly: without it, a host with
 	// IPv6 and protect on needs a working IPv6 firewall.
 	IPv6 bool
+	// MaxGrants bounds the live grants; the caps bound those of one
+	// sequence, of one IPv4 /24 and of one IPv6 /64. Each is at least 1.
+	MaxGrants            int
+	MaxGrantsPerSequence int
+	MaxGrantsPerIPv4Net  int
+	MaxGrantsPerIPv6Net  int
 }
 
 // Sequence is one secret sequence of URL paths and the ports it opens.
@@ -180,6 +186,11 @@ func defaults() Config {
 			Hook:    "INPUT",
 			Protect: true,
 			IPv6:    true,
+
+			MaxGrants:            65536,
+			MaxGrantsPerSequence: 1024,
+			MaxGrantsPerIPv4Net:  64,
+			MaxGrantsPerIPv6Net:  64,
 		},
 		Lockout: Lockout{
 			Failures: 5,

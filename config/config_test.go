@@ -44,6 +44,11 @@ func goodConfig() Config {
 			Protect:     false,
 			IPv6:        false,
 			AlwaysAllow: prefixes("198.51.100.0/24", "::1/128", "192.0.2.9/32"),
+
+			MaxGrants:            4096,
+			MaxGrantsPerSequence: 512,
+			MaxGrantsPerIPv4Net:  16,
+			MaxGrantsPerIPv6Net:  8,
 		},
 		Sequences: []Sequence{
 			{
@@ -122,7 +127,8 @@ func minimalConfig() Config {
 			Start:  "saved",
 		},
 		StateDir: "/var/lib/webknock",
-		Firewall: Firewall{Backend: "iptables", Chain: "WEBKNOCK", Table: "webknock", Hook: "INPUT", Protect: true, IPv6: true},
+		Firewall: Firewall{Backend: "iptables", Chain: "WEBKNOCK", Table: "webknock", Hook: "INPUT", Protect: true, IPv6: true,
+			MaxGrants: 65536, MaxGrantsPerSequence: 1024, MaxGrantsPerIPv4Net: 64, MaxGrantsPerIPv6Net: 64},
 		Sequences: []Sequence{{
 			Name:        "ssh",
 			Steps:       []string{"/k/a"},
@@ -179,6 +185,10 @@ func TestLoad(t *testing.T) {
 				"WEBKNOCK_FIREWALL__HOOK=FORWARD",
 				"WEBKNOCK_FIREWALL__PROTECT=true",
 				"WEBKNOCK_FIREWALL__ALWAYS_ALLOW=10.9.0.0/16, 10.8.0.1",
+				"WEBKNOCK_FIREWALL__MAX_GRANTS=1000",
+				"WEBKNOCK_FIREWALL__MAX_GRANTS_PER_SEQUENCE=100",
+				"WEBKNOCK_FIREWALL__MAX_GRANTS_PER_IPV4_24= 10",
+				"WEBKNOCK_FIREWALL__MAX_GRANTS_PER_IPV6_64=20",
 				"WEBKNOCK_LOCKOUT__FAILURES=7",
 				"WEBKNOCK_LOCKOUT__PERIOD=1m",
 				"WEBKNOCK_LOCKOUT__DURATION=2h",
@@ -190,7 +200,8 @@ func TestLoad(t *testing.T) {
 				c.Log = Log{Paths: []string{"/a.log", "/b.log", "/c.log"}, Format: "common", Start: "beginning"}
 				c.StateDir = "/tmp/state"
 				c.Firewall = Firewall{Backend: "iptables", Chain: "KNOCK", Table: "wk_table", Hook: "FORWARD", Protect: true,
-					AlwaysAllow: prefixes("10.9.0.0/16", "10.8.0.1/32")}
+					AlwaysAllow: prefixes("10.9.0.0/16", "10.8.0.1/32"),
+					MaxGrants:   1000, MaxGrantsPerSequence: 100, MaxGrantsPerIPv4Net: 10, MaxGrantsPerIPv6Net: 20}
 				c.Lockout = Lockout{Failures: 7, Period: time.Minute, Duration: 2 * time.Hour}
 				c.Web = Web{TokenFile: "/run/token", Socket: "/run/wk/admin.sock"}
 			},
@@ -447,6 +458,20 @@ func TestValidation(t *testing.T) {
 			want: `config.yaml:2: firewall.always_allow[0]: bad CIDR "2001:db8::/129": want an IP address or CIDR like "192.0.2.0/24" or "2001:db8::/32"`},
 		{name: "bad ipv6", yaml: "firewall:\n  ipv6: off\n" + seq,
 			want: `config.yaml:2: firewall.ipv6: want true or false, got "off"`},
+		{name: "grant bounds not positive", yaml: "firewall:\n  max_grants: 0\n  max_grants_per_sequence: -1\n  max_grants_per_ipv4_24: 0\n  max_grants_per_ipv6_64: 0\n" + seq,
+			want: "config.yaml:2: firewall.max_grants: bad max_grants 0: want 1 or more live grants\n" +
+				"config.yaml:3: firewall.max_grants_per_sequence: bad max_grants_per_sequence -1: want 1 or more live grants; to lift the cap, set it to max_grants\n" +
+				"config.yaml:4: firewall.max_grants_per_ipv4_24: bad max_grants_per_ipv4_24 0: want 1 or more live grants; to lift the cap, set it to max_grants\n" +
+				"config.yaml:5: firewall.max_grants_per_ipv6_64: bad max_grants_per_ipv6_64 0: want 1 or more live grants; to lift the cap, set it to max_grants"},
+		{name: "grant bound of the wrong type", yaml: "firewall:\n  max_grants_per_ipv6_64: many\n  max_grants: 1.5\n" + seq,
+			want: "config.yaml:2: firewall.max_grants_per_ipv6_64: want an integer, got \"many\"\n" +
+				"config.yaml:3: firewall.max_grants: want an integer, got 1.5"},
+		{name: "grant bound typo", yaml: "firewall:\n  max_grants_per_ipv6: 8\n" + seq,
+			want: `config.yaml:2: firewall.max_grants_per_ipv6: unknown key`},
+		{name: "grant bounds from the environment", yaml: seq,
+			env: []string{"WEBKNOCK_FIREWALL__MAX_GRANTS_PER_IPV4_24=0", "WEBKNOCK_FIREWALL__MAX_GRANTS_PER_SEQUENCE=lots"},
+			want: "WEBKNOCK_FIREWALL__MAX_GRANTS_PER_IPV4_24: firewall.max_grants_per_ipv4_24: bad max_grants_per_ipv4_24 0: want 1 or more live grants; to lift the cap, set it to max_grants\n" +
+				"WEBKNOCK_FIREWALL__MAX_GRANTS_PER_SEQUENCE: firewall.max_grants_per_sequence: want an integer, got \"lots\""},
 
 		// lockout, web
 		{name: "negative failures", yaml: "lockout:\n  failures: -1\n" + seq,

@@ -51,6 +51,14 @@ func (l *loader) decodeRoot(a loc, root map[string]any) {
 					l.setPrefixes(a, v, &l.cfg.Firewall.AlwaysAllow)
 				case "ipv6":
 					l.setBool(a, v, &l.cfg.Firewall.IPv6)
+				case "max_grants":
+					l.setInt(a, v, &l.cfg.Firewall.MaxGrants)
+				case "max_grants_per_sequence":
+					l.setInt(a, v, &l.cfg.Firewall.MaxGrantsPerSequence)
+				case "max_grants_per_ipv4_24":
+					l.setInt(a, v, &l.cfg.Firewall.MaxGrantsPerIPv4Net)
+				case "max_grants_per_ipv6_64":
+					l.setInt(a, v, &l.cfg.Firewall.MaxGrantsPerIPv6Net)
 				default:
 					l.unknown(a)
 				}

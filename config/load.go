@@ -47,6 +47,11 @@ var envKeys = map[string]bool{
 	"hooks.on_lockout":      true,
 	"hooks.timeout":         false,
 	"hooks.max_running":     false,
+
+	"firewall.max_grants":              false,
+	"firewall.max_grants_per_sequence": false,
+	"firewall.max_grants_per_ipv4_24":  false,
+	"firewall.max_grants_per_ipv6_64":  false,
 }
 
 // envArgv are the list keys that hold a command: their variable is a YAML

@@ -77,6 +77,20 @@ func (l *loader) validate(checkFormat func(string) error) {
 	if c.Firewall.Hook == "" {
 		bad(at("firewall", "hook"), "must not be empty; want the chain that jumps to ours, like \"INPUT\" or \"DOCKER-USER\" (iptables), or input or forward (nftables)")
 	}
+	// Their upper bound is the firewall's (Options.Check).
+	for _, m := range []struct {
+		key, lift string
+		n         int
+	}{
+		{"max_grants", "", c.Firewall.MaxGrants},
+		{"max_grants_per_sequence", "; to lift the cap, set it to max_grants", c.Firewall.MaxGrantsPerSequence},
+		{"max_grants_per_ipv4_24", "; to lift the cap, set it to max_grants", c.Firewall.MaxGrantsPerIPv4Net},
+		{"max_grants_per_ipv6_64", "; to lift the cap, set it to max_grants", c.Firewall.MaxGrantsPerIPv6Net},
+	} {
+		if m.n < 1 {
+			bad(at("firewall", m.key), "bad %s %d: want 1 or more live grants%s", m.key, m.n, m.lift)
+		}
+	}
 
 	l.validateSequences(at, bad)
 

@@ -23,7 +23,9 @@
 //
 // Every grant is held to the configured sequences (Options.Sequences): its
 // sequence must exist, its ports be the sequence's, and it ends at most one
-// window after the wall clock's now, whatever the log's clock says.
+// window after the wall clock's now, whatever the log's clock says. The
+// live grants are bounded in all (MaxGrants) and by source: per sequence,
+// per IPv4 /24 and per IPv6 /64 (caps.go).
 //
 // A grant opens to one address, or to its network (Grant.Bits: carrier NAT,
 // IPv6 privacy addresses). Revoke ends the grants that overlap an address
@@ -69,6 +71,8 @@ const (
 	keyCut      = "cut"
 	keyAt       = "at"
 	keyBy       = "by"
+	keyCap      = "cap"
+	keyCapKey   = "key"
 )
 
 // Backends.
@@ -150,6 +154,13 @@ type Options struct {
 	// MaxGrants bounds the live and pending grants; a new grant beyond it
 	// is refused with ErrTableFull. Default 65536.
 	MaxGrants int
+	// The caps on live and pending grants by source: of one sequence
+	// (default 1024), of sources in one IPv4 /24 (default 64), in one
+	// IPv6 /64 (default 64). A new grant beyond one is refused with an
+	// error wrapping ErrCapped; one that extends a grant is never refused.
+	MaxGrantsPerSequence int
+	MaxGrantsPerIPv4Net  int
+	MaxGrantsPerIPv6Net  int
 
 	// OnEnd, when set, is told once of every held grant that ends, and
 	// why: ReasonExpired, the reason given to Revoke, or ReasonPolicy when
@@ -204,6 +215,9 @@ type Health struct {
 	// (a family stuck, grants pending), for /healthz; empty when InSync.
 	Problems []string
 	Checked  time.Time // the end of the oldest of the families' last integrity checks that passed
+	// Capped counts the grants refused by each cap (ErrCapped), indexed
+	// by Cap.
+	Capped [NumCaps]uint64
 }
 
 // Firewall applies grants. Its methods are safe for concurrent use.
@@ -224,6 +238,8 @@ type Firewall struct {
 	once sync.Once
 
 	count       atomic.Int64 // grants held or pending, both families
+	maxGrants   atomic.Int64 // Options.MaxGrants, as reconfigured
+	caps        *caps        // the grants by source, under their caps
 	refused     atomic.Uint64
 	repairs     atomic.Uint64
 	warnedAhead atomic.Bool // a grant was cut because the log's clock is ahead
@@ -284,7 +300,9 @@ func newFirewall(o Options, rss [2]ruleset) *Firewall {
 		st:        &store{path: o.statePath(), log: o.Logger, gap: stateGap},
 		conntrack: dialConntrack, hostAddrs: hostAddrs,
 		stop: make(chan struct{}), ctx: ctx, quit: quit,
+		caps: newCaps(o),
 	}
+	f.maxGrants.Store(int64(o.MaxGrants))
 	cur := tail{protect: o.Protect, allow: o.AlwaysAllow, ports: o.Ports}
 	pol := newPolicy(o.Sequences)
 	for _, fam := range families {
@@ -334,7 +352,8 @@ func (f *Firewall) worker(ip netip.Addr) (*worker, error) {
 // Until is not after now (ErrExpired), a knock logged before the last
 // revoke of a source it overlaps (ErrRevoked), a sequence or
 // ports the configuration does not have (ErrNotAllowed), a new grant while
-// MaxGrants are held (ErrTableFull). When iptables fails, the grant waits
+// MaxGrants are held (ErrTableFull), a new grant beyond a cap on the grants
+// of its sequence or network (ErrCapped). When iptables fails, the grant waits
 // and is retried until it is applied or its window ends; the error then
 // wraps ErrPending, and the returned grant is the one that waits.
 func (f *Firewall) Grant(ctx context.Context, g Grant) (Grant, error) {
@@ -412,7 +431,7 @@ func (f *Firewall) Health() Health {
 	f.st.mu.Lock()
 	views, dirty, serr := f.st.fams, f.st.dirty, f.st.err
 	f.st.mu.Unlock()
-	h := Health{Refused: f.refused.Load(), Repairs: f.repairs.Load()}
+	h := Health{Refused: f.refused.Load(), Capped: f.caps.counts(), Repairs: f.repairs.Load()}
 	for _, w := range f.workers() {
 		v, rt := views[w.fam].health, w.rt
 		h.Failures += rt.failures.Load()
@@ -486,8 +505,9 @@ func plural(n int, one, many string) string {
 // families took them are the sequences applied to the grants: those of a
 // sequence that is gone are revoked, ports no longer a sequence's are
 // closed, and a grant that ends later than now plus a shortened window is
-// cut to it. Backend, Chain, Table, Hook, IPv6Off and StateDir change only
-// with a restart; the other options are ignored.
+// cut to it; then the new MaxGrants and caps apply to new grants. Backend,
+// Chain, Table, Hook, IPv6Off and StateDir change only with a restart; the
+// other options are ignored.
 func (f *Firewall) Reconfigure(ctx context.Context, o Options) error {
 	n, err := o.normalize()
 	if err != nil {
@@ -519,6 +539,8 @@ func (f *Firewall) Reconfigure(ctx context.Context, o Options) error {
 		w.applyPolicy(ctx, pol)
 		return nil
 	})
+	f.maxGrants.Store(int64(n.MaxGrants))
+	f.caps.setLimits(n)
 	f.log.Info("firewall reconfigured", keyProtect, next.protect, keyPorts, next.ports)
 	return nil
 }

@@ -26,7 +26,8 @@ type Sequence struct {
 }
 
 // OptionError is a problem with one option. Option is the configuration key
-// below `firewall.` ("backend", "chain", "hook", "always_allow", "ipv6"),
+// below `firewall.` ("backend", "chain", "hook", "always_allow", "ipv6",
+// "max_grants", a Cap),
 // or a top-level key: "state_dir", or "sequences" for the ports and windows
 // of the sequences.
 type OptionError struct {
@@ -81,6 +82,19 @@ func CheckOptions(o Options) error {
 	for _, n := range o.AlwaysAllow {
 		if !n.IsValid() {
 			errs = append(errs, optErr("always_allow", "bad network %s", n))
+		}
+	}
+	for _, l := range []struct {
+		option string
+		n      int
+	}{
+		{"max_grants", o.MaxGrants},
+		{CapSequence.String(), o.MaxGrantsPerSequence},
+		{CapIPv4Net.String(), o.MaxGrantsPerIPv4Net},
+		{CapIPv6Net.String(), o.MaxGrantsPerIPv6Net},
+	} {
+		if l.n > maxMaxGrants {
+			errs = append(errs, optErr(l.option, "%d grants: at most %d allowed, what the state file holds", l.n, maxMaxGrants))
 		}
 	}
 	if o.StateDir != "" && !filepath.IsAbs(o.StateDir) {
@@ -195,6 +209,16 @@ const (
 	defaultLockWait      = 5 * time.Second
 	defaultCheckInterval = 3 * time.Second
 	defaultMaxGrants     = 1 << 16
+	// A leaked static sequence can take at most this many of the table's
+	// places; every other sequence keeps the rest.
+	defaultMaxPerSequence = 1024
+	// One /24 or /64 is one site, one NAT pool, one LAN: 64 people knocking
+	// at once from one is already a crowd.
+	defaultMaxPerIPv4Net = 64
+	defaultMaxPerIPv6Net = 64
+	// maxMaxGrants is the most any of the bounds may be: the state file
+	// holds that many grants, with room for the revokes.
+	maxMaxGrants = maxStateBytes / 512
 )
 
 // normalize checks o (CheckOptions) and applies the defaults.
@@ -248,6 +272,15 @@ func (o Options) normalize() (Options, error) {
 	}
 	if o.MaxGrants <= 0 {
 		o.MaxGrants = defaultMaxGrants
+	}
+	if o.MaxGrantsPerSequence <= 0 {
+		o.MaxGrantsPerSequence = defaultMaxPerSequence
+	}
+	if o.MaxGrantsPerIPv4Net <= 0 {
+		o.MaxGrantsPerIPv4Net = defaultMaxPerIPv4Net
+	}
+	if o.MaxGrantsPerIPv6Net <= 0 {
+		o.MaxGrantsPerIPv6Net = defaultMaxPerIPv6Net
 	}
 	return o, nil
 }

@@ -270,16 +270,21 @@ func (f *Firewall) admit(doc stateDoc) []ending {
 		k := keyOf(g)
 		old, had := w.grants[k]
 		if !had {
+			// Restored whatever the caps: the kernel holds it already.
 			f.count.Add(1)
+			f.caps.add(k)
 		}
 		if !had || g.Until.After(old.Until) {
 			w.setGrant(k, g)
 		}
 	}
-	if n := f.count.Load(); n > int64(f.o.MaxGrants) {
+	if n := f.count.Load(); n > f.maxGrants.Load() {
 		// Live in the kernel already: kept, and new ones refused until
 		// enough have ended.
 		f.log.Warn("more live grants than max grants; new grants are refused until fewer", keyCount, n)
+	}
+	if n := f.caps.over(); n > 0 {
+		f.log.Warn("sequences or networks hold more live grants than their caps; their new grants are refused until fewer", keyCount, n)
 	}
 	for _, r := range doc.Revoked {
 		if w := f.fams[familyOf(r.Source.Addr())]; w != nil && r.At.After(w.revoked[r.Source.Prefix]) {

@@ -277,13 +277,25 @@ func (w *worker) commit() {
 	w.changed = false
 }
 
-// reserve takes a place in the grant table for a new grant.
-func (f *Firewall) reserve() bool {
-	if f.count.Add(1) > int64(f.o.MaxGrants) {
-		f.count.Add(-1)
-		return false
+// reserve takes a place in the grant table, and under the caps, for a new
+// grant of k: a *CapError when a cap refuses, ErrTableFull when the table
+// does.
+func (f *Firewall) reserve(k grantKey) error {
+	if err := f.caps.take(k); err != nil {
+		return err
 	}
-	return true
+	if f.count.Add(1) > f.maxGrants.Load() {
+		f.count.Add(-1)
+		f.caps.release(k)
+		return ErrTableFull
+	}
+	return nil
+}
+
+// release gives back the place of k.
+func (f *Firewall) release(k grantKey) {
+	f.count.Add(-1)
+	f.caps.release(k)
 }
 
 // dropGrant forgets the grant of k; dropPending its pending grant. The
@@ -294,7 +306,7 @@ func (w *worker) dropGrant(k grantKey) {
 	}
 	w.unsetGrant(k)
 	if _, ok := w.pending[k]; !ok {
-		w.f.count.Add(-1)
+		w.f.release(k)
 	}
 }
 
@@ -305,7 +317,7 @@ func (w *worker) dropPending(k grantKey) {
 	delete(w.pending, k)
 	w.changed = true
 	if _, ok := w.grants[k]; !ok {
-		w.f.count.Add(-1)
+		w.f.release(k)
 	}
 }
 
@@ -351,11 +363,17 @@ func (w *worker) grant(ctx context.Context, g Grant) (Grant, error) {
 	if pend && !g.Until.After(p.g.Until) {
 		return p.g, fmt.Errorf("grant to %s for %s: %w: %w", src, g.Sequence, ErrPending, p.err)
 	}
-	if !had && !pend && !w.f.reserve() {
-		w.f.refused.Add(1)
-		n := w.f.count.Load()
-		w.log.Warn("grant refused: the grant table is full", keyIP, src, keySequence, g.Sequence, keyCount, n)
-		return Grant{}, fmt.Errorf("grant to %s for %s: %w (%d grants)", src, g.Sequence, ErrTableFull, n)
+	if !had && !pend {
+		switch err := w.f.reserve(k); {
+		case errors.Is(err, ErrTableFull):
+			w.f.refused.Add(1)
+			n := w.f.count.Load()
+			w.log.Warn("grant refused: the grant table is full", keyIP, src, keySequence, g.Sequence, keyCount, n)
+			return Grant{}, fmt.Errorf("grant to %s for %s: %w (%d grants)", src, g.Sequence, ErrTableFull, n)
+		case err != nil:
+			// Counted, and logged once per cap reached, by the caps.
+			return Grant{}, fmt.Errorf("grant to %s for %s: %w", src, g.Sequence, err)
+		}
 	}
 	if old.Knocked.After(g.Knocked) {
 		g.Knocked = old.Knocked

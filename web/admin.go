@@ -116,7 +116,7 @@ func (s *Server) grant(w http.ResponseWriter, r *http.Request) {
 		errors.Is(err, firewall.ErrNotAllowed), errors.Is(err, firewall.ErrRevoked):
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
-	case errors.Is(err, firewall.ErrTableFull):
+	case errors.Is(err, firewall.ErrTableFull), errors.Is(err, firewall.ErrCapped):
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	case err != nil:

@@ -121,6 +121,8 @@ func TestAdminGrantErrors(t *testing.T) {
 	}{
 		{fmt.Errorf("%w: 2h is longer than the window of ssh (1h)", ErrBadRequest), 400, "bad request: 2h is longer than the window of ssh (1h)"},
 		{fmt.Errorf("grant 198.51.100.7: %w", firewall.ErrTableFull), 503, "grant table full"},
+		{fmt.Errorf("grant to 198.51.100.7 for ssh: %w", &firewall.CapError{Cap: firewall.CapIPv4Net, Key: "198.51.100.0/24", Count: 64, Limit: 64}), 503,
+			"grant cap reached: network 198.51.100.0/24 holds 64 live grants; firewall.max_grants_per_ipv4_24 is 64"},
 		{fmt.Errorf("grant 198.51.100.7: %w", firewall.ErrExpired), 400, "grant already expired"},
 		{errors.New("iptables: exit status 4"), 500, "grant failed: iptables: exit status 4"},
 	}

@@ -6,6 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/webknock/webknock/firewall"
 )
 
 // metrics is the server's own registry (never the global one, so two
@@ -30,7 +32,7 @@ func newMetrics(s *Server) (*metrics, error) {
 		reg: prometheus.NewRegistry(),
 		lines: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "webknock_lines_total",
-			Help: "Access log lines by file and result: read, parsed (into a request), skipped.",
+			Help: "Access log lines by file and result: read (every line), parsed (into a request), skipped (refused). Only lines examined are parsed or skipped: those holding a knock path, and the first of each read.",
 		}, []string{"file", "result"}),
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "webknock_lines_skipped_total",
@@ -118,6 +120,9 @@ var (
 		"Failed iptables calls since start, retries included.", nil, nil)
 	descPending = prometheus.NewDesc("webknock_firewall_pending_deletes",
 		"Rules whose delete failed and is retried in the background.", nil, nil)
+	descRefusedGrants = prometheus.NewDesc("webknock_firewall_grants_refused_total",
+		"New grants refused, by the bound that refused them: max_grants (the table was full), or a cap on the live grants of one sequence or network (max_grants_per_sequence, max_grants_per_ipv4_24, max_grants_per_ipv6_64).",
+		[]string{"limit"}, nil)
 	descInSync = prometheus.NewDesc("webknock_firewall_in_sync",
 		"1 when the kernel holds exactly the rules the grants describe.", nil, nil)
 	descFollowing = prometheus.NewDesc("webknock_following",
@@ -133,7 +138,7 @@ var (
 type stateCollector struct{ s *Server }
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descGrants, descFailures, descPending, descInSync, descFollowing, descClients, descEvictions} {
+	for _, d := range []*prometheus.Desc{descGrants, descFailures, descPending, descRefusedGrants, descInSync, descFollowing, descClients, descEvictions} {
 		ch <- d
 	}
 }
@@ -144,6 +149,10 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descGrants, prometheus.GaugeValue, float64(len(s.fw.Grants())))
 	ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(h.Failures))
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(h.Pending))
+	ch <- prometheus.MustNewConstMetric(descRefusedGrants, prometheus.CounterValue, float64(h.Refused), "max_grants")
+	for c, n := range h.Capped {
+		ch <- prometheus.MustNewConstMetric(descRefusedGrants, prometheus.CounterValue, float64(n), firewall.Cap(c).String())
+	}
 	ch <- prometheus.MustNewConstMetric(descInSync, prometheus.GaugeValue, b2f(h.InSync))
 	if s.opts.Following != nil {
 		ch <- prometheus.MustNewConstMetric(descFollowing, prometheus.GaugeValue, b2f(s.opts.Following()))

@@ -136,6 +136,8 @@ func (s *Server) view() pageView {
 		{"grants closed by their client", count(s.kinds[kindIndex(knock.KindClose)].Load())},
 		{"knocks denied by policy", count(s.kinds[kindIndex(knock.KindDenied)].Load())},
 		{"firewall failures", count(h.Failures)},
+		{"grants refused: table full", count(h.Refused)},
+		{"grants refused by caps", count(capped(h))},
 		{"active grants", strconv.Itoa(len(v.Grants))},
 		{"clients in progress", strconv.Itoa(clients)},
 		{"clients evicted", count(evicted)},
@@ -245,4 +247,13 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+// capped is the grants the caps refused, all caps together.
+func capped(h firewall.Health) uint64 {
+	var n uint64
+	for _, c := range h.Capped {
+		n += c
+	}
+	return n
 }

@@ -133,7 +133,7 @@ type Options struct {
 	MaxConns, MaxConnsPerAddr int
 }
 
-// Server is the HTTP side of webknock. The recording methods (LineRead,
+// Server is the HTTP side of webknock. The recording methods (LinesRead,
 // Event, ...) are safe for concurrent use and cheap enough to call for every
 // log line.
 type Server struct {
@@ -231,10 +231,10 @@ func (s *Server) currentToken() string {
 	return ""
 }
 
-// LineRead counts a line read from file.
-func (s *Server) LineRead(file string) {
-	s.read.Add(1)
-	s.m.file(file).read.Inc()
+// LinesRead counts n lines read from file.
+func (s *Server) LinesRead(file string, n int) {
+	s.read.Add(uint64(n))
+	s.m.file(file).read.Add(float64(n))
 }
 
 // LineParsed counts a line of file that parsed into a request.

@@ -167,7 +167,8 @@ type fixture struct {
 
 func newFixture(t *testing.T, tokenFile string, mod func(*Options)) *fixture {
 	t.Helper()
-	fw := &fakeFirewall{grants: testGrants(), health: firewall.Health{InSync: true, Failures: 3}}
+	fw := &fakeFirewall{grants: testGrants(), health: firewall.Health{InSync: true, Failures: 3, Refused: 2,
+		Capped: [firewall.NumCaps]uint64{firewall.CapIPv4Net: 5, firewall.CapIPv6Net: 6}}}
 	admin := &fakeAdmin{locked: testLockouts()}
 	log := &syncWriter{w: &bytes.Buffer{}}
 	o := Options{
@@ -460,9 +461,8 @@ func TestGrantsJSON(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	f := newFixture(t, "", nil)
 	s := f.s
-	s.LineRead("/var/log/a.log")
-	s.LineRead("/var/log/a.log")
-	s.LineRead("/var/log/b.log")
+	s.LinesRead("/var/log/a.log", 2)
+	s.LinesRead("/var/log/b.log", 1)
 	s.LineParsed("/var/log/a.log")
 	s.LineSkipped("/var/log/a.log", "format")
 	s.LineSkipped("/var/log/b.log", "loopback")
@@ -475,7 +475,8 @@ func TestMetrics(t *testing.T) {
 	s.Reload(true)
 	s.Reload(false)
 	s.Reload(false)
-	f.fw.health = firewall.Health{InSync: false, Pending: 2, Failures: 5}
+	f.fw.health = firewall.Health{InSync: false, Pending: 2, Failures: 5, Refused: 4,
+		Capped: [firewall.NumCaps]uint64{firewall.CapSequence: 1, firewall.CapIPv6Net: 9}}
 
 	w := do(t, tcpHandler(s), "GET", "/metrics", nil)
 	if w.Code != 200 {
@@ -499,6 +500,10 @@ func TestMetrics(t *testing.T) {
 		`webknock_grants_active 3`,
 		`webknock_firewall_failures_total 5`,
 		`webknock_firewall_pending_deletes 2`,
+		`webknock_firewall_grants_refused_total{limit="max_grants"} 4`,
+		`webknock_firewall_grants_refused_total{limit="max_grants_per_sequence"} 1`,
+		`webknock_firewall_grants_refused_total{limit="max_grants_per_ipv4_24"} 0`,
+		`webknock_firewall_grants_refused_total{limit="max_grants_per_ipv6_64"} 9`,
 		`webknock_firewall_in_sync 0`,
 		`webknock_following 1`,
 		`webknock_log_rotations_total{file="/var/log/a.log"} 1`,
@@ -552,7 +557,7 @@ func TestPage(t *testing.T) {
 		Until: t0.Add(9*time.Minute + 12*time.Second), Ports: []string{"22/tcp"}})
 	s.Event(knock.Event{Kind: knock.KindReused, Time: t0.Add(-time.Second), Client: netip.MustParseAddr("198.51.100.99"), Sequence: "alice",
 		OneTime: true, TimeStep: 29000000})
-	s.LineRead("a")
+	s.LinesRead("a", 1)
 	s.LineSkipped("a", "format")
 
 	w := do(t, tcpHandler(s), "GET", "/", nil)
@@ -582,6 +587,8 @@ func TestPage(t *testing.T) {
 		"<dt>one-time URLs reused</dt><dd>1</dd>",
 		`<td data-label="Detail">time step 29000000 had granted already</td>`,
 		"<dt>firewall failures</dt><dd>3</dd>",
+		"<dt>grants refused: table full</dt><dd>2</dd>",
+		"<dt>grants refused by caps</dt><dd>11</dd>",
 		"<dt>clients in progress</dt><dd>42</dd>",
 		`<p class="health ok">ok</p>`,
 		`<tr class="locked"><td data-label="IP">2001:db8::66</td><td data-label="Until"><time datetime="2026-11-22T19:06:52Z">2026-11-22 19:06:52</time></td><td data-label="Left">4m 30s</td></tr>`,
@@ -784,7 +791,7 @@ func TestConcurrentUse(t *testing.T) {
 			defer wg.Done()
 			file := []string{"a", "b"}[g%2]
 			for i := range 200 {
-				f.s.LineRead(file)
+				f.s.LinesRead(file, 1)
 				f.s.LineSkipped(file, []string{"format", "client"}[i%2])
 				f.s.Event(knock.Event{Kind: knock.Kind(i%5 + 1), Time: t0})
 			}

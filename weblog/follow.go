@@ -24,9 +24,13 @@ package weblog
 // file read before and shown again by a followed name (a glob matching
 // access.log.1) goes on from where reading stopped, never from its start.
 //
+// Lines are handed over in batches: the whole lines of one read of one
+// file, in one channel operation, so that following costs about what
+// reading costs. A file is read again only once its batch is taken.
+//
 // An unfinished line is buffered up to MaxLineBytes; beyond that it is
 // skipped to its newline and counted, so memory stays bounded whatever is
-// written.
+// written: a batch holds at most that and one read.
 
 import (
 	"bytes"
@@ -36,6 +40,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"iter"
 	"log/slog"
 	"maps"
 	"os"
@@ -44,6 +49,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -63,7 +69,8 @@ const (
 	defaultGrace           = 30 * time.Second
 	defaultMissingInterval = time.Minute
 	saveDelay              = time.Second // an acknowledged position is saved at most this late
-	readChunk              = 64 << 10
+	readChunk              = 256 << 10
+	maxFreeBufs            = 4    // read buffers kept for reuse
 	maxClosed              = 1000 // closed files remembered by identity (a year of daily rotations)
 	keyPath                = "path"
 )
@@ -98,17 +105,46 @@ type FollowOptions struct {
 	OnRotate func(path string)
 }
 
-// Line is one line of a followed file.
-type Line struct {
-	// File is the name the line's file is followed as (absolute), also for
+// Batch is the whole lines of one read of one followed file, in file order.
+type Batch struct {
+	// File is the name the batch's file is followed as (absolute), also for
 	// a rotated predecessor during its grace period; after it, a rotated
 	// file that a glob matches (access.log.1) is followed under that name.
 	File string
-	Text []byte // without the newline; the follower never writes to it again
+	// Text is the lines, each with its newline; never empty. Lines over
+	// MaxLineBytes are left out. It is valid until b is acknowledged: the
+	// follower then reads into it again.
+	Text []byte
 
+	n     int // lines in Text
 	g     *gen
-	epoch int64 // truncations of g before the line was read
-	end   int64 // offset just after its newline
+	epoch int64 // truncations of g before the batch was read
+	end   int64 // offset just after the read's last newline
+	buf   *batchBuf
+	id    uint64 // of the batch, for buf
+}
+
+// batchBuf is the memory of batches, lent to one at a time and taken back
+// when it is acknowledged: a busy log is followed without allocating.
+type batchBuf struct {
+	b     []byte        // room for the byte before a read, an unfinished line and a read
+	owner atomic.Uint64 // the id of the batch it is lent to; 0 if none
+}
+
+// Len returns the number of lines in b.
+func (b Batch) Len() int { return b.n }
+
+// Lines yields the lines of b, without their newlines.
+func (b Batch) Lines() iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		for rest := b.Text; len(rest) > 0; {
+			i := bytes.IndexByte(rest, '\n')
+			if !yield(rest[:i:i]) {
+				return
+			}
+			rest = rest[i+1:]
+		}
+	}
 }
 
 // FollowStats counts what a Follower did, for all files and per followed name.
@@ -119,7 +155,7 @@ type FollowStats struct {
 
 // FileStats counts the lines and events of one followed name.
 type FileStats struct {
-	Lines       int64 // lines delivered
+	Lines       int64 // lines delivered (in batches)
 	Rotations   int64 // the name came to hold another file (rename or delete, then create)
 	Truncations int64 // the file shrank or was rewritten under us (copytruncate)
 	Overlong    int64 // lines longer than MaxLineBytes, skipped unread
@@ -127,22 +163,28 @@ type FileStats struct {
 
 // Follower follows access logs across rotation; see Follow.
 type Follower struct {
-	opts   FollowOptions
-	log    *slog.Logger
-	clock  Clock
-	w      *fsnotify.Watcher
-	lines  chan Line
-	ctx    context.Context
-	cancel context.CancelFunc
-	done   chan struct{}
-	err    error // of the final save; read after done is closed
+	opts    FollowOptions
+	log     *slog.Logger
+	clock   Clock
+	w       *fsnotify.Watcher
+	batches chan Batch
+	ctx     context.Context
+	cancel  context.CancelFunc
+	done    chan struct{}
+	err     error // of the final save; read after done is closed
 
-	acked  chan struct{}         // capacity 1: Ack was called since the loop last looked
-	timers chan func()           // Clock callbacks, run by the loop
-	probe  chan chan probeResult // tests: read all that can be read, report what is held
-	pats   []string              // the configured paths, absolute; not changed after Follow
+	acked chan struct{} // capacity 1: Ack was called since the loop last looked
+	// ackSignalled is set by the Ack that signals acked, cleared by the
+	// save that follows.
+	ackSignalled atomic.Bool
+	timers       chan func()           // Clock callbacks, run by the loop
+	probe        chan chan probeResult // tests: read all that can be read, report what is held
+	pats         []string              // the configured paths, absolute; not changed after Follow
 
 	ackMu sync.Mutex // guards gen.ackEpoch and gen.ackOff
+
+	caughtUp atomic.Bool    // see CaughtUp
+	free     chan *batchBuf // given back by Ack
 
 	statsMu sync.Mutex
 	stats   FollowStats
@@ -158,16 +200,16 @@ type Follower struct {
 	byWatch      map[string]*gen     // by inode watch name
 	closed       map[fileID]*gen     // files read and closed that still exist
 	closedSeq    int64               // orders closed, to forget the oldest
-	buf          []byte
-	saveTimer    Timer    // non-nil while a save is scheduled
-	missingTimer Timer    // non-nil while a path is missing
-	reported     []string // missing paths logged at ERROR, to log when they appear
-	partialPeak  int      // the largest unfinished-line buffer so far (tests)
+	batchSeq     uint64              // the last Batch.id
+	saveTimer    Timer               // non-nil while a save is scheduled
+	missingTimer Timer               // non-nil while a path is missing
+	reported     []string            // missing paths logged at ERROR, to log when they appear
+	partialPeak  int                 // the largest unfinished-line buffer so far (tests)
 }
 
 // probeResult is what the test probe reports.
 type probeResult struct {
-	pending     int // lines read, not yet delivered
+	pending     int // batches read, not yet delivered
 	partialPeak int // the largest capacity an unfinished-line buffer reached
 	graces      int // grace periods running
 }
@@ -191,7 +233,7 @@ type gen struct {
 	last      byte   // the byte at off-1, to notice the file was rewritten under us
 	partial   []byte // the unfinished line, from lineStart to off; at most MaxLineBytes
 	discard   bool   // the unfinished line is overlong: skipped to its newline
-	pending   []Line // read, not yet delivered
+	pending   Batch  // read, not yet delivered; Text nil if none
 	readable  bool   // there may be bytes after off
 	epoch     int64  // truncations so far
 
@@ -244,7 +286,7 @@ func Follow(ctx context.Context, o FollowOptions) (*Follower, error) {
 		opts:    o,
 		log:     o.Logger,
 		clock:   o.Clock,
-		lines:   make(chan Line),
+		batches: make(chan Batch),
 		done:    make(chan struct{}),
 		acked:   make(chan struct{}, 1),
 		timers:  make(chan func()),
@@ -256,7 +298,7 @@ func Follow(ctx context.Context, o FollowOptions) (*Follower, error) {
 		entries: map[string]*entry{},
 		byWatch: map[string]*gen{},
 		closed:  map[fileID]*gen{},
-		buf:     make([]byte, readChunk),
+		free:    make(chan *batchBuf, maxFreeBufs),
 	}
 	if f.log == nil {
 		f.log = slog.New(slog.DiscardHandler)
@@ -298,25 +340,34 @@ func Follow(ctx context.Context, o FollowOptions) (*Follower, error) {
 	return f, nil
 }
 
-// Lines delivers the lines, in file order for each file.
-func (f *Follower) Lines() <-chan Line { return f.lines }
+// Batches delivers the lines, a batch per read, in file order for each file.
+func (f *Follower) Batches() <-chan Batch { return f.batches }
 
-// Ack records that the consumer has fully handled l, and every line of its
-// file before it. Saved positions are those of acknowledged lines, so a line
-// delivered but not acknowledged is delivered again after a restart.
-func (f *Follower) Ack(l Line) {
-	g := l.g
+// Ack records that the consumer has fully handled b, and every line of its
+// file before it, and takes b.Text back. Saved positions are those of
+// acknowledged batches, so a line delivered but not acknowledged is
+// delivered again after a restart.
+func (f *Follower) Ack(b Batch) {
+	g := b.g
 	if g == nil {
 		return
 	}
+	// Once only, and not after the memory went to a later batch.
+	if b.buf.owner.CompareAndSwap(b.id, 0) {
+		f.giveBack(b.buf)
+	}
 	f.ackMu.Lock()
-	if l.epoch > g.ackEpoch || l.epoch == g.ackEpoch && l.end > g.ackOff {
-		g.ackEpoch, g.ackOff = l.epoch, l.end
+	if b.epoch > g.ackEpoch || b.epoch == g.ackEpoch && b.end > g.ackOff {
+		g.ackEpoch, g.ackOff = b.epoch, b.end
 	}
 	f.ackMu.Unlock()
-	select {
-	case f.acked <- struct{}{}:
-	default:
+	// The loop only has to schedule a save: once until it is done, not
+	// on every batch.
+	if f.ackSignalled.CompareAndSwap(false, true) {
+		select {
+		case f.acked <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -327,6 +378,12 @@ func (f *Follower) Close() error {
 	<-f.done
 	return f.err
 }
+
+// CaughtUp reports whether the follower, when it last looked, had read every
+// file to its end and had nothing to deliver but the batch it was handing
+// over: once the batches received so far are handled, only what is written
+// from then on is left. It is false until the first look.
+func (f *Follower) CaughtUp() bool { return f.caughtUp.Load() }
 
 // Missing returns the configured paths that do not exist now: a file path
 // whose file (or directory) is missing, the directory of a glob whose
@@ -840,7 +897,7 @@ func (f *Follower) reopen(e *entry, fh *os.File, fi os.FileInfo) *gen {
 		f.log.Info("file read before has changed; reading it from its beginning", keyPath, e.name, "reason", why)
 		return nil
 	}
-	g.off, g.partial, g.discard, g.pending = g.lineStart, nil, false, nil
+	g.off, g.partial, g.discard, g.pending = g.lineStart, nil, false, Batch{}
 	g.graceStarted, g.grace, g.expiring = false, nil, false
 	g.name, g.hash = "", ""
 	f.attach(g, e, fh)
@@ -879,20 +936,26 @@ func (f *Follower) loop() {
 	for {
 		f.fill()
 		g, k := f.ready()
-		var out chan<- Line
-		var l Line
+		var out chan<- Batch
+		var b Batch
 		if g != nil {
-			out, l = f.lines, g.pending[0]
+			out, b = f.batches, g.pending
 		}
+		// fill read every readable file that had no batch waiting: with
+		// none waiting now, every file is read to its end.
+		f.caughtUp.Store(g == nil)
 		select {
 		case <-f.ctx.Done():
 			f.err = f.shutdown()
 			return
-		case out <- l:
-			g.pending[0] = Line{}
-			g.pending = g.pending[1:]
+		case out <- b:
+			g.pending = Batch{}
 			f.next = k + 1
-			f.count(g.e.name, func(s *FileStats) { s.Lines++ })
+			if next, _ := f.ready(); !g.readable && next == nil {
+				// Its read reached the end: nothing is left to read or deliver.
+				f.caughtUp.Store(true)
+			}
+			f.count(g.e.name, func(s *FileStats) { s.Lines += int64(b.n) })
 		case ev, ok := <-events:
 			if !ok {
 				events = nil
@@ -925,7 +988,9 @@ func (f *Follower) loop() {
 			r := probeResult{partialPeak: f.partialPeak}
 			for _, e := range f.order {
 				for g := range e.all {
-					r.pending += len(g.pending)
+					if g.pending.Text != nil {
+						r.pending++
+					}
 					if g.grace != nil {
 						r.graces++
 					}
@@ -942,10 +1007,10 @@ func (f *Follower) fill() {
 	var finished []*gen // closed after the loop: closing changes entry.old
 	for _, e := range f.order {
 		for g := range e.all {
-			if g.readable && len(g.pending) == 0 {
+			if g.readable && g.pending.Text == nil {
 				f.read(g)
 			}
-			if g.expiring && !g.readable && len(g.pending) == 0 {
+			if g.expiring && !g.readable && g.pending.Text == nil {
 				finished = append(finished, g)
 			}
 		}
@@ -960,13 +1025,13 @@ func (f *Follower) fill() {
 	}
 }
 
-// ready picks the next file with a line to deliver: files in turn, and for
+// ready picks the next file with a batch to deliver: files in turn, and for
 // one name the older files first.
 func (f *Follower) ready() (*gen, int) {
 	for i := range f.order {
 		k := (f.next + i) % len(f.order)
 		for g := range f.order[k].all {
-			if len(g.pending) > 0 {
+			if g.pending.Text != nil {
 				return g, k
 			}
 		}
@@ -974,31 +1039,60 @@ func (f *Follower) ready() (*gen, int) {
 	return nil, 0
 }
 
-// read reads g until it has a whole line or is at its end.
+// read reads g until it has a batch of whole lines or is at its end.
 func (f *Follower) read(g *gen) {
-	for len(g.pending) == 0 {
+	bb := f.takeBuf()
+	defer func() {
+		if g.pending.buf != bb {
+			f.giveBack(bb)
+		}
+	}()
+	for g.pending.Text == nil {
+		// The unfinished line goes first, then what is read: the batch's
+		// lines are contiguous without another copy. bb.b[0] is room for
+		// the byte before off when there is no unfinished line.
+		p := copy(bb.b[1:], g.partial)
 		// Reading from the byte before off too tells whether the file is
 		// still the one we read: copytruncate may shrink it and the writer
 		// fill it again past off before we look.
-		from, skip := g.off, 0
+		from, at := g.off, p+1
 		if from > 0 {
-			from, skip = from-1, 1
+			from, at = from-1, p
 		}
-		n, err := g.f.ReadAt(f.buf, from)
+		buf := bb.b[at : p+1+readChunk]
+		n, err := g.f.ReadAt(buf, from)
 		if err != nil && !errors.Is(err, io.EOF) {
 			f.log.Warn("cannot read log; tried again when it changes", keyPath, g.e.name, "err", err)
 			g.readable = false
 			return
 		}
-		if skip == 1 && (n == 0 || f.buf[0] != g.last || n > 1 && f.rewritten(g, from)) {
+		if at == p && (n == 0 || buf[0] != g.last || n > 1 && f.rewritten(g, from)) {
 			f.truncated(g)
 			continue
 		}
-		f.split(g, f.buf[skip:n])
-		if n < len(f.buf) {
+		f.split(g, bb, p+1, at+n)
+		if n < len(buf) {
 			g.readable = false
 			return
 		}
+	}
+}
+
+// takeBuf returns memory for a read: a buffer given back by Ack, or a new one.
+func (f *Follower) takeBuf() *batchBuf {
+	select {
+	case bb := <-f.free:
+		return bb
+	default:
+		return &batchBuf{b: make([]byte, 1+MaxLineBytes+readChunk)}
+	}
+}
+
+// giveBack keeps bb for another read, unless enough are kept.
+func (f *Follower) giveBack(bb *batchBuf) {
+	select {
+	case f.free <- bb:
+	default:
 	}
 }
 
@@ -1013,10 +1107,12 @@ func (f *Follower) rewritten(g *gen, from int64) bool {
 	return err != nil || b[0] != g.last
 }
 
-// split appends the whole lines of data, read at g.off, to g.pending. Lines
-// longer than MaxLineBytes are skipped and counted, and an unfinished one
-// is buffered only up to that length.
-func (f *Follower) split(g *gen, data []byte) {
+// split makes the whole lines of bb.b[start:end], read at g.off and just
+// after a copy of the unfinished line, g's pending batch. Lines longer than
+// MaxLineBytes are skipped and counted, and an unfinished one is buffered
+// only up to that length.
+func (f *Follower) split(g *gen, bb *batchBuf, start, end int) {
+	data := bb.b[start:end]
 	if len(data) == 0 {
 		return
 	}
@@ -1029,7 +1125,7 @@ func (f *Follower) split(g *gen, data []byte) {
 			return
 		}
 		g.discard = false
-		data, at = data[i+1:], at+int64(i)+1
+		data, at, start = data[i+1:], at+int64(i)+1, start+i+1
 		g.lineStart = at
 	}
 	i := bytes.LastIndexByte(data, '\n')
@@ -1037,26 +1133,56 @@ func (f *Follower) split(g *gen, data []byte) {
 		f.keepPartial(g, data)
 		return
 	}
-	// One allocation for all lines of this read; each Text is capped so
-	// that appending to it cannot overwrite the next line.
-	chunk := make([]byte, 0, len(g.partial)+i+1)
-	chunk = append(append(chunk, g.partial...), data[:i+1]...)
-	base := g.lineStart
+	chunk := bb.b[start-len(g.partial) : start+i+1]
 	g.lineStart = at + int64(i) + 1
 	g.partial = g.partial[:0]
-	for pos := 0; pos < len(chunk); {
-		end := pos + bytes.IndexByte(chunk[pos:], '\n')
-		if end-pos > MaxLineBytes {
-			f.overlong(g)
-		} else {
-			g.pending = append(g.pending, Line{
-				File: g.e.name, Text: chunk[pos:end:end],
-				g: g, epoch: g.epoch, end: base + int64(end) + 1,
-			})
-		}
-		pos = end + 1
+	if len(chunk) > MaxLineBytes+1 { // it may hold an overlong line
+		chunk = f.dropOverlong(g, chunk)
+	}
+	if len(chunk) > 0 {
+		f.batchSeq++
+		bb.owner.Store(f.batchSeq)
+		g.pending = Batch{File: g.e.name, Text: chunk[:len(chunk):len(chunk)], n: bytes.Count(chunk, []byte{'\n'}),
+			g: g, epoch: g.epoch, end: g.lineStart, buf: bb, id: f.batchSeq}
 	}
 	f.keepPartial(g, data[i+1:])
+}
+
+// dropOverlong removes, in place, the lines of chunk (whole lines) longer
+// than MaxLineBytes, counting each.
+func (f *Follower) dropOverlong(g *gen, chunk []byte) []byte {
+	w, pos := 0, 0 // bytes kept; where the rest starts
+	for {
+		o := overlongAt(chunk, pos)
+		end := o
+		if o < 0 {
+			end = len(chunk)
+		}
+		if w != pos {
+			copy(chunk[w:], chunk[pos:end])
+		}
+		w += end - pos
+		if o < 0 {
+			return chunk[:w]
+		}
+		f.overlong(g)
+		pos = o + bytes.IndexByte(chunk[o:], '\n') + 1
+	}
+}
+
+// overlongAt returns where the first line of chunk (whole lines) at or
+// after pos that is longer than MaxLineBytes starts, or -1. It looks at
+// MaxLineBytes+1 bytes at a time: a line starting there is overlong if they
+// hold no newline, else none ends before their last one.
+func overlongAt(chunk []byte, pos int) int {
+	for len(chunk)-pos > MaxLineBytes+1 {
+		i := bytes.LastIndexByte(chunk[pos:pos+MaxLineBytes+1], '\n')
+		if i < 0 {
+			return pos
+		}
+		pos += i + 1
+	}
+	return -1
 }
 
 // keepPartial appends data, without a newline, to the unfinished line; past
@@ -1265,6 +1391,7 @@ func (f *Follower) scheduleSave() {
 	}
 	f.saveTimer = f.clock.AfterFunc(saveDelay, f.post(func() {
 		f.saveTimer = nil
+		f.ackSignalled.Store(false) // an Ack from now on schedules the next save
 		if err := f.save(); err != nil {
 			f.log.Warn("cannot save log positions", "err", err)
 			return
@@ -1375,7 +1502,7 @@ func (f *Follower) shutdown() error {
 	err := f.save()
 	f.closeFiles()
 	f.w.Close()
-	close(f.lines)
+	close(f.batches)
 	return err
 }
 

@@ -120,8 +120,43 @@ func skipUnlessLinux(t *testing.T) {
 	}
 }
 
+// testFollower is a Follower whose batches the test takes line by line.
+type testFollower struct {
+	*Follower
+	queue []line // lines of batches received, not taken yet
+}
+
+// line is one line of a batch received.
+type line struct {
+	File string
+	Text []byte
+	b    Batch
+}
+
+// Ack acknowledges the batch of l: every line of it.
+func (f *testFollower) Ack(l line) { f.Follower.Ack(l.b) }
+
+// take adds the lines of b to the queue, checking that b is a well-formed
+// batch: not empty, whole lines, no longer than one read and an unfinished
+// line, Len its lines.
+func (f *testFollower) take(t *testing.T, b Batch) {
+	t.Helper()
+	if len(b.Text) == 0 || b.Text[len(b.Text)-1] != '\n' || len(b.Text) > readChunk+MaxLineBytes || b.File == "" {
+		t.Fatalf("batch of %d bytes from %q: want whole lines, at most %d bytes", len(b.Text), b.File, readChunk+MaxLineBytes)
+	}
+	n := 0
+	text := Batch{Text: bytes.Clone(b.Text)} // b.Text is the follower's again once b is acknowledged
+	for l := range text.Lines() {
+		f.queue = append(f.queue, line{File: b.File, Text: l, b: b})
+		n++
+	}
+	if n != b.Len() {
+		t.Fatalf("batch yields %d lines, Len() = %d", n, b.Len())
+	}
+}
+
 // follow starts a Follower with a fake clock and closes it at the end of the test.
-func follow(t *testing.T, o FollowOptions) (*Follower, *fakeClock) {
+func follow(t *testing.T, o FollowOptions) (*testFollower, *fakeClock) {
 	t.Helper()
 	skipUnlessLinux(t)
 	clk := &fakeClock{}
@@ -140,27 +175,32 @@ func follow(t *testing.T, o FollowOptions) (*Follower, *fakeClock) {
 			t.Errorf("Close: %v", err)
 		}
 	})
-	return f, clk
+	return &testFollower{Follower: f}, clk
 }
 
-func recv(t *testing.T, f *Follower) Line {
+// recv returns the next line, from a batch received before or a new one.
+func recv(t *testing.T, f *testFollower) line {
 	t.Helper()
-	select {
-	case l, ok := <-f.Lines():
-		if !ok {
-			t.Fatal("Lines closed")
+	if len(f.queue) == 0 {
+		select {
+		case b, ok := <-f.Batches():
+			if !ok {
+				t.Fatal("Batches closed")
+			}
+			f.take(t, b)
+		case <-time.After(waitFor):
+			t.Fatalf("no line within %v", waitFor)
 		}
-		return l
-	case <-time.After(waitFor):
-		t.Fatalf("no line within %v", waitFor)
 	}
-	return Line{}
+	l := f.queue[0]
+	f.queue = f.queue[1:]
+	return l
 }
 
 // expect receives len(want) lines and compares their text, in order.
-func expect(t *testing.T, f *Follower, want ...string) []Line {
+func expect(t *testing.T, f *testFollower, want ...string) []line {
 	t.Helper()
-	var ls []Line
+	var ls []line
 	for i, w := range want {
 		l := recv(t, f)
 		if string(l.Text) != w {
@@ -172,17 +212,20 @@ func expect(t *testing.T, f *Follower, want ...string) []Line {
 }
 
 // quiet asserts that once the follower has read all it can, no line is
-// waiting to be delivered.
-func quiet(t *testing.T, f *Follower) probeResult {
+// waiting to be delivered or taken.
+func quiet(t *testing.T, f *testFollower) probeResult {
 	t.Helper()
-	r := probeFollower(t, f)
+	if len(f.queue) > 0 {
+		t.Fatalf("unexpected line %q from %s", f.queue[0].Text, f.queue[0].File)
+	}
+	r := probeFollower(t, f.Follower)
 	select {
-	case l := <-f.Lines():
-		t.Fatalf("unexpected line %q from %s", l.Text, l.File)
+	case b := <-f.Batches():
+		t.Fatalf("unexpected lines %q from %s", b.Text, b.File)
 	default:
 	}
 	if r.pending != 0 {
-		t.Fatalf("%d lines not delivered, want none", r.pending)
+		t.Fatalf("%d batches not delivered, want none", r.pending)
 	}
 	return r
 }
@@ -276,6 +319,104 @@ func TestFollowLines(t *testing.T) {
 
 	if s := f.Stats(); s.Lines != 7 || s.Files[name].Lines != 7 || s.Overlong != 1 || s.Files[name].Overlong != 1 {
 		t.Errorf("Stats = %+v, want 7 lines, 1 overlong", s)
+	}
+}
+
+// TestFollowBatches: a burst arrives in batches of whole lines, one read
+// each, in order; acknowledging a batch saves the position after its last
+// line and no further; CaughtUp holds only once everything is delivered.
+func TestFollowBatches(t *testing.T) {
+	state := t.TempDir()
+	name := filepath.Join(t.TempDir(), "access.log")
+	w := appendLog(t, name)
+	f, _ := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd, StateDir: state})
+	quiet(t, f)
+	quiet(t, f) // the loop went round after the first probe's reads
+	if !f.CaughtUp() {
+		t.Error("CaughtUp() = false with nothing to read")
+	}
+
+	var burst strings.Builder
+	const n = 10000
+	for i := range n {
+		fmt.Fprintf(&burst, "203.0.113.%d - - line %05d of a burst written at once\n", i%250, i)
+	}
+	write(t, w, burst.String())
+	var got []byte
+	var batches []Batch
+	for len(got) < burst.Len() {
+		select {
+		case b := <-f.Batches():
+			f.take(t, b) // checks the batch's shape
+			f.queue = nil
+			batches = append(batches, b)
+			got = append(got, b.Text...)
+			if len(batches) == 1 && f.CaughtUp() {
+				t.Error("CaughtUp() = true with batches left to deliver")
+			}
+		case <-time.After(waitFor):
+			t.Fatalf("%d of %d bytes within %v", len(got), burst.Len(), waitFor)
+		}
+	}
+	if string(got) != burst.String() {
+		t.Fatal("the batches do not add up to the lines written, in order")
+	}
+	if min := burst.Len() / readChunk; len(batches) < min {
+		t.Errorf("%d batches, want at least %d (one a read)", len(batches), min)
+	}
+	quiet(t, f)
+	quiet(t, f)
+	if !f.CaughtUp() {
+		t.Error("CaughtUp() = false once every batch is delivered")
+	}
+	if s := f.Stats(); s.Lines != n {
+		t.Errorf("Stats().Lines = %d, want %d", s.Lines, n)
+	}
+
+	f.Follower.Ack(batches[1])
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := loadPositions(state)
+	if want := int64(len(batches[0].Text) + len(batches[1].Text)); err != nil || len(ps) != 1 || ps[0].Offset != want {
+		t.Errorf("positions = %+v, %v, want one at %d (after the second batch)", ps, err, want)
+	}
+}
+
+// recvBatch receives the next batch, not through the test's line queue.
+func recvBatch(t *testing.T, f *testFollower) Batch {
+	t.Helper()
+	select {
+	case b := <-f.Batches():
+		return b
+	case <-time.After(waitFor):
+		t.Fatalf("no batch within %v", waitFor)
+	}
+	return Batch{}
+}
+
+// TestFollowAckReusesMemory: an acknowledged batch's memory holds the next
+// batch; acknowledging a batch twice, or after its memory went to a later
+// batch, never lends it to two batches at once.
+func TestFollowAckReusesMemory(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "access.log")
+	w := appendLog(t, name)
+	f, _ := follow(t, FollowOptions{Paths: []string{name}, Start: StartEnd})
+	quiet(t, f)
+	write(t, w, "a\n")
+	a := recvBatch(t, f)
+	f.Follower.Ack(a)
+	f.Follower.Ack(a)
+	write(t, w, "b\n")
+	b := recvBatch(t, f)
+	if b.buf != a.buf {
+		t.Error("the second batch is not read into the memory the first gave back")
+	}
+	f.Follower.Ack(a) // a's memory is b's now
+	write(t, w, "c\n")
+	c := recvBatch(t, f)
+	if string(b.Text) != "b\n" || string(c.Text) != "c\n" || c.buf == b.buf {
+		t.Errorf("batches %q and %q, sharing memory: %v; want \"b\\n\" and \"c\\n\" apart", b.Text, c.Text, c.buf == b.buf)
 	}
 }
 
@@ -529,7 +670,7 @@ func reflectEqual(a, b map[string]string) bool {
 }
 
 // TestFollowSavedResume: a restart resumes just after the last acknowledged
-// line; lines delivered but not acknowledged come again.
+// batch; lines delivered but not acknowledged come again.
 func TestFollowSavedResume(t *testing.T) {
 	state := t.TempDir()
 	name := filepath.Join(t.TempDir(), "access.log")
@@ -538,10 +679,12 @@ func TestFollowSavedResume(t *testing.T) {
 	o := FollowOptions{Paths: []string{name}, Start: StartSaved, StateDir: state}
 
 	f1, _ := follow(t, o) // nothing saved: starts at the end
-	write(t, w, "l1\n", "l2\n", "l3\n")
-	ls := expect(t, f1, "l1", "l2", "l3")
-	f1.Ack(ls[0])
+	write(t, w, "l1\n", "l2\n")
+	ls := expect(t, f1, "l1", "l2")
 	f1.Ack(ls[1])
+	f1.Ack(ls[0]) // an older batch: the position stays after l2
+	write(t, w, "l3\n")
+	expect(t, f1, "l3")
 	if err := f1.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -644,10 +787,11 @@ func TestFollowSavedDuringGrace(t *testing.T) {
 func TestFollowCloseSaves(t *testing.T) {
 	state := t.TempDir()
 	name := filepath.Join(t.TempDir(), "access.log")
-	writeFile(t, name, "a\nb\n")
+	writeFile(t, name, "a\n")
 	f, clk := follow(t, FollowOptions{Paths: []string{name}, Start: StartBeginning, StateDir: state})
-	ls := expect(t, f, "a", "b")
-	f.Ack(ls[0])
+	f.Ack(expect(t, f, "a")[0])
+	write(t, appendLog(t, name), "b\n")
+	expect(t, f, "b") // not acknowledged
 	quiet(t, f)
 	if clk.Pending() != 1 {
 		t.Errorf("%d timers pending, want 1 (a save)", clk.Pending())
@@ -756,12 +900,12 @@ func TestFollowCancelStuckConsumer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	recv(t, f)
+	recv(t, &testFollower{Follower: f})
 	cancel()
 	deadline := time.After(waitFor)
 	for n := 0; ; n++ {
 		select {
-		case _, ok := <-f.Lines():
+		case _, ok := <-f.Batches():
 			if !ok {
 				if err := f.Close(); err != nil {
 					t.Fatal(err)
@@ -769,7 +913,7 @@ func TestFollowCancelStuckConsumer(t *testing.T) {
 				return
 			}
 		case <-deadline:
-			t.Fatalf("Lines not closed %v after cancel (%d lines read)", waitFor, n)
+			t.Fatalf("Batches not closed %v after cancel (%d batches read)", waitFor, n)
 		}
 	}
 }
@@ -829,6 +973,18 @@ func TestFollowOverlongBounded(t *testing.T) {
 	}
 	if s := f.Stats(); s.Overlong != 1 || s.Lines != 3 {
 		t.Errorf("Stats = %+v, want 1 overlong, 3 lines", s)
+	}
+
+	// A line that passes the limit in the read that finishes it is left
+	// out of that read's batch; the lines around it are not.
+	write(t, w, "before\n", strings.Repeat("y", MaxLineBytes-100))
+	expect(t, f, "before")
+	quiet(t, f)
+	write(t, w, strings.Repeat("y", 200)+"\n", "last\n")
+	expect(t, f, "last")
+	quiet(t, f)
+	if s := f.Stats(); s.Overlong != 2 || s.Lines != 5 {
+		t.Errorf("Stats = %+v, want 2 overlong, 5 lines", s)
 	}
 }
 
@@ -1354,5 +1510,41 @@ func TestRememberBounded(t *testing.T) {
 		if f.closed[fileID{Dev: 1, Ino: uint64(i)}] != nil {
 			t.Errorf("file %d of the oldest still remembered", i)
 		}
+	}
+}
+
+// TestDropOverlong: the lines over MaxLineBytes, anywhere in a chunk and
+// however many, are dropped and counted; the others are kept in order.
+func TestDropOverlong(t *testing.T) {
+	line := func(n int, c string) string { return strings.Repeat(c, n) + "\n" }
+	max := MaxLineBytes
+	for _, tc := range []struct {
+		name  string
+		lines []string
+		drop  []bool
+	}{
+		{"none", []string{line(10, "a"), line(max, "b"), line(0, ""), line(max, "c")}, []bool{false, false, false, false}},
+		{"first", []string{line(max+1, "a"), line(5, "b")}, []bool{true, false}},
+		{"last", []string{line(5, "a"), line(max, "b"), line(max+1, "c")}, []bool{false, false, true}},
+		{"several", []string{line(3, "a"), line(3*max, "b"), line(max, "c"), line(max+2, "d"), line(1, "e")}, []bool{false, true, false, true, false}},
+		{"only", []string{line(max+1, "a")}, []bool{true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			chunk := []byte(strings.Join(tc.lines, ""))
+			var want string
+			dropped := 0
+			for i, l := range tc.lines {
+				if tc.drop[i] {
+					dropped++
+				} else {
+					want += l
+				}
+			}
+			f := &Follower{log: slog.New(slog.DiscardHandler), stats: FollowStats{Files: map[string]FileStats{}}}
+			got := f.dropOverlong(&gen{e: &entry{name: "x"}}, chunk)
+			if string(got) != want || f.Stats().Overlong != int64(dropped) {
+				t.Errorf("dropOverlong kept %d bytes, %d overlong; want %d bytes, %d overlong", len(got), f.Stats().Overlong, len(want), dropped)
+			}
+		})
 	}
 }

@@ -41,22 +41,22 @@ func ScanLines(r io.Reader, needles [][]byte, fn func(lineNo int64, line []byte)
 		buf     = make([]byte, chunkBytes+MaxLineBytes)
 		carry   int  // bytes of an unfinished line at buf[:carry]
 		discard bool // inside an overlong line, dropping bytes to its newline
-		starts  []int
-		m       *matcher // nil: every line is handed over
+		filter  = NewFilter(needles)
 	)
-	if needles != nil {
-		m = newMatcher(needles)
-		if m.every {
-			m = nil
-		}
-	}
-	emit := func(lineNo int64, line []byte) error {
-		if len(line) > MaxLineBytes {
-			st.Overlong++
-			return nil
-		}
-		st.Examined++
-		return fn(lineNo, line)
+	// pick hands the lines of chunk that the filter picks to fn, numbered
+	// from base, the number of the line before chunk.
+	pick := func(chunk []byte, base int64) error {
+		no, pos := base, 0
+		return filter.Lines(chunk, func(at int, line []byte) error {
+			no += int64(bytes.Count(chunk[pos:at], []byte{'\n'})) + 1
+			pos = at + len(line) + 1
+			if len(line) > MaxLineBytes {
+				st.Overlong++
+				return nil
+			}
+			st.Examined++
+			return fn(no, line)
+		})
 	}
 	for {
 		n, rerr := r.Read(buf[carry:])
@@ -78,42 +78,19 @@ func ScanLines(r io.Reader, needles [][]byte, fn func(lineNo int64, line []byte)
 			data = data[i+1:]
 		}
 		last := bytes.LastIndexByte(data, '\n')
-		whole := data[:last+1]
-		if len(whole) > 0 {
+		if whole := data[:last+1]; len(whole) > 0 {
 			base := st.Lines
 			st.Lines += int64(bytes.Count(whole, []byte{'\n'}))
-			if m == nil {
-				no := base
-				for len(whole) > 0 {
-					i := bytes.IndexByte(whole, '\n')
-					no++
-					if err := emit(no, whole[:i]); err != nil {
-						return st, err
-					}
-					whole = whole[i+1:]
-				}
-			} else {
-				m.learn(whole)
-				starts = m.lineStarts(whole, starts[:0])
-				no, pos := base, 0
-				for _, s := range starts {
-					no += int64(bytes.Count(whole[pos:s], []byte{'\n'})) + 1
-					end := s + bytes.IndexByte(whole[s:], '\n')
-					if err := emit(no, whole[s:end]); err != nil {
-						return st, err
-					}
-					pos = end + 1
-				}
+			if err := pick(whole, base); err != nil {
+				return st, err
 			}
 		}
 		rest := data[last+1:]
 		if eof {
 			if len(rest) > 0 {
 				st.Lines++
-				if m == nil || m.holds(rest) {
-					if err := emit(st.Lines, rest); err != nil {
-						return st, err
-					}
+				if err := pick(rest, st.Lines-1); err != nil {
+					return st, err
 				}
 			}
 			return st, nil
@@ -127,6 +104,60 @@ func ScanLines(r io.Reader, needles [][]byte, fn func(lineNo int64, line []byte)
 		}
 		carry = copy(buf, rest)
 	}
+}
+
+// Filter picks the lines of chunks of whole lines that hold at least one
+// of its needles. It learns the log's byte frequencies from the first
+// chunks it sees, so one Filter serves one stream of lines (or several of
+// one kind); it is not safe for concurrent use.
+type Filter struct {
+	m      *matcher // nil: every line is picked
+	starts []int
+}
+
+// NewFilter returns a Filter that picks the lines holding one of needles;
+// with nil needles, or an empty one, it picks every line.
+func NewFilter(needles [][]byte) *Filter {
+	if needles == nil {
+		return &Filter{}
+	}
+	m := newMatcher(needles)
+	if m.every {
+		return &Filter{}
+	}
+	return &Filter{m: m}
+}
+
+// Lines calls fn, in order, for every line of chunk that the filter picks,
+// with its offset in chunk and without its newline; an error of fn stops
+// it and is returned. chunk holds whole lines: only the last may lack its
+// newline. line is only valid during the call.
+func (f *Filter) Lines(chunk []byte, fn func(at int, line []byte) error) error {
+	if f.m == nil {
+		for at := 0; at < len(chunk); {
+			end := bytes.IndexByte(chunk[at:], '\n')
+			if end < 0 {
+				end = len(chunk) - at
+			}
+			if err := fn(at, chunk[at:at+end]); err != nil {
+				return err
+			}
+			at += end + 1
+		}
+		return nil
+	}
+	f.m.learn(chunk)
+	f.starts = f.m.lineStarts(chunk, f.starts[:0])
+	for _, s := range f.starts {
+		end := bytes.IndexByte(chunk[s:], '\n')
+		if end < 0 {
+			end = len(chunk) - s
+		}
+		if err := fn(s, chunk[s:s+end]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Finding the needles. A knock path starts with '/', among the most common
@@ -257,12 +288,6 @@ func (m *matcher) learn(chunk []byte) {
 	}
 	m.sampled += len(chunk)
 	m.probes = nil
-}
-
-// holds reports whether line, which has no newline, holds a needle.
-func (m *matcher) holds(line []byte) bool {
-	m.learn(line)
-	return len(m.lineStarts(line, nil)) > 0
 }
 
 // lineStarts returns in dst, sorted and unique, the start offsets of the

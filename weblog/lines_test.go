@@ -252,3 +252,116 @@ func FuzzScanLines(f *testing.F) {
 		}
 	})
 }
+
+// filterAll returns the lines of chunk that f picks, as "offset:line".
+func filterAll(t *testing.T, f *Filter, chunk []byte) []string {
+	t.Helper()
+	var got []string
+	if err := f.Lines(chunk, func(at int, line []byte) error {
+		got = append(got, fmt.Sprintf("%d:%s", at, line))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// naiveFilter is Filter.Lines line by line.
+func naiveFilter(chunk []byte, needles [][]byte) []string {
+	var want []string
+	for at := 0; at < len(chunk); {
+		end := bytes.IndexByte(chunk[at:], '\n')
+		if end < 0 {
+			end = len(chunk) - at
+		}
+		line := chunk[at : at+end]
+		if needles == nil || naiveHolds(line, needles) || slices.ContainsFunc(needles, func(n []byte) bool { return len(n) == 0 }) {
+			want = append(want, fmt.Sprintf("%d:%s", at, line))
+		}
+		at += end + 1
+	}
+	return want
+}
+
+func TestFilterLines(t *testing.T) {
+	tests := []struct {
+		name    string
+		chunks  []string // given to one Filter in turn
+		needles []string // nil: every line
+		want    []string
+	}{
+		{name: "every line", chunks: []string{"a\n\nb\n", "c"}, want: []string{"0:a", "2:", "3:b", "0:c"}},
+		{name: "needles", chunks: []string{"GET /k/a\nGET /x\nGET /k/b?1\n", "/k/a /k/b\nx"}, needles: []string{"/k/a", "/k/b"},
+			want: []string{"0:GET /k/a", "16:GET /k/b?1", "0:/k/a /k/b"}},
+		{name: "last line without newline", chunks: []string{"x\nGET /k/a"}, needles: []string{"/k/a"}, want: []string{"2:GET /k/a"}},
+		{name: "empty needle", chunks: []string{"a\nb\n"}, needles: []string{"z", ""}, want: []string{"0:a", "2:b"}},
+		{name: "no needles", chunks: []string{"a\nb\n"}, needles: []string{}},
+		{name: "empty chunk", chunks: []string{""}, needles: []string{"/k/"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var needles [][]byte
+			if tc.needles != nil {
+				needles = [][]byte{}
+				for _, n := range tc.needles {
+					needles = append(needles, []byte(n))
+				}
+			}
+			f := NewFilter(needles)
+			var got []string
+			for _, c := range tc.chunks {
+				got = append(got, filterAll(t, f, []byte(c))...)
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("Filter(%q).Lines(%q) = %q, want %q", tc.needles, tc.chunks, got, tc.want)
+			}
+		})
+	}
+	stop := fmt.Errorf("stop")
+	if err := NewFilter(nil).Lines([]byte("a\nb\n"), func(int, []byte) error { return stop }); err != stop {
+		t.Errorf("Lines error = %v, want %v", err, stop)
+	}
+}
+
+// FuzzFilterLines checks a Filter, fed chunks of whole lines in turn as a
+// follower's batches are, against a line-by-line filter. The needles are
+// list split at '|'; cuts bytes split data into chunks at newlines.
+func FuzzFilterLines(f *testing.F) {
+	f.Add([]byte("GET /k/a\nGET /x\nGET /k/b?1\n/k/a /k/b\n"), "/k/a|/k/b", []byte{1})
+	f.Add([]byte("a/k/\nb\n/k/abc\n/k/ab"), "/k/|/k/abc|/k/ab", []byte{0, 2})
+	f.Add([]byte("x\ny /k/Lm82aa z\n/k/7f3a9c\n"), "/k/7f3a9c|/k/Lm82aa|/k/open|a\nb", []byte{3})
+	f.Fuzz(func(t *testing.T, data []byte, list string, cuts []byte) {
+		var needles [][]byte
+		for _, s := range strings.Split(list, "|") {
+			if s != "" {
+				needles = append(needles, []byte(s))
+			}
+		}
+		if needles == nil {
+			return
+		}
+		filter := NewFilter(needles)
+		rest := data
+		for i := 0; len(rest) > 0; i++ {
+			// A chunk of the next few lines; the last may lack its newline.
+			n := 1
+			if i < len(cuts) {
+				n += int(cuts[i]) % 8
+			}
+			end := 0
+			for ; n > 0 && end < len(rest); n-- {
+				j := bytes.IndexByte(rest[end:], '\n')
+				if j < 0 {
+					end = len(rest)
+					break
+				}
+				end += j + 1
+			}
+			chunk := rest[:end]
+			rest = rest[end:]
+			if got, want := filterAll(t, filter, chunk), naiveFilter(chunk, needles); !slices.Equal(got, want) {
+				t.Fatalf("Filter(%q).Lines(%q) = %q, want %q", needles, chunk, got, want)
+			}
+		}
+	})
+}

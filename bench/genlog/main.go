@@ -11,6 +11,7 @@ import (
 	"encoding/base64"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -38,7 +39,7 @@ func main() {
 		if *now {
 			start = time.Now().Add(-time.Duration(*lines) * time.Millisecond / 100)
 		}
-		err = generateFlood(*lines, start)
+		err = generateFlood(os.Stdout, *lines, start)
 	} else {
 		var seqs []benchSequence
 		if (*sequences > 0 || *oneTime > 0) && *configFile == "" {
@@ -53,7 +54,7 @@ func main() {
 			err = writeConfig(*configFile, seqs)
 		}
 		if err == nil {
-			err = generate(*lines, *knocks, *corpus, seqs, *seqKnocks)
+			err = generate(os.Stdout, *lines, *knocks, *corpus, seqs, *seqKnocks)
 		}
 	}
 	if err != nil {
@@ -149,7 +150,7 @@ func writeConfig(name string, seqs []benchSequence) error {
 	return os.WriteFile(name, []byte(b.String()), 0o644)
 }
 
-func generate(n, knocks int, corpus string, seqs []benchSequence, seqKnocks int) error {
+func generate(out io.Writer, n, knocks int, corpus string, seqs []benchSequence, seqKnocks int) error {
 	data, err := os.ReadFile(corpus)
 	if err != nil {
 		return err
@@ -165,7 +166,7 @@ func generate(n, knocks int, corpus string, seqs []benchSequence, seqKnocks int)
 		return fmt.Errorf("%s has no combined lines", corpus)
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	w := bufio.NewWriterSize(os.Stdout, 1<<20)
+	w := bufio.NewWriterSize(out, 1<<20)
 	start := time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)
 	steps := []string{"/k/7f3a9c", "/k/91c2e0", "/k/00aa5d", "/k/open"}
 	every := n / max(knocks, 1)
@@ -202,17 +203,28 @@ func generate(n, knocks int, corpus string, seqs []benchSequence, seqKnocks int)
 			pending = pending[1:]
 			continue
 		}
-		fmt.Fprintf(w, "%d.%d.%d.%d - - [%s%s\n", rng.IntN(223)+1, rng.IntN(256), rng.IntN(256), rng.IntN(254)+1, ts, tails[rng.IntN(len(tails))])
+		fmt.Fprintf(w, "%s - - [%s%s\n", client(rng), ts, tails[rng.IntN(len(tails))])
 	}
 	return w.Flush()
+}
+
+// client returns a random unicast IPv4 address that webknock takes for a
+// client: not loopback (127/8) nor link-local (169.254/16), which it skips.
+func client(rng *rand.Rand) string {
+	for {
+		a, b := rng.IntN(223)+1, rng.IntN(256)
+		if a != 127 && (a != 169 || b != 254) {
+			return fmt.Sprintf("%d.%d.%d.%d", a, b, rng.IntN(256), rng.IntN(254)+1)
+		}
+	}
 }
 
 // generateFlood writes n first steps of the example's ssh sequence, each from
 // a new IPv6 address, a hundred a millisecond from start; the genuine client 192.0.2.77
 // makes its steps after 20%, 25%, 75% and 80% of the flood, well within the
 // sequence's timeout.
-func generateFlood(n int, start time.Time) error {
-	w := bufio.NewWriterSize(os.Stdout, 1<<20)
+func generateFlood(out io.Writer, n int, start time.Time) error {
+	w := bufio.NewWriterSize(out, 1<<20)
 	genuine := map[int]string{n / 5: "/k/7f3a9c", n / 4: "/k/91c2e0", 3 * n / 4: "/k/00aa5d", 4 * n / 5: "/k/open"}
 	for i := 0; i < n; i++ {
 		ts := start.Add(time.Duration(i) * time.Millisecond / 100).Format("02/Jan/2006:15:04:05 -0700")

@@ -10,9 +10,11 @@ import (
 	"github.com/webknock/webknock/weblog"
 )
 
-// unparsedLimit is how many lines in a row of one file may fail to parse as
-// log.format before the input is reported broken: an odd line is noise,
-// twenty in a row mean the format is wrong and every knock is being missed.
+// unparsedLimit is how many lines examined in a row of one file may fail to
+// parse as log.format before the input is reported broken: an odd line is
+// noise, twenty in a row mean the format is wrong and every knock is being
+// missed. The first line of every read is examined, so a busy log that
+// holds no knock is checked too.
 const unparsedLimit = 20
 
 // sampleBytes bounds the sample line quoted in the report.

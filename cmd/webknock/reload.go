@@ -40,19 +40,19 @@ func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)
 			return
 		}
 	}
-	parser, tracker := d.parser, d.tracker
+	prev := d.feed
 	if err := d.setCore(cfg); err != nil {
 		d.log.Error("reload refused; keeping the running configuration", keyErr, err)
 		lns.Close()
 		return
 	}
 	if err := d.fw.Reconfigure(ctx, firewallOptions(cfg, d.log)); err != nil {
-		d.parser, d.tracker = parser, tracker
+		d.feed = prev
 		d.log.Error("reload refused: firewall; keeping the running configuration", keyErr, err)
 		lns.Close()
 		return
 	}
-	d.tracker.Adopt(tracker)
+	d.tracker.Adopt(prev.tracker)
 	if lns != nil {
 		d.web.Rebind(lns)
 	}

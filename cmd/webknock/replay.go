@@ -167,6 +167,7 @@ type replayer struct {
 	o          replayOptions
 	events     []knock.Event
 	writeErr   error
+	bounds     *replayGrants // the firewall's bounds on live grants
 
 	files  []*fileStats
 	cur    *fileStats // the file being read
@@ -190,7 +191,7 @@ func newReplayer(cfg *config.Config, out, skippedOut io.Writer, o replayOptions)
 		return nil, err
 	}
 	rp := &replayer{parser: parser, tracker: tracker, format: cfg.Log.Format, out: out, skippedOut: skippedOut,
-		o: o, counts: map[knock.Kind]int64{}}
+		o: o, counts: map[knock.Kind]int64{}, bounds: newReplayGrants(cfg.Firewall)}
 	if !o.parseAll && !o.printSkipped {
 		for _, p := range tracker.Needles() {
 			rp.needles = append(rp.needles, []byte(p))
@@ -320,6 +321,7 @@ func (rp *replayer) emit(evs []knock.Event, no int64) {
 		file = rp.cur.Name
 	}
 	for i := range evs {
+		rp.bounds.apply(&evs[i])
 		rp.counts[evs[i].Kind]++
 		je := newJSONEvent(&evs[i], file, no)
 		if evs[i].Kind == knock.KindGrant && rp.o.keepGrants {

@@ -85,21 +85,29 @@ func raiseFileLimit(logger *slog.Logger) {
 	}
 }
 
+// Sweeping expired knock progress: how often, and how far behind the
+// host's clock (a line is logged a little after its time: Apache's %t is when
+// the request came, and the log is read a little later).
+const (
+	sweepEvery = time.Minute
+	sweepLag   = time.Minute
+)
+
 // daemon is the running state of `webknock run`: the one place where log
 // lines become hits and grants become firewall rules. Only its loop
-// goroutine touches the tracker, the parser and the inputs' state; other
+// goroutine touches the feed (tracker, parser) and the inputs' state; other
 // goroutines (web requests) reach them through admin.
 type daemon struct {
-	cfg      *config.Config
-	shared   atomic.Pointer[config.Config] // cfg, for other goroutines
-	log      *slog.Logger
-	parser   *weblog.Parser
-	tracker  *knock.Tracker
+	cfg    *config.Config
+	shared atomic.Pointer[config.Config] // cfg, for other goroutines
+	log    *slog.Logger
+	*feed
 	fw       *firewall.Firewall
 	hooks    *hook.Runner
 	follower atomic.Pointer[weblog.Follower]
-	events   []knock.Event
-	warned   bool // about knocks from loopback
+	warned   bool      // about knocks from loopback
+	newest   time.Time // the latest time of a line parsed
+	sweeps   <-chan time.Time
 	web      *web.Server
 	webp     atomic.Pointer[web.Server] // web, for the follower's goroutine
 	inputs   inputs
@@ -126,12 +134,25 @@ func (s *trackerStats) Evicted() uint64 { return s.evicted.Load() }
 // serve runs the daemon until ctx ends. A value on hup reloads the
 // configuration with reload; a configuration that does not load or apply is
 // refused and the running one kept.
+func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, hup <-chan os.Signal, reload func() (*config.Config, error)) error {
+	sweeps := time.NewTicker(sweepEvery)
+	defer sweeps.Stop()
+	return newDaemon(cfg, logger, sweeps.C).run(ctx, hup, reload)
+}
+
+// newDaemon returns the daemon of cfg, not started; a value on sweeps
+// (the time now) sweeps expired knock progress.
+func newDaemon(cfg *config.Config, logger *slog.Logger, sweeps <-chan time.Time) *daemon {
+	return &daemon{cfg: cfg, log: logger, sweeps: sweeps, admin: make(chan func()), now: time.Now, reusedWarned: map[reusedKey]bool{}}
+}
+
+// run is serve, for a daemon made by newDaemon.
 //
 // Every error that stops the start happens before the firewall is touched:
 // the state directory is locked, the web listeners bound and the logs
 // opened first, and firewall.Open probes everything before its first change.
-func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, hup <-chan os.Signal, reload func() (*config.Config, error)) error {
-	d := &daemon{cfg: cfg, log: logger, admin: make(chan func()), now: time.Now, reusedWarned: map[reusedKey]bool{}}
+func (d *daemon) run(ctx context.Context, hup <-chan os.Signal, reload func() (*config.Config, error)) error {
+	cfg, logger := d.cfg, d.log
 	d.shared.Store(cfg)
 	d.inputs.init(logger)
 	for _, w := range cfg.Warnings {
@@ -200,62 +221,92 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, hup <-c
 			d.reload(ctx, reload)
 		case fn := <-d.admin:
 			fn()
-		case line, ok := <-d.follower.Load().Lines():
+		case now := <-d.sweeps:
+			d.sweep(ctx, now)
+		case b, ok := <-d.follower.Load().Batches():
 			if !ok {
 				return errors.New("log follower stopped")
 			}
-			d.line(ctx, line)
-			d.follower.Load().Ack(line)
+			d.batch(ctx, b)
+			d.follower.Load().Ack(b)
 		}
 	}
 }
 
-// setCore builds the parser and the knock tracker of cfg; the tracker takes
-// over the state of the running one, if any.
+// setCore builds the feed of cfg: its parser, its knock tracker and the
+// paths the lines that may knock hold (refreshed with every reload). The
+// caller has the new tracker take over the state of the running one.
 func (d *daemon) setCore(cfg *config.Config) error {
-	parser, err := weblog.NewParser(cfg.Log.Format, cfg.Log.TrustedProxies)
+	f, err := newFeed(cfg)
 	if err != nil {
 		return err
 	}
-	kc, err := knockConfig(cfg)
-	if err != nil {
-		return err
-	}
-	tracker, err := knock.New(kc)
-	if err != nil {
-		return err
-	}
-	d.parser, d.tracker = parser, tracker
+	d.feed = f
 	d.applyUsed(cfg)
 	return nil
 }
 
-func (d *daemon) line(ctx context.Context, l weblog.Line) {
+// batch handles the lines of one read of a log. Every line counts as read;
+// only the lines examined (see feed.batch) are parsed, and count as parsed
+// or skipped.
+func (d *daemon) batch(ctx context.Context, b weblog.Batch) {
 	rec := d.web
-	rec.LineRead(l.File)
-	r, err := d.parser.Parse(l.Text)
-	if err != nil {
-		reason := weblog.ReasonOf(err)
-		rec.LineSkipped(l.File, string(reason))
-		d.inputs.skipped(l.File, reason, l.Text, d.cfg.Log.Format)
-		if reason == weblog.ReasonLoopback && d.tracker.MayKnock(r.Path) && !d.warned {
-			d.warned = true
-			d.log.Warn("a knock path was requested from a loopback address: a reverse proxy hides the real clients; list it in log.trusted_proxies and log $http_x_forwarded_for",
-				keyFile, l.File, keyIP, r.Client)
+	rec.LinesRead(b.File, b.Len())
+	d.feed.batch(b.Text, func(x *examined) {
+		if x.err != nil {
+			reason := weblog.ReasonOf(x.err)
+			rec.LineSkipped(b.File, string(reason))
+			d.inputs.skipped(b.File, reason, x.line, d.cfg.Log.Format)
+			if reason == weblog.ReasonLoopback && d.tracker.MayKnock(x.req.Path) && !d.warned {
+				d.warned = true
+				d.log.Warn("a knock path was requested from a loopback address: a reverse proxy hides the real clients; list it in log.trusted_proxies and log $http_x_forwarded_for",
+					keyFile, b.File, keyIP, x.req.Client)
+			}
+			return
 		}
+		rec.LineParsed(b.File)
+		d.inputs.parsed(b.File)
+		if x.req.Time.After(d.newest) {
+			d.newest = x.req.Time
+		}
+		d.handle(ctx, x.events)
+	})
+}
+
+// handle records and carries out the events of the tracker.
+func (d *daemon) handle(ctx context.Context, evs []knock.Event) {
+	if len(evs) == 0 {
 		return
 	}
-	rec.LineParsed(l.File)
-	d.inputs.parsed(l.File)
-	d.events = d.tracker.Apply(hitOf(&r), d.events[:0])
-	if len(d.events) > 0 {
-		d.stats.clients.Store(int64(d.tracker.Clients()))
-		d.stats.evicted.Store(d.tracker.Evicted())
+	d.stats.clients.Store(int64(d.tracker.Clients()))
+	d.stats.evicted.Store(d.tracker.Evicted())
+	for i := range evs {
+		d.web.Event(evs[i])
+		d.event(ctx, &evs[i])
 	}
-	for i := range d.events {
-		rec.Event(d.events[i])
-		d.event(ctx, &d.events[i])
+}
+
+// sweep forgets the knock progress, failures, lockouts and grants that have
+// expired, reporting the timeouts (and any lockout they cause) that would
+// otherwise wait for the client's next request, or for eviction.
+func (d *daemon) sweep(ctx context.Context, now time.Time) {
+	at := sweepTime(now, d.newest, d.follower.Load().CaughtUp())
+	d.events = d.tracker.Expire(at, d.events[:0])
+	d.handle(ctx, d.events)
+	d.stats.clients.Store(int64(d.tracker.Clients()))
+	d.log.Debug("expired knock progress swept", "at", at, "events", len(d.events), "clients", d.tracker.Clients())
+}
+
+// sweepTime is the time up to which a sweep at now expires progress: the
+// host's clock, less sweepLag; while the logs have not been read to their
+// end (after a restart, say), no later than the newest line read either,
+// less sweepLag too. Lines still to come are no older than that, so the
+// events are those a later request would have caused anyway.
+func sweepTime(now, newest time.Time, caughtUp bool) time.Time {
+	if !caughtUp && newest.Before(now) {
+		now = newest
 	}
+	return now.Add(-sweepLag)
 }
 
 func (d *daemon) event(ctx context.Context, e *knock.Event) {
@@ -299,6 +350,10 @@ func (d *daemon) event(ctx context.Context, e *knock.Event) {
 			d.log.Info("grant not applied: the address was revoked after this knock", attrs...)
 		case errors.Is(err, firewall.ErrPending):
 			d.log.Warn("grant not applied yet; retrying until its window ends", append(attrs, keyErr, err)...)
+		case errors.Is(err, firewall.ErrCapped):
+			// The firewall warns once per cap reached: a flood of knocks
+			// must not flood the log.
+			d.log.Debug("grant refused by a cap", append(attrs, keyErr, err)...)
 		case err != nil:
 			d.log.Error("grant failed", append(attrs, keyErr, err)...)
 		default:
@@ -341,6 +396,8 @@ func firewallOptions(cfg *config.Config, logger *slog.Logger) firewall.Options {
 		Backend: cfg.Firewall.Backend, Chain: cfg.Firewall.Chain, Table: cfg.Firewall.Table, Hook: cfg.Firewall.Hook,
 		Protect: cfg.Firewall.Protect, AlwaysAllow: cfg.Firewall.AlwaysAllow, Ports: ports,
 		IPv6Off: !cfg.Firewall.IPv6, Sequences: seqs,
+		MaxGrants: cfg.Firewall.MaxGrants, MaxGrantsPerSequence: cfg.Firewall.MaxGrantsPerSequence,
+		MaxGrantsPerIPv4Net: cfg.Firewall.MaxGrantsPerIPv4Net, MaxGrantsPerIPv6Net: cfg.Firewall.MaxGrantsPerIPv6Net,
 		StateDir: cfg.StateDir, Logger: logger,
 	}
 }

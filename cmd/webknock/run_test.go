@@ -113,10 +113,11 @@ func appendLines(t *testing.T, path string, lines ...string) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	for _, l := range lines {
-		if _, err := f.WriteString(l + "\n"); err != nil {
-			t.Fatal(err)
-		}
+	// One write, as a web server's buffered log does: the follower reads
+	// the lines together, and the daemon examines only the first of them
+	// and those holding a knock path.
+	if _, err := f.WriteString(strings.Join(lines, "\n") + "\n"); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -177,6 +178,8 @@ func TestServe(t *testing.T) {
 	writeRunConfig(t, dir, log, "/k/new-open")
 	hup <- os.Interrupt
 	recs.wait(t, "configuration reloaded")
+	// Read in one batch: the new page is examined only because the reload
+	// changed the paths the daemon looks for.
 	appendLines(t, log, knockLines("203.0.113.10", now, "/k/a1", "/k/b2", "/k/open", "/k/a1", "/k/b2", "/k/new-open")...)
 	g := recs.wait(t, "grant")
 	until, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(g["until"]))
