@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"time"
@@ -27,21 +28,36 @@ import (
 
 // watch starts the monitor; the channel closes when stop does.
 func (r *nftRules) watch(stop <-chan struct{}) <-chan string {
+	return nftWatch{log: r.log, fam: r.fam, netns: r.netns, event: r.event, ours: nftOurs}.start(stop)
+}
+
+// nftWatch is a monitor of the nftables group: event picks out the changes
+// that concern us from the messages, and says who made a generation.
+type nftWatch struct {
+	log   *slog.Logger
+	fam   family
+	netns int
+	event func(netlink.Message) (nftEvent, bool)
+	ours  func(nftEvent) bool // a generation this process made
+}
+
+// start starts the monitor; the channel closes when stop does.
+func (w nftWatch) start(stop <-chan struct{}) <-chan string {
 	out := make(chan string, 1)
-	// Subscribed before watch returns: a change made after it is told.
-	c, err := r.listen()
+	// Subscribed before start returns: a change made after it is told.
+	c, err := w.listen()
 	go func() {
 		defer close(out)
 		wait := time.Second
 		for {
 			if err == nil {
-				err = r.monitor(c, stop, out)
+				err = w.monitor(c, stop, out)
 				if err == nil {
 					return
 				}
 				wait = time.Second
 			}
-			r.log.Warn("nftables monitor failed; the periodic check still finds changes", keyFamily, r.fam, keyErr, err)
+			w.log.Warn("nftables monitor failed; the periodic check still finds changes", keyFamily, w.fam, keyErr, err)
 			nftHint(out, "the nftables monitor failed: "+err.Error())
 			select {
 			case <-stop:
@@ -49,7 +65,7 @@ func (r *nftRules) watch(stop <-chan struct{}) <-chan string {
 			case <-time.After(wait):
 			}
 			wait = min(2*wait, time.Minute)
-			c, err = r.listen()
+			c, err = w.listen()
 		}
 	}()
 	return out
@@ -60,8 +76,8 @@ func (r *nftRules) watch(stop <-chan struct{}) <-chan string {
 const nftMonitorBuffer = 8 << 20
 
 // listen opens a netlink socket on the nftables group.
-func (r *nftRules) listen() (*netlink.Conn, error) {
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: r.netns})
+func (w nftWatch) listen() (*netlink.Conn, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: w.netns})
 	if err != nil {
 		return nil, fmt.Errorf("nftables monitor: %w", err)
 	}
@@ -91,7 +107,7 @@ func nftHint(out chan<- string, s string) {
 }
 
 // monitor reads c until stop closes (nil) or it fails.
-func (r *nftRules) monitor(c *netlink.Conn, stop <-chan struct{}, out chan<- string) error {
+func (w nftWatch) monitor(c *netlink.Conn, stop <-chan struct{}, out chan<- string) error {
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -123,11 +139,11 @@ func (r *nftRules) monitor(c *netlink.Conn, stop <-chan struct{}, out chan<- str
 			return fmt.Errorf("nftables monitor: %w", err)
 		}
 		for _, m := range msgs {
-			ev, ok := r.event(m)
+			ev, ok := w.event(m)
 			switch {
 			case !ok:
 			case ev.gen:
-				if n > 0 && !nftOurs(ev) {
+				if n > 0 && !w.ours(ev) {
 					s := top.change
 					if n > 1 {
 						s += fmt.Sprintf(" (and %d more %s)", n-1, plural(n-1, "change", "changes"))
@@ -193,14 +209,24 @@ const (
 	nftAttrGenComm   = 3 // NFTA_GEN_PROC_NAME
 )
 
-func (r *nftRules) event(m netlink.Message) (nftEvent, bool) {
+// nftMessage is a message of the nftables group, read: its type, the
+// protocol family of its object and its string attributes.
+type nftMessage struct {
+	typ   int
+	proto byte
+	strs  map[uint16]string
+}
+
+// parseNFTMessage reads a message of the group; a generation's is returned
+// as an event at once.
+func parseNFTMessage(m netlink.Message) (msg nftMessage, gen nftEvent, ok bool) {
 	if m.Header.Type>>8 != unix.NFNL_SUBSYS_NFTABLES || len(m.Data) < 4 {
-		return nftEvent{}, false
+		return msg, gen, false
 	}
 	typ := int(m.Header.Type & 0xff)
 	ad, err := netlink.NewAttributeDecoder(m.Data[4:])
 	if err != nil {
-		return nftEvent{}, false
+		return msg, gen, false
 	}
 	ad.ByteOrder = binary.BigEndian
 	strs := map[uint16]string{}
@@ -216,20 +242,37 @@ func (r *nftRules) event(m netlink.Message) (nftEvent, bool) {
 		}
 	}
 	if typ == unix.NFT_MSG_NEWGEN {
-		return nftEvent{gen: true, pid: pid, comm: strs[nftAttrGenComm], port: m.Header.PID}, true
+		return msg, nftEvent{gen: true, pid: pid, comm: strs[nftAttrGenComm], port: m.Header.PID}, true
 	}
-	if m.Data[0] != unix.NFPROTO_INET || strs[nftAttrTable] != r.table {
-		return nftEvent{}, false
-	}
-	verb := "changed"
+	return nftMessage{typ: typ, proto: m.Data[0], strs: strs}, gen, true
+}
+
+// nftVerb says what a message did to its object.
+func nftVerb(typ int) string {
 	switch typ {
 	case unix.NFT_MSG_NEWTABLE, unix.NFT_MSG_NEWCHAIN, unix.NFT_MSG_NEWRULE, unix.NFT_MSG_NEWSET, unix.NFT_MSG_NEWSETELEM,
 		unix.NFT_MSG_NEWOBJ, unix.NFT_MSG_NEWFLOWTABLE:
-		verb = "added"
+		return "added"
 	case unix.NFT_MSG_DELTABLE, unix.NFT_MSG_DELCHAIN, unix.NFT_MSG_DELRULE, unix.NFT_MSG_DELSET, unix.NFT_MSG_DELSETELEM,
 		unix.NFT_MSG_DELOBJ, unix.NFT_MSG_DELFLOWTABLE:
-		verb = "deleted"
+		return "deleted"
 	}
+	return "changed"
+}
+
+func (r *nftRules) event(m netlink.Message) (nftEvent, bool) {
+	msg, gen, ok := parseNFTMessage(m)
+	switch {
+	case !ok:
+		return nftEvent{}, false
+	case gen.gen:
+		return gen, true
+	}
+	typ, strs := msg.typ, msg.strs
+	if msg.proto != unix.NFPROTO_INET || strs[nftAttrTable] != r.table {
+		return nftEvent{}, false
+	}
+	verb := nftVerb(typ)
 	table := "table inet " + r.table
 	var what, name string
 	rank := 0
