@@ -141,6 +141,10 @@ func removeState(path string) error {
 // write, not one per grant. A change not yet written is written when the
 // gap has passed, and at Close; should webknock die before, the rules'
 // comments (iptables) or the elements' (nftables) still hold the grants.
+// Such a write happens on a goroutine of its own, off the workers' path:
+// a knock never waits for a file of thousands of grants to be written.
+// An urgent change (an early end, a revoke) is written at once, by the
+// worker, before the caller learns of it.
 type store struct {
 	path string // "": no state file
 	log  *slog.Logger
@@ -154,6 +158,13 @@ type store struct {
 	timer  *time.Timer // a write put off until the gap has passed
 	closed bool
 	wrote  func() // for the tests: called after each write, with mu held
+	seq    uint64 // snapshots taken for writing
+
+	// file serializes the writes, and written is the seq of the last one:
+	// an older snapshot is never written over a newer one.
+	file     sync.Mutex
+	written  uint64
+	inflight sync.WaitGroup // writes off the workers' path under way
 }
 
 // stateGap is the least time between two writes of the state file.
@@ -202,41 +213,89 @@ func (s *store) publish(fam family, grants map[grantKey]Grant, touched map[grant
 	if !s.dirty || s.closed {
 		return
 	}
-	if urgent && s.timer != nil {
-		s.timer.Stop()
-		s.timer = nil
+	if urgent || s.gap == 0 {
+		// At once (gap 0: every change, as the tests want it).
+		if s.timer != nil {
+			s.timer.Stop()
+			s.timer = nil
+		}
+		s.writeLocked()
+		return
 	}
 	if s.timer != nil {
 		return
 	}
-	if wait := s.gap - time.Since(s.last); wait > 0 && !urgent {
-		s.timer = time.AfterFunc(wait, func() {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			s.timer = nil
-			if s.dirty && !s.closed {
-				s.writeLocked()
-			}
-		})
-		return
-	}
-	s.writeLocked()
+	s.timer = time.AfterFunc(max(0, s.gap-time.Since(s.last)), s.writeLater)
 }
 
+// writeLater writes the state file off the workers' path: the snapshot
+// under mu, the file without it.
+func (s *store) writeLater() {
+	s.mu.Lock()
+	s.timer = nil
+	if !s.dirty || s.closed {
+		s.mu.Unlock()
+		return
+	}
+	seq, doc := s.snapshotLocked()
+	s.dirty = false // a change from now on sets it again
+	s.inflight.Add(1)
+	defer s.inflight.Done()
+	s.mu.Unlock()
+	done, err := s.writeFile(seq, doc)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if done {
+		s.wroteLocked(err)
+	}
+}
+
+// writeLocked writes the state file now, with mu held.
 func (s *store) writeLocked() {
-	err := writeState(s.path, s.docLocked())
+	seq, doc := s.snapshotLocked()
+	s.dirty = false
+	done, err := s.writeFile(seq, doc)
+	if done {
+		s.wroteLocked(err)
+	}
+}
+
+// snapshotLocked is the document to write, numbered.
+func (s *store) snapshotLocked() (uint64, stateDoc) {
+	s.seq++
+	return s.seq, s.docLocked()
+}
+
+// writeFile writes doc unless a later snapshot was written already; done
+// says whether it was.
+func (s *store) writeFile(seq uint64, doc stateDoc) (done bool, err error) {
+	s.file.Lock()
+	defer s.file.Unlock()
+	if seq < s.written {
+		return false, nil
+	}
+	s.written = seq
+	return true, writeState(s.path, doc)
+}
+
+// wroteLocked records the outcome of a write.
+func (s *store) wroteLocked(err error) {
 	s.last = time.Now()
 	if s.wrote != nil {
 		s.wrote()
 	}
+	if err == nil && s.dirty && !s.closed && s.timer == nil {
+		// Changed while being written.
+		s.timer = time.AfterFunc(max(0, s.gap-time.Since(s.last)), s.writeLater)
+	}
 	switch {
 	case err == nil:
-		s.dirty, s.err = false, nil
+		s.err = nil
 	case s.err == nil || s.err.Error() != err.Error():
 		s.log.Error("cannot write the state file; retrying at the next change", keyErr, err)
 		fallthrough
 	default:
-		s.err = err
+		s.err, s.dirty = err, true
 	}
 }
 
@@ -244,7 +303,6 @@ func (s *store) writeLocked() {
 // firewall is closed.
 func (s *store) flush() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.timer != nil {
 		s.timer.Stop()
 		s.timer = nil
@@ -253,6 +311,11 @@ func (s *store) flush() error {
 		s.writeLocked()
 	}
 	s.closed = true
+	s.mu.Unlock()
+	// A write under way finishes (or finds that this one was later).
+	s.inflight.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s.err
 }
 

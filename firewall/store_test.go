@@ -40,8 +40,20 @@ func TestStateWritesBatched(t *testing.T) {
 			t.Fatalf("no write of %d grants within 5s", want)
 		}
 	}
-	wait(1)   // the first change at once
-	wait(100) // the rest once the gap has passed
+	// The first change is written as soon as the writer's goroutine runs,
+	// off the caller's path (with what came meanwhile); the rest once the
+	// gap has passed: two writes at most.
+	select {
+	case got := <-writes:
+		if got < 1 || got > 100 {
+			t.Fatalf("first write of %d grants", got)
+		}
+		if got < 100 {
+			wait(100)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no write within 5s")
+	}
 	s.mu.Lock()
 	if s.timer != nil || s.dirty {
 		t.Errorf("after the deferred write: timer %v, dirty %v", s.timer, s.dirty)
@@ -58,15 +70,16 @@ func TestStateWritesBatched(t *testing.T) {
 		defer s.mu.Unlock()
 		return n
 	}
-	if got := written(); got != 3 {
-		t.Errorf("%d writes for 101 changes, want 3", got)
+	closed := written()
+	if closed > 3 {
+		t.Errorf("%d writes for 101 changes, want 3 at most", closed)
 	}
 	doc, err := readState(path)
 	if err != nil || len(doc.Grants) != 101 {
 		t.Fatalf("state file: %d grants, %v; want 101", len(doc.Grants), err)
 	}
 	add(102)
-	if got := written(); got != 3 {
+	if got := written(); got != closed {
 		t.Errorf("a change after Close was written")
 	}
 }
