@@ -52,6 +52,9 @@ type Firewall struct {
 	MaxGrantsPerSequence int
 	MaxGrantsPerIPv4Net  int
 	MaxGrantsPerIPv6Net  int
+	// CheckInterval is the period of the integrity check; 0: the
+	// backend's own (a minute with iptables, 30 s with nftables).
+	CheckInterval time.Duration
 }
 
 // Sequence is one secret sequence of URL paths and the ports it opens.

@@ -463,6 +463,8 @@ func TestValidation(t *testing.T) {
 				"config.yaml:3: firewall.max_grants_per_sequence: bad max_grants_per_sequence -1: want 1 or more live grants; to lift the cap, set it to max_grants\n" +
 				"config.yaml:4: firewall.max_grants_per_ipv4_24: bad max_grants_per_ipv4_24 0: want 1 or more live grants; to lift the cap, set it to max_grants\n" +
 				"config.yaml:5: firewall.max_grants_per_ipv6_64: bad max_grants_per_ipv6_64 0: want 1 or more live grants; to lift the cap, set it to max_grants"},
+		{name: "check interval too short", yaml: "firewall:\n  check_interval: 500ms\n" + seq,
+			want: "config.yaml:2: firewall.check_interval: bad check_interval 500ms: want 1s or more, or leave it out for the backend's own"},
 		{name: "grant bound of the wrong type", yaml: "firewall:\n  max_grants_per_ipv6_64: many\n  max_grants: 1.5\n" + seq,
 			want: "config.yaml:2: firewall.max_grants_per_ipv6_64: want an integer, got \"many\"\n" +
 				"config.yaml:3: firewall.max_grants: want an integer, got 1.5"},

@@ -59,6 +59,8 @@ func (l *loader) decodeRoot(a loc, root map[string]any) {
 					l.setInt(a, v, &l.cfg.Firewall.MaxGrantsPerIPv4Net)
 				case "max_grants_per_ipv6_64":
 					l.setInt(a, v, &l.cfg.Firewall.MaxGrantsPerIPv6Net)
+				case "check_interval":
+					l.setDuration(a, v, &l.cfg.Firewall.CheckInterval)
 				default:
 					l.unknown(a)
 				}

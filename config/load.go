@@ -52,6 +52,7 @@ var envKeys = map[string]bool{
 	"firewall.max_grants_per_sequence": false,
 	"firewall.max_grants_per_ipv4_24":  false,
 	"firewall.max_grants_per_ipv6_64":  false,
+	"firewall.check_interval":          false,
 }
 
 // envArgv are the list keys that hold a command: their variable is a YAML

@@ -92,6 +92,10 @@ func (l *loader) validate(checkFormat func(string) error) {
 		}
 	}
 
+	if ci := c.Firewall.CheckInterval; ci != 0 && ci < time.Second {
+		bad(at("firewall", "check_interval"), "bad check_interval %v: want 1s or more, or leave it out for the backend's own", ci)
+	}
+
 	l.validateSequences(at, bad)
 
 	// lockout

@@ -31,6 +31,7 @@ type drift struct {
 	marker  bool // the ownership marker is not on top
 	noJump  bool // the hook does not jump to it
 	missing int  // grant rules missing
+	setRule int  // rules matching the grant sets missing (iptables)
 	extra   int  // rules that are not there to stay
 	tail    bool // the protect tail is not at the end
 	used    int  // door entries a connection used (close_on_connect): their grants end
@@ -45,6 +46,9 @@ func (d drift) fixes() []string {
 		out = append(out, "chain recreated")
 	} else if d.marker {
 		out = append(out, "ownership marker restored")
+	}
+	if d.setRule > 0 {
+		out = append(out, fmt.Sprintf("%d set rules restored", d.setRule))
 	}
 	if d.missing > 0 {
 		out = append(out, fmt.Sprintf("%d grant rules restored", d.missing))
@@ -130,7 +134,7 @@ func (w *worker) repair(ctx context.Context, d drift) error {
 			return err
 		}
 	}
-	if d.noChain || d.marker || d.missing > 0 || d.extra > 0 || d.tail || d.used > 0 {
+	if d.noChain || d.marker || d.missing > 0 || d.setRule > 0 || d.extra > 0 || d.tail || d.used > 0 {
 		if err := w.reconcile(ctx); err != nil {
 			return err
 		}

@@ -78,10 +78,10 @@ func (w *worker) firstEnd() (Grant, bool) {
 }
 
 // endedBy returns the held grants whose until is not after now, in the
-// order they end.
-func (w *worker) endedBy(now time.Time) []Grant {
+// order they end; at most most of them, all when most is 0.
+func (w *worker) endedBy(now time.Time, most int) []Grant {
 	var out []Grant
-	for {
+	for most == 0 || len(out) < most {
 		g, ok := w.firstEnd()
 		if !ok || g.Until.After(now) {
 			return out
@@ -89,4 +89,16 @@ func (w *worker) endedBy(now time.Time) []Grant {
 		heap.Pop(&w.ends)
 		out = append(out, g)
 	}
+	return out
+}
+
+// behind tells whether the worker has work of its own to do at once: held
+// grants that have ended, or entries of ended grants still in the kernel.
+// It does it a chunk at a time, between requests.
+func (w *worker) behind() bool {
+	if w.sw.pending() > 0 {
+		return true
+	}
+	g, ok := w.firstEnd()
+	return ok && !g.Until.After(w.f.clock.Now())
 }

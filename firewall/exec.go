@@ -20,7 +20,10 @@ type execTables struct {
 	fam  family
 	path string
 	wait []string // "-w N": how long iptables waits for the xtables lock
+	sets ipsets   // the kernel's ipsets
 }
+
+func (t *execTables) Sets() ipsets { return t.sets }
 
 var _ tables = (*execTables)(nil)
 
@@ -64,7 +67,11 @@ func (t *execTables) run(ctx context.Context, stdout *bytes.Buffer, args ...stri
 		cmd.Stdout = stdout
 	}
 	cmd.Stderr = &stderr
-	err := cmd.Run()
+	err := cmd.Start()
+	if err == nil {
+		rememberPID(cmd.Process.Pid)
+		err = cmd.Wait()
+	}
 	if err == nil {
 		return nil
 	}

@@ -120,7 +120,7 @@ func TestFamiliesIndependent(t *testing.T) {
 	}
 }
 
-// TestRestoreFailsPending: a grant rule that the integrity check cannot
+// TestRestoreFailsPending: a grant element that the integrity check cannot
 // restore makes the grant wait and be retried, as a grant that could not be
 // applied does; it is not dropped.
 func TestRestoreFailsPending(t *testing.T) {
@@ -132,7 +132,7 @@ func TestRestoreFailsPending(t *testing.T) {
 	}
 	want := e.chain(ipv4)
 	failing := e.failGrantInserts()
-	e.v4.flushChain("WEBKNOCK")
+	e.flushSets(ipv4)
 	f.checkOnce(t, e.clk)
 	if h := f.Health(); h.PendingGrants != 1 || len(f.Grants()) != 0 || h.InSync {
 		t.Fatalf("Health() = %+v, Grants() = %v; want the grant pending", h, f.Grants())

@@ -71,7 +71,7 @@ func hangInserts(m *memTables, n int, applied bool) <-chan struct{} {
 	var mu sync.Mutex
 	m.setFailCtx(func(ctx context.Context, op, _ string, _ []string) error {
 		mu.Lock()
-		hang := op == "insert" && n > 0
+		hang := op == "ipset-add" && n > 0
 		if hang {
 			n--
 		}
@@ -117,7 +117,7 @@ func TestHungCall(t *testing.T) {
 			if h.TimedOut != 1 || h.Failures != 1 || h.Stuck != 0 || h.Suspended || !h.InSync {
 				t.Errorf("Health() = %+v, want one timeout, nothing stuck, in sync", h)
 			}
-			if !strings.Contains(e.log.String(), `msg="iptables call failed" family=IPv4 op=insert attempt=1`) {
+			if !strings.Contains(e.log.String(), `msg="iptables call failed" family=IPv4 op=add attempt=1`) {
 				t.Errorf("log lacks the failed call:\n%s", e.log)
 			}
 		})
@@ -137,8 +137,8 @@ func TestHungCallsSuspend(t *testing.T) {
 	waits, err := e.drive(f, hung, exited, func() error {
 		return f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
 	})
-	if !errors.Is(err, errSuspended) || !errors.Is(err, ErrPending) || !strings.Contains(err.Error(), "insert") {
-		t.Fatalf("Grant = %v, want the insert suspended, the grant pending", err)
+	if !errors.Is(err, errSuspended) || !errors.Is(err, ErrPending) || !strings.Contains(err.Error(), "add 192.0.2.1,tcp:22") {
+		t.Fatalf("Grant = %v, want the add suspended, the grant pending", err)
 	}
 	if !slices.Equal(waits, defaultDelays) {
 		t.Errorf("backoff waits %v, want %v", waits, defaultDelays)
@@ -187,7 +187,7 @@ func TestStuckCalls(t *testing.T) {
 	release := make(chan struct{})
 	var once sync.Once
 	e.v4.setFailCtx(func(ctx context.Context, op, _ string, _ []string) error {
-		if op != "insert" {
+		if op != "ipset-add" {
 			return nil
 		}
 		first := false
@@ -230,28 +230,30 @@ func TestStuckCalls(t *testing.T) {
 }
 
 // TestLockHeld: a call that finds the xtables lock held is retried with
-// backoff and counted apart.
+// backoff and counted apart. Turning protect on appends the tail's rules
+// with iptables.
 func TestLockHeld(t *testing.T) {
 	e := newEnv(t)
 	e.delays = defaultDelays
-	f := e.openV4(e.options())
+	o := e.options()
+	o.Ports = []Port{ssh}
+	f := e.openV4(o)
 	var mu sync.Mutex
 	left := 2
 	e.v4.setFail(func(op, _ string, _ []string) error {
 		mu.Lock()
 		defer mu.Unlock()
-		if op == "insert" && left > 0 {
+		if op == "append" && left > 0 {
 			left--
-			return &execError{cmd: "iptables -w 5 -t filter -I WEBKNOCK 1 ...", status: 4,
+			return &execError{cmd: "iptables -w 5 -t filter -A WEBKNOCK ...", status: 4,
 				stderr: "Another app is currently holding the xtables lock. Stopped waiting after 5s.", kind: errLocked}
 		}
 		return nil
 	})
-	waits, err := e.drive(f, nil, nil, func() error {
-		return f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
-	})
+	o.Protect = true
+	waits, err := e.drive(f, nil, nil, func() error { return f.Reconfigure(ctx0, o) })
 	if err != nil {
-		t.Fatalf("Grant = %v", err)
+		t.Fatalf("Reconfigure = %v", err)
 	}
 	if !slices.Equal(waits, defaultDelays) {
 		t.Errorf("backoff waits %v, want %v", waits, defaultDelays)
@@ -259,8 +261,8 @@ func TestLockHeld(t *testing.T) {
 	if h := f.Health(); h.LockBusy != 2 || h.Failures != 2 || !h.InSync {
 		t.Errorf("Health() = %+v, want 2 lock failures", h)
 	}
-	if len(e.chain(ipv4)) != 3 {
-		t.Errorf("chain %q, want the grant", e.chain(ipv4))
+	if c := e.chain(ipv4); len(c) != 2+len(protectLines(ssh)) {
+		t.Errorf("chain %q, want the protect rules", c)
 	}
 }
 
@@ -275,7 +277,7 @@ func TestRevokeRetriedUntilDone(t *testing.T) {
 	var mu sync.Mutex
 	fails := 4
 	e.v4.setFail(func(op, _ string, spec []string) error {
-		if op != "deleteifexists" {
+		if op != "ipset-del" {
 			return nil
 		}
 		tell()
@@ -328,11 +330,7 @@ func (m *memTables) flushChain(chain string) {
 // TestIntegrityCheck: what others do to our chains is repaired within one
 // check interval, live grants included.
 func TestIntegrityCheck(t *testing.T) {
-	deleteJump := func(e *env, fam family) {
-		if err := e.tabs(fam).Delete(ctx0, table, "INPUT", "-j", "WEBKNOCK"); err != nil {
-			e.t.Fatal(err)
-		}
-	}
+	deleteJump := func(e *env, fam family) { e.deleteJumps(fam) }
 	tests := []struct {
 		name   string
 		tamper func(e *env)
@@ -340,14 +338,14 @@ func TestIntegrityCheck(t *testing.T) {
 		fams   int      // families repaired
 	}{
 		{"flush chain", func(e *env) { e.v4.flushChain("WEBKNOCK") },
-			[]string{"ownership marker restored", "2 grant rules restored", "protect rules restored"}, 1},
+			[]string{"ownership marker restored", "2 set rules restored", "protect rules restored"}, 1},
 		{"delete jump", func(e *env) { deleteJump(e, ipv4) }, []string{"jump restored"}, 1},
 		{"delete chain", func(e *env) {
 			deleteJump(e, ipv4)
 			if err := e.v4.ClearAndDeleteChain(ctx0, table, "WEBKNOCK"); err != nil {
 				e.t.Fatal(err)
 			}
-		}, []string{"chain recreated", "2 grant rules restored", "protect rules restored", "jump restored"}, 1},
+		}, []string{"chain recreated", "2 set rules restored", "protect rules restored", "jump restored"}, 1},
 		{"reload of both families", func(e *env) {
 			for _, fam := range families {
 				deleteJump(e, fam)
@@ -356,12 +354,17 @@ func TestIntegrityCheck(t *testing.T) {
 				}
 			}
 		}, []string{"chain recreated", "jump restored"}, 2},
-		{"one grant rule deleted", func(e *env) {
-			if err := e.v4.Delete(ctx0, table, "WEBKNOCK", "-s", "192.0.2.1/32", "-p", "tcp", "--dport", "22", "-m", "time",
-				"--datestop", t0.Add(time.Hour).UTC().Format(datestopLayout), "-m", "comment", "--comment", grantComment("ssh", t0.Add(time.Hour).Unix()), "-j", "ACCEPT"); err != nil {
+		{"one grant element deleted", func(e *env) {
+			if err := e.v4.remove(ctx0, "WEBKNOCK-g4", []ipsetElem{{src: host(c1), port: ssh}}); err != nil {
 				e.t.Fatal(err)
 			}
 		}, []string{"1 grant rules restored"}, 1},
+		{"grant set flushed", func(e *env) { e.flushSets(ipv4) }, []string{"2 grant rules restored"}, 1},
+		{"foreign element added", func(e *env) {
+			if err := e.v4.put(ctx0, "WEBKNOCK-g4", []ipsetElem{{src: host(mustAddr("203.0.113.9")), port: ssh, timeout: 60}}); err != nil {
+				e.t.Fatal(err)
+			}
+		}, []string{"1 unexpected rules deleted"}, 1},
 		{"rule appended after the tail", func(e *env) { e.plant(ipv4, "WEBKNOCK", "-s 203.0.113.9/32 -j ACCEPT") },
 			[]string{"protect rules restored"}, 1},
 		{"rule inserted", func(e *env) {
@@ -422,8 +425,8 @@ func TestIntegrityCheck(t *testing.T) {
 	}
 }
 
-// TestCheckCost: a check of intact chains lists the hook and our chain of
-// each family, and runs nothing else.
+// TestCheckCost: a check of intact chains lists the hook, our chain and
+// our grant sets of each family, and runs nothing else.
 func TestCheckCost(t *testing.T) {
 	e := newEnv(t)
 	f := e.open(protectOptions(e))
@@ -446,7 +449,8 @@ func TestCheckCost(t *testing.T) {
 			got := calls[fam]
 			calls[fam] = nil
 			mu.Unlock()
-			if want := []string{"list INPUT", "list WEBKNOCK"}; !slices.Equal(got, want) {
+			v := map[family]string{ipv4: "4", ipv6: "6"}[fam]
+			if want := []string{"list INPUT", "list WEBKNOCK", "ipset-list WEBKNOCK-g" + v, "ipset-list WEBKNOCK-n" + v}; !slices.Equal(got, want) {
 				t.Errorf("check %d ran %q on %v, want %q", i, got, fam, want)
 			}
 		}
@@ -487,21 +491,28 @@ func TestCheckFailure(t *testing.T) {
 	}
 }
 
-// TestGrantRepairsMissingChain: a grant that finds our chain gone repairs
-// it first, instead of failing until the next check.
+// TestGrantRepairsMissingChain: a grant whose set is gone repairs it
+// first, instead of failing until the next check; a chain deleted behind
+// its back (the grant itself goes into the set) is restored by the check.
 func TestGrantRepairsMissingChain(t *testing.T) {
 	e := newEnv(t)
 	f := e.open(protectOptions(e))
-	e.v4.Delete(ctx0, table, "INPUT", "-j", "WEBKNOCK")
+	e.deleteJumps(ipv4)
 	e.v4.ClearAndDeleteChain(ctx0, table, "WEBKNOCK")
+	for _, name := range []string{"WEBKNOCK-g4", "WEBKNOCK-n4"} {
+		if err := e.v4.destroy(ctx0, name); err != nil {
+			t.Fatal(err)
+		}
+	}
 	until := t0.Add(time.Hour)
 	if err := f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until}); err != nil {
 		t.Fatalf("Grant = %v", err)
 	}
+	f.checkOnce(t, e.clk)
 	if c := e.chain(ipv4); len(c) != 2+1+len(tail4(protectOptions(e))) || c[2] != grantLine("192.0.2.1/32", ssh, "ssh", until) {
 		t.Errorf("chain %q, want the grant and the tail", c)
 	}
-	if in, _ := e.v4.List(ctx0, table, "INPUT"); !slices.Contains(in, "-A INPUT -j WEBKNOCK") {
+	if in, _ := e.v4.List(ctx0, table, "INPUT"); !slices.Contains(in, "-A INPUT -p tcp -m multiport --dports 22 -j WEBKNOCK") {
 		t.Errorf("INPUT %q lacks the jump", in)
 	}
 }
@@ -550,7 +561,7 @@ func TestWallClockJump(t *testing.T) {
 		f := e.open(e.options())
 		f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
 		e.v4.setFail(func(op, _ string, _ []string) error {
-			if op == "deleteifexists" {
+			if op == "ipset-del" {
 				return errors.New("busy")
 			}
 			return nil

@@ -73,6 +73,7 @@ const (
 	keyBy       = "by"
 	keyCap      = "cap"
 	keyCapKey   = "key"
+	keyTook     = "took"
 )
 
 // Backends.
@@ -147,9 +148,10 @@ type Options struct {
 	// and counted as a failure; default LockWait + 5s.
 	CallTimeout time.Duration
 	// CheckInterval is the period of the integrity check, which repairs
-	// our rules when others change them; default 3s, 30s with nftables
-	// (whose monitor has the check run at once on a change). A check that takes
-	// more than a tenth of it puts the next one off.
+	// our rules when others change them; default a minute with iptables,
+	// 30s with nftables: the nftables monitor (of iptables-nft's table
+	// filter too) has the check run at once on a change. A check that
+	// takes more than a tenth of it puts the next one off.
 	CheckInterval time.Duration
 	// MaxGrants bounds the live and pending grants; a new grant beyond it
 	// is refused with ErrTableFull. Default 65536.
@@ -541,6 +543,9 @@ func (f *Firewall) Reconfigure(ctx context.Context, o Options) error {
 	})
 	f.maxGrants.Store(int64(n.MaxGrants))
 	f.caps.setLimits(n)
+	if n.CheckInterval != f.o.CheckInterval {
+		f.log.Warn("firewall.check_interval changes only with a restart", "running", f.o.CheckInterval, "configured", n.CheckInterval)
+	}
 	f.log.Info("firewall reconfigured", keyProtect, next.protect, keyPorts, next.ports)
 	return nil
 }

@@ -23,11 +23,11 @@ func TestGrantRuleText(t *testing.T) {
 		want string
 	}{
 		{"ipv4", "192.0.2.1", ipv4,
-			`-A WEBKNOCK -s 192.0.2.1/32 -p tcp -m tcp --dport 22 -m time --datestop 2030-01-01T00:00:00 -m comment --comment "webknock:ssh:1893456000" -j ACCEPT`},
+			`-E WEBKNOCK-g4 192.0.2.1,tcp:22 "webknock:ssh:1893456000"`},
 		{"ipv6", "2001:db8::1", ipv6,
-			`-A WEBKNOCK -s 2001:db8::1/128 -p tcp -m tcp --dport 22 -m time --datestop 2030-01-01T00:00:00 -m comment --comment "webknock:ssh:1893456000" -j ACCEPT`},
+			`-E WEBKNOCK-g6 2001:db8::1,tcp:22 "webknock:ssh:1893456000"`},
 		{"ipv4-mapped is ipv4", "::ffff:192.0.2.1", ipv4,
-			`-A WEBKNOCK -s 192.0.2.1/32 -p tcp -m tcp --dport 22 -m time --datestop 2030-01-01T00:00:00 -m comment --comment "webknock:ssh:1893456000" -j ACCEPT`},
+			`-E WEBKNOCK-g4 192.0.2.1,tcp:22 "webknock:ssh:1893456000"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -217,7 +217,7 @@ func TestRevokeFailure(t *testing.T) {
 	f := e.open(e.options())
 	f.grant(Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
 	e.v4.setFail(func(op, chain string, _ []string) error {
-		if strings.HasPrefix(op, "delete") {
+		if strings.HasPrefix(op, "delete") || op == "ipset-del" {
 			return errors.New("resource busy")
 		}
 		return nil
@@ -349,21 +349,21 @@ func TestReconcile(t *testing.T) {
 	e.plant(ipv4, "WEBKNOCK",
 		`-s 203.0.113.7/32 -j ACCEPT`, // above the marker
 		spec(e.markerLine()),
-		spec(grantLine("192.0.2.1/32", ssh, "ssh", live)),
+		spec(oldGrantLine("192.0.2.1/32", ssh, "ssh", live)),
 		spec(e.markerLine()),
-		spec(grantLine("192.0.2.1/32", ssh, "old", expired)),
+		spec(oldGrantLine("192.0.2.1/32", ssh, "old", expired)),
 		`-s 192.0.2.9/32 -j ACCEPT`,
-		spec(grantLine("192.0.2.1/32", ssh, "ssh", live)),
-		spec(grantLine("203.0.113.5/32", ssh, "ssh", live)), // ours, but in no grant
+		spec(oldGrantLine("192.0.2.1/32", ssh, "ssh", live)),
+		spec(oldGrantLine("203.0.113.5/32", ssh, "ssh", live)), // ours, but in no grant
 		// The brief's example: its datestop is a day before its comment.
 		`-s 192.0.2.1/32 -p tcp -m tcp --dport 22 -m time --datestop 2026-11-22T19:11:34 -m comment --comment "webknock:ssh:1795461094" -j ACCEPT`,
 		`-p tcp -m tcp --dport 22 -m conntrack --ctstate NEW -m comment --comment "webknock:protect" -j DROP`,
-		spec(grantLine("192.0.2.1/32", alt, "web", t0.Add(time.Hour))),
+		spec(oldGrantLine("192.0.2.1/32", alt, "web", t0.Add(time.Hour))),
 	)
 	e.plant(ipv6, "WEBKNOCK",
-		spec(grantLine("2001:db8::7/128", ssh, "ssh", live)), // above the marker, and kept
+		spec(oldGrantLine("2001:db8::7/128", ssh, "ssh", live)), // above the marker, and kept
 		spec(e.markerLine()),
-		spec(grantLine("2001:db8::7/128", ssh, "ssh", live)),
+		spec(oldGrantLine("2001:db8::7/128", ssh, "ssh", live)),
 		`-p tcp -m tcp --dport 22 -j ACCEPT`,
 	)
 	e.plant(ipv4, "INPUT", `-j WEBKNOCK`, `-s 192.0.2.99/32 -j DROP`)
@@ -419,13 +419,13 @@ func TestRebuildFromComments(t *testing.T) {
 			}
 			live := t0.Add(10 * time.Minute)
 			e.plant(ipv4, "WEBKNOCK",
-				grantLine("192.0.2.1/32", ssh, "ssh", live)[len("-A WEBKNOCK "):],
-				grantLine("192.0.2.1/32", dns, "ssh", live)[len("-A WEBKNOCK "):],
-				grantLine("192.0.2.1/32", ssh, "ssh", t0.Add(-time.Second))[len("-A WEBKNOCK "):],
-				grantLine("198.51.100.2/32", ssh, "ssh", t0.Add(time.Minute))[len("-A WEBKNOCK "):],
-				grantLine("198.51.100.2/32", ssh, "ssh", live)[len("-A WEBKNOCK "):], // extended; the old one left over
+				oldGrantLine("192.0.2.1/32", ssh, "ssh", live)[len("-A WEBKNOCK "):],
+				oldGrantLine("192.0.2.1/32", dns, "ssh", live)[len("-A WEBKNOCK "):],
+				oldGrantLine("192.0.2.1/32", ssh, "ssh", t0.Add(-time.Second))[len("-A WEBKNOCK "):],
+				oldGrantLine("198.51.100.2/32", ssh, "ssh", t0.Add(time.Minute))[len("-A WEBKNOCK "):],
+				oldGrantLine("198.51.100.2/32", ssh, "ssh", live)[len("-A WEBKNOCK "):], // extended; the old one left over
 			)
-			e.plant(ipv6, "WEBKNOCK", grantLine("2001:db8::7/128", alt, "web", live)[len("-A WEBKNOCK "):])
+			e.plant(ipv6, "WEBKNOCK", oldGrantLine("2001:db8::7/128", alt, "web", live)[len("-A WEBKNOCK "):])
 			f := e.open(e.options())
 			want := []Grant{
 				{IP: c1, Sequence: "ssh", Ports: []Port{ssh, dns}, Until: live},
@@ -629,7 +629,7 @@ func TestRetry(t *testing.T) {
 			e.v4.setFail(func(op, _ string, spec []string) error {
 				mu.Lock()
 				defer mu.Unlock()
-				if op == "insert" && slices.Contains(spec, "2222") && left > 0 {
+				if op == "ipset-add" && slices.Contains(spec, "2222") && left > 0 {
 					left--
 					return errors.New("xtables lock busy")
 				}
@@ -669,14 +669,14 @@ func TestRetry(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, ErrPending) || !strings.Contains(err.Error(), "insert") || !strings.Contains(err.Error(), "filter/WEBKNOCK") {
-				t.Errorf("Grant = %v, want ErrPending and the insert's error", err)
+			if !errors.Is(err, ErrPending) || !strings.Contains(err.Error(), "add 2 elements") || !strings.Contains(err.Error(), "WEBKNOCK-g4") {
+				t.Errorf("Grant = %v, want ErrPending and the add's error", err)
 			}
 			if h := f.Health(); h.InSync || h.PendingGrants != 1 || !strings.Contains(h.LastError, "xtables lock busy") {
 				t.Errorf("Health() = %+v, want the failure reported, a grant pending", h)
 			}
-			if n := strings.Count(e.log.String(), `msg="iptables call failed" family=IPv4 op=insert`); n != 3 {
-				t.Errorf("log has %d failed inserts, want 3:\n%s", n, e.log)
+			if n := strings.Count(e.log.String(), `msg="iptables call failed" family=IPv4 op=add`); n != 3 {
+				t.Errorf("log has %d failed adds, want 3:\n%s", n, e.log)
 			}
 			if gs := f.Grants(); len(gs) != 0 {
 				t.Errorf("Grants() = %v after a failed grant", gs)
@@ -774,8 +774,7 @@ func TestGrantPending(t *testing.T) {
 				}
 				return
 			}
-			if c := e.tabs(ipv4).snapshots("WEBKNOCK"); len(c) == 0 || !slices.Contains(c[len(c)-1].rules,
-				strings.TrimPrefix(grantLine("192.0.2.1/32", ssh, "ssh", until), "-A WEBKNOCK ")) {
+			if c := e.chain(ipv4); !slices.Contains(c, grantLine("192.0.2.1/32", ssh, "ssh", until)) {
 				t.Errorf("chain %q, want the grant", e.chain(ipv4))
 			}
 		})
@@ -918,8 +917,8 @@ func TestDryRun(t *testing.T) {
 		`command="iptables -t filter -N WEBKNOCK"`,
 		`command="iptables -t filter -I WEBKNOCK 1 -m comment --comment webknock:owner:` + dir + `"`,
 		`command="ip6tables -t filter -A WEBKNOCK -p tcp --dport 22 -m conntrack --ctstate NEW -m comment --comment webknock:protect -j DROP"`,
-		`command="iptables -t filter -I DOCKER-USER 1 -j WEBKNOCK"`,
-		`command="iptables -t filter -I WEBKNOCK 2 -s 192.0.2.1/32 -p tcp --dport 22 -m time --datestop`,
+		`command="iptables -t filter -I DOCKER-USER 1 -p tcp -m multiport --dports 22 -j WEBKNOCK"`,
+		`command="ipset add -exist WEBKNOCK-g4 192.0.2.1,tcp:22 timeout`,
 	} {
 		if !strings.Contains(log.String(), s) {
 			t.Errorf("log lacks %s:\n%s", s, log)

@@ -306,14 +306,80 @@ func (e *env) tabs(fam family) *memTables {
 	return e.v4
 }
 
-// chain returns `iptables -S WEBKNOCK` of a family.
+// chain returns `iptables -S WEBKNOCK` of a family, with the set rules
+// (always there: TestSetLayout checks them) left out and the elements of
+// the grant sets in their place, sorted, as grantLine writes them.
 func (e *env) chain(fam family) []string {
 	e.t.Helper()
-	lines, err := e.tabs(fam).List(ctx0, table, "WEBKNOCK")
+	m := e.tabs(fam)
+	lines, err := m.List(ctx0, table, "WEBKNOCK")
 	if err != nil {
 		e.t.Fatalf("list: %v", err)
 	}
-	return lines
+	var els []string
+	for _, kind := range []string{"g", "n"} {
+		name := "WEBKNOCK-" + kind + map[family]string{ipv4: "4", ipv6: "6"}[fam]
+		_, set, err := m.list(ctx0, name)
+		if err != nil {
+			continue
+		}
+		for _, el := range set {
+			els = append(els, elemLine(name, el.String(), el.comment))
+		}
+	}
+	var out []string
+	for _, l := range lines {
+		if strings.Contains(l, " --match-set WEBKNOCK-") {
+			continue
+		}
+		out = append(out, l)
+	}
+	return placeElems(out, els)
+}
+
+// placeElems puts the element lines, sorted, after the -N line and the
+// marker of lines.
+func placeElems(lines, els []string) []string {
+	slices.Sort(els)
+	at := min(2, len(lines))
+	return slices.Concat(lines[:at], els, lines[at:])
+}
+
+// elemLine writes an element of a grant set for the tests.
+func elemLine(set, elem, comment string) string {
+	return fmt.Sprintf("-E %s %s %q", set, elem, comment)
+}
+
+// deleteJumps deletes the hook's jumps to our chain, as an administrator
+// would.
+func (e *env) deleteJumps(fam family) {
+	e.t.Helper()
+	m := e.tabs(fam)
+	lines, err := m.List(ctx0, table, "INPUT")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, l := range lines {
+		if spec, ok := strings.CutPrefix(l, "-A INPUT "); ok && strings.HasSuffix(l, " -j WEBKNOCK") {
+			words, err := splitRule(spec)
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			if err := m.Delete(ctx0, table, "INPUT", words...); err != nil {
+				e.t.Fatal(err)
+			}
+		}
+	}
+}
+
+// flushSets empties the family's grant sets, as `ipset flush` does.
+func (e *env) flushSets(fam family) {
+	m := e.tabs(fam)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range m.sets {
+		clear(s.elems)
+	}
 }
 
 // plant adds rules to a chain as an administrator would.
@@ -362,8 +428,29 @@ func (e *env) readDoc() stateDoc {
 	return doc
 }
 
-// grantLine is a grant rule as `iptables -S` prints it.
+// grantLine is the element of a grant, as chain shows it; src is an
+// address with its length ("192.0.2.1/32") or a network.
 func grantLine(src string, p Port, seq string, until time.Time) string {
+	pf := netip.MustParsePrefix(src)
+	kind := "g"
+	if !pf.IsSingleIP() {
+		kind = "n"
+	}
+	v := "4"
+	if pf.Addr().Is6() {
+		v = "6"
+	}
+	el := ipsetElem{src: pf, port: p}
+	return elemLine("WEBKNOCK-"+kind+v, el.String(), grantComment(seq, until.Unix()))
+}
+
+// entryRule is the grant rule an earlier webknock kept in its chain for e.
+func entryRule(e entry) rule {
+	return rule{kind: kindGrant, src: e.src, port: e.port, seq: e.seq, until: e.until}
+}
+
+// oldGrantLine is that rule as `iptables -S` prints it.
+func oldGrantLine(src string, p Port, seq string, until time.Time) string {
 	return fmt.Sprintf(`-A WEBKNOCK -s %s -p %s -m %s --dport %d -m time --datestop %s -m comment --comment "webknock:%s:%d" -j ACCEPT`,
 		src, p.Proto, p.Proto, p.Number, until.UTC().Format(datestopLayout), seq, until.Unix())
 }
@@ -404,9 +491,18 @@ func markerLineOf(dir string) string {
 // marker, then lines.
 func (e *env) chainOnly(lines ...string) []string { return chainOf(e.dir, lines...) }
 
-// chainOf is the chain of a firewall with state directory dir.
+// chainOf is the chain of a firewall with state directory dir, as chain
+// shows it: the element lines among lines come first, sorted.
 func chainOf(dir string, lines ...string) []string {
-	return append([]string{"-N WEBKNOCK", markerLineOf(dir)}, lines...)
+	var els, rest []string
+	for _, l := range lines {
+		if strings.HasPrefix(l, "-E ") {
+			els = append(els, l)
+		} else {
+			rest = append(rest, l)
+		}
+	}
+	return placeElems(append([]string{"-N WEBKNOCK", markerLineOf(dir)}, rest...), els)
 }
 
 func diffLines(got, want []string) string {
@@ -489,7 +585,7 @@ func (e *env) failGrantInserts() *atomic.Bool {
 	failing := new(atomic.Bool)
 	failing.Store(true)
 	e.v4.setFail(func(op, _ string, spec []string) error {
-		if op == "insert" && slices.Contains(spec, "--datestop") && failing.Load() {
+		if op == "ipset-add" && failing.Load() {
 			return errors.New("too many open files")
 		}
 		return nil

@@ -6,14 +6,16 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
+	"strings"
 )
 
 // iptRules is the iptables ruleset of one family: our chain in table
-// filter, which starts with the ownership marker, holds one rule per grant
-// entry (-m time --datestop, so the kernel stops matching it at its end)
-// and ends with the protect tail; one jump near the top of the hook leads
-// to it. Its tables are iptables itself (execTables) or, for the dry-run
-// backend and the tests, memTables.
+// filter, which starts with the ownership marker, then matches the grant
+// sets (iptsets.go) and ends with the protect tail; jumps near the top of
+// the hook send it the traffic to the guarded ports, and only that. Its
+// tables are iptables and the kernel's ipsets (execTables) or, for the
+// dry-run backend and the tests, memTables.
 type iptRules struct {
 	fam    family
 	t      tables
@@ -22,12 +24,15 @@ type iptRules struct {
 	chain  string
 	hook   string
 	marker rule
+	keys   map[iptKey][]entry // the entries of each element of the grant sets, as put there
+	ports  []Port             // the guarded ports, as the last inspect or reconcile was told
 }
 
 // newIPTRules is the ruleset of family fam on t, for normalized options.
 func newIPTRules(fam family, t tables, o *Options) *iptRules {
 	return &iptRules{
 		fam: fam, t: t, log: o.Logger, chain: o.Chain, hook: o.Hook, marker: markerFor(o.StateDir),
+		keys: map[iptKey][]entry{}, ports: o.Ports,
 		rt: &retrier{clock: o.Clock, log: o.Logger.With(keyFamily, fam), delays: defaultDelays,
 			timeout: o.CallTimeout, cmd: fam.command()},
 	}
@@ -47,14 +52,11 @@ func iptRulesets(o *Options, tabs [2]tables) [2]ruleset {
 func (r *iptRules) name() string      { return r.fam.command() }
 func (r *iptRules) retrier() *retrier { return r.rt }
 
-func (r *iptRules) describe(e entry) string { return entryRule(e).String() }
-
-// close: iptables runs a program per call, nothing stays open.
-func (r *iptRules) close() {}
-
-// entryRule is the grant rule of e.
-func entryRule(e entry) rule {
-	return rule{kind: kindGrant, src: e.src, port: e.port, seq: e.seq, until: e.until}
+// close lets go of the ipsets' netlink socket.
+func (r *iptRules) close() {
+	if s := r.t.Sets(); s != nil {
+		s.close()
+	}
 }
 
 // ruleEntry is the entry of a grant rule.
@@ -86,6 +88,9 @@ func (r *iptRules) probe(ctx context.Context) error {
 	if err := judgeChain(r.chain, lines, r.marker).err(r.fam, r.chain); err != nil {
 		return &OptionError{Option: "chain", Err: err}
 	}
+	if err := r.setsOwned(ctx); err != nil {
+		return &OptionError{Option: "chain", Err: err}
+	}
 	return nil
 }
 
@@ -93,11 +98,14 @@ func (r *iptRules) owned(ctx context.Context) error {
 	lines, err := r.listLines(ctx, r.chain)
 	switch {
 	case errors.Is(err, errNoChain):
-		return nil
 	case err != nil:
 		return err
+	default:
+		if err := judgeChain(r.chain, lines, r.marker).err(r.fam, r.chain); err != nil {
+			return err
+		}
 	}
-	return judgeChain(r.chain, lines, r.marker).err(r.fam, r.chain)
+	return r.setsOwned(ctx)
 }
 
 func (r *iptRules) flush(ctx context.Context) error {
@@ -107,8 +115,8 @@ func (r *iptRules) flush(ctx context.Context) error {
 	case err != nil:
 		return err
 	}
-	for range r.jumps(lines) {
-		err := r.rt.do(ctx, "delete", func(ctx context.Context, _ int) error { return r.t.DeleteIfExists(ctx, table, r.hook, "-j", r.chain) })
+	for _, spec := range r.hookJumps(lines).all {
+		err := r.rt.do(ctx, "delete", func(ctx context.Context, _ int) error { return r.t.DeleteIfExists(ctx, table, r.hook, spec...) })
 		if err != nil {
 			return fmt.Errorf("%s: delete jump from %s/%s: %w", r.fam.command(), table, r.hook, err)
 		}
@@ -116,9 +124,11 @@ func (r *iptRules) flush(ctx context.Context) error {
 	if err := r.rt.do(ctx, "delete chain", func(ctx context.Context, _ int) error { return r.t.ClearAndDeleteChain(ctx, table, r.chain) }); err != nil {
 		return fmt.Errorf("%s: delete chain %s/%s: %w", r.fam.command(), table, r.chain, err)
 	}
-	return nil
+	return r.destroySets(ctx)
 }
 
+// list returns the entries of the grant sets, and of the grant rules an
+// earlier webknock kept in our chain.
 func (r *iptRules) list(ctx context.Context) ([]entry, error) {
 	have, err := r.listRules(ctx)
 	if err != nil {
@@ -130,40 +140,18 @@ func (r *iptRules) list(ctx context.Context) ([]entry, error) {
 			es = append(es, ruleEntry(l.r))
 		}
 	}
+	sets, err := r.listSets(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, spec := range r.setSpecs() {
+		for _, el := range sets[spec.name] {
+			if e, ok := entryOfElem(el); ok {
+				es = append(es, e)
+			}
+		}
+	}
 	return es, nil
-}
-
-func (r *iptRules) add(ctx context.Context, es []entry) ([]entry, error) {
-	// In reverse, so that the chain lists them in the order of the ports.
-	for i := len(es) - 1; i >= 0; i-- {
-		err := r.insert(ctx, entryRule(es[i]))
-		if err == nil {
-			continue
-		}
-		undo := es[i+1:]
-		if maybeApplied(err) {
-			undo = es[i:]
-		}
-		left, _ := r.del(ctx, undo...)
-		return left, err
-	}
-	return nil, nil
-}
-
-// del deletes the rules of es one by one; those it could not delete are
-// left.
-func (r *iptRules) del(ctx context.Context, es ...entry) ([]entry, error) {
-	var (
-		left []entry
-		errs []error
-	)
-	for _, e := range es {
-		if err := r.deleteRule(ctx, entryRule(e)); err != nil {
-			left = append(left, e)
-			errs = append(errs, err)
-		}
-	}
-	return left, errors.Join(errs...)
 }
 
 // The calls on the tables, retried, with errors that name the object.
@@ -236,12 +224,6 @@ func (r *iptRules) append(ctx context.Context, ru rule) error {
 	})
 }
 
-func (r *iptRules) deleteRule(ctx context.Context, ru rule) error {
-	return r.change(ctx, "delete", "delete "+ru.String()+" from", func(ctx context.Context, _ int) error {
-		return r.t.DeleteIfExists(ctx, table, r.chain, ru.args()...)
-	})
-}
-
 // change runs a change of our chain through the retrier; its error says
 // what (like "insert RULE into") and names the chain.
 func (r *iptRules) change(ctx context.Context, op, what string, fn func(ctx context.Context, attempt int) error) error {
@@ -293,11 +275,15 @@ func lastIndex(lines []string, s string) int {
 	return -1
 }
 
-// ensure makes sure our chain exists and is ours: created with the
-// ownership marker when missing; a chain of that name without the marker
+// ensure makes sure our grant sets and our chain exist and are ours: the
+// chain created with the ownership marker when missing; a chain of that name without the marker
 // is adopted only if webknock wrote every rule in it (an earlier version's
 // chain, or an empty one), else refused untouched.
 func (r *iptRules) ensure(ctx context.Context) error {
+	// The sets first: the chain's rules name them.
+	if err := r.ensureSets(ctx); err != nil {
+		return err
+	}
 	t, chain := r.t, r.chain
 	var lines []string
 	created := false
@@ -348,69 +334,166 @@ func (r *iptRules) ensure(ctx context.Context) error {
 // and the only safe way to delete one, by its specification, would delete
 // the first.
 func (r *iptRules) ensureHook(ctx context.Context) error {
-	t := r.t
 	lines, err := r.listHook(ctx)
 	if err != nil {
 		return err
 	}
-	switch n := r.jumps(lines); {
-	case n == 0:
+	return r.fixHook(ctx, lines)
+}
+
+// fixHook inserts the jumps the hook lacks, then deletes the jumps to our
+// chain that are not wanted (for ports no longer guarded, or the plain
+// jump of an earlier webknock): the traffic to the guarded ports reaches
+// the chain all the while.
+func (r *iptRules) fixHook(ctx context.Context, lines []string) error {
+	t := r.t
+	j := r.hookJumps(lines)
+	for i := len(j.want) - 1; i >= 0; i-- {
+		spec := j.want[i]
+		if j.count[i] > 0 {
+			continue
+		}
 		err := r.rt.do(ctx, "insert", func(ctx context.Context, attempt int) error {
 			if attempt > 1 {
-				if ok, err := t.Exists(ctx, table, r.hook, "-j", r.chain); err == nil && ok {
+				if ok, err := t.Exists(ctx, table, r.hook, spec...); err == nil && ok {
 					return nil
 				}
 			}
-			return t.Insert(ctx, table, r.hook, 1, "-j", r.chain)
+			return t.Insert(ctx, table, r.hook, 1, spec...)
 		})
 		if err != nil {
 			return fmt.Errorf("%s: insert jump to %s into %s/%s: %w", r.fam.command(), r.chain, table, r.hook, err)
 		}
-		r.log.Info("jump inserted", keyFamily, r.fam, keyHook, r.hook, keyChain, r.chain)
-	case n > 1:
-		r.log.Warn("the hook jumps to our chain more than once", keyFamily, r.fam, keyHook, r.hook, keyChain, r.chain, keyCount, n)
+		r.log.Info("jump inserted", keyFamily, r.fam, keyHook, r.hook, keyChain, r.chain, keyRule, strings.Join(spec, " "))
+	}
+	for _, spec := range j.stale {
+		err := r.rt.do(ctx, "delete", func(ctx context.Context, _ int) error { return t.DeleteIfExists(ctx, table, r.hook, spec...) })
+		if err != nil {
+			return fmt.Errorf("%s: delete jump from %s/%s: %w", r.fam.command(), table, r.hook, err)
+		}
+		r.log.Info("jump deleted", keyFamily, r.fam, keyHook, r.hook, keyRule, strings.Join(spec, " "), keyReason, "not for the guarded ports")
+	}
+	if slices.ContainsFunc(j.count, func(n int) bool { return n > 1 }) {
+		r.log.Warn("the hook jumps to our chain more than once", keyFamily, r.fam, keyHook, r.hook, keyChain, r.chain)
 	}
 	return nil
 }
 
-// jumps counts the jumps to our chain in the lines of the hook.
-func (r *iptRules) jumps(hook []string) int {
-	jump := "-A " + r.hook + " -j " + r.chain
-	n := 0
-	for _, l := range hook {
-		if l == jump {
-			n++
-		}
+// hookJumps finds the jumps to our chain in the lines of the hook.
+func (r *iptRules) hookJumps(hook []string) jumps {
+	j := jumps{want: r.jumpSpecs()}
+	j.count = make([]int, len(j.want))
+	wanted := map[string]int{}
+	for i, spec := range j.want {
+		wanted[strings.Join(spec, " ")] = i
 	}
-	return n
+	for _, line := range hook {
+		toks, err := splitRule(line)
+		if err != nil || len(toks) < 4 || toks[0] != "-A" || toks[1] != r.hook || toks[len(toks)-2] != "-j" || toks[len(toks)-1] != r.chain {
+			continue
+		}
+		spec := toks[2:]
+		j.all = append(j.all, spec)
+		if i, ok := wanted[strings.Join(spec, " ")]; ok {
+			j.count[i]++
+			continue
+		}
+		j.stale = append(j.stale, spec)
+	}
+	return j
 }
 
-// inspect lists the hook and our chain: two iptables runs.
+// jumps are the hook's jumps to our chain: all of them, how many times
+// each wanted one is there, and those not wanted.
+type jumps struct {
+	want  [][]string
+	count []int
+	all   [][]string
+	stale [][]string
+}
+
+// missing tells whether the hook lacks a wanted jump or has one that is not.
+func (j jumps) drift() bool { return slices.Contains(j.count, 0) || len(j.stale) > 0 }
+
+// maxMultiport is the most ports one multiport match takes.
+const maxMultiport = 15
+
+// jumpSpecs are the hook's rules that send traffic to our chain: one per
+// protocol and fifteen guarded ports (multiport's limit), so that traffic
+// to other ports never walks our chain. With no guarded port known (no
+// sequence configured), all traffic does.
+func (r *iptRules) jumpSpecs() [][]string {
+	if len(r.ports) == 0 {
+		return [][]string{{"-j", r.chain}}
+	}
+	byProto := map[string][]int{}
+	var protos []string
+	for _, p := range r.ports {
+		if _, ok := byProto[p.Proto]; !ok {
+			protos = append(protos, p.Proto)
+		}
+		if !slices.Contains(byProto[p.Proto], int(p.Number)) {
+			byProto[p.Proto] = append(byProto[p.Proto], int(p.Number))
+		}
+	}
+	slices.Sort(protos)
+	var specs [][]string
+	for _, proto := range protos {
+		ns := byProto[proto]
+		slices.Sort(ns)
+		for chunk := range slices.Chunk(ns, maxMultiport) {
+			list := make([]string, len(chunk))
+			for i, n := range chunk {
+				list[i] = strconv.Itoa(n)
+			}
+			specs = append(specs, []string{"-p", proto, "-m", "multiport", "--dports", strings.Join(list, ","), "-j", r.chain})
+		}
+	}
+	return specs
+}
+
+// inspect lists the hook and our chain (two iptables runs) and the grant
+// sets (netlink).
 func (r *iptRules) inspect(ctx context.Context, wantEntries, doomedEntries []entry, t tail) (drift, error) {
 	var d drift
+	r.ports = t.ports
 	hook, err := r.listHook(ctx)
 	if err != nil {
 		return d, err
 	}
-	d.noJump = r.jumps(hook) == 0
+	d.noJump = r.hookJumps(hook).drift()
 	want := map[rule]bool{}
-	for _, e := range wantEntries {
-		want[entryRule(e)] = true
+	for _, ru := range r.setRules() {
+		want[ru] = true
 	}
 	tail := tailRules(t, r.fam)
 	have, err := r.listRules(ctx)
 	switch {
 	case errors.Is(err, errNoChain):
-		d.noChain, d.missing, d.tail = true, len(want), len(tail) > 0
+		d.noChain, d.setRule, d.tail = true, len(want), len(tail) > 0
+	case err != nil:
+		return d, err
+	default:
+		d = chainDrift(d, have, r.marker, want, tail)
+	}
+	sets, err := r.listSets(ctx)
+	switch {
+	case errors.Is(err, errNoChain):
+		d.noChain, d.missing = true, d.missing+len(wantEntries)
 		return d, nil
 	case err != nil:
 		return d, err
 	}
-	have, d.marker = splitMarker(have, r.marker, func(ru rule) bool { return want[ru] })
-	doomed := map[rule]bool{}
-	for _, e := range doomedEntries {
-		doomed[entryRule(e)] = true
-	}
+	missing, extra := r.setDrift(sets, wantEntries, doomedEntries)
+	d.missing += missing
+	d.extra += extra
+	return d, nil
+}
+
+// chainDrift compares the rules listed in our chain with the marker, the
+// set rules wanted and the tail.
+func chainDrift(d drift, have []listed, marker rule, want map[rule]bool, tail []rule) drift {
+	have, d.marker = splitMarker(have, marker, func(ru rule) bool { return want[ru] })
 	n := len(have)
 	switch {
 	case tailAtEnd(have, tail):
@@ -418,21 +501,20 @@ func (r *iptRules) inspect(ctx context.Context, wantEntries, doomedEntries []ent
 	case len(tail) > 0:
 		d.tail = true
 	}
+	// The set rules once each, anywhere before the tail.
 	seen := map[rule]bool{}
 	for _, l := range have[:n] {
 		switch {
 		case l.ours && want[l.r] && !seen[l.r]:
 			seen[l.r] = true
-		case l.ours && doomed[l.r]:
-			// Its delete is retried on its own schedule.
-		case l.ours && l.r.kind != kindGrant && l.r.kind != kindMarker && d.tail:
+		case l.ours && l.r.kind != kindGrant && l.r.kind != kindMarker && l.r.kind != kindSet && d.tail:
 			// Part of a tail out of place: the repair replaces it.
 		default:
 			d.extra++
 		}
 	}
-	d.missing = len(want) - len(seen)
-	return d, nil
+	d.setRule = len(want) - len(seen)
+	return d
 }
 
 // reconcile makes our chain hold the ownership marker, then exactly the
@@ -446,15 +528,20 @@ func (r *iptRules) inspect(ctx context.Context, wantEntries, doomedEntries []ent
 // grant rule is as good as any other, that is always a right one. Only a
 // second marker is deleted by its number, the first one staying on top.
 func (r *iptRules) reconcile(ctx context.Context, wantEntries []entry, t tail) (lost, used []entry, err error) {
+	r.ports = t.ports
+	// The sets first: the chain's rules name them.
+	lost, err = r.reconcileSets(ctx, wantEntries)
+	if err != nil {
+		return lost, nil, err
+	}
 	have, err := r.listRules(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	want := make([]rule, len(wantEntries))
+	want := r.setRules()
 	wanted := map[rule]bool{}
-	for i, e := range wantEntries {
-		want[i] = entryRule(e)
-		wanted[want[i]] = true
+	for _, ru := range want {
+		wanted[ru] = true
 	}
 	have, missing := splitMarker(have, r.marker, func(ru rule) bool { return wanted[ru] })
 	if missing {
@@ -479,52 +566,77 @@ func (r *iptRules) reconcile(ctx context.Context, wantEntries []entry, t tail) (
 		}
 	}
 
+	// The set rules, each put right after the marker when it is not in
+	// the chain at all: granted traffic passes all the while.
+	present := map[rule]bool{}
+	for _, l := range have[:keep] {
+		if l.ours && wanted[l.r] {
+			present[l.r] = true
+		}
+	}
+	if len(present) < len(want) {
+		for i := len(want) - 1; i >= 0; i-- {
+			if present[want[i]] {
+				continue
+			}
+			if err := r.insert(ctx, want[i]); err != nil {
+				// No grant passes the chain without it.
+				return wantEntries, nil, err
+			}
+			r.log.Info("set rule inserted", keyFamily, r.fam, keyRule, want[i].String())
+		}
+		if have, err = r.listRules(ctx); err != nil {
+			return nil, nil, err
+		}
+		have, _ = splitMarker(have, r.marker, func(ru rule) bool { return wanted[ru] })
+		keep = len(have) - len(tail)
+	}
+	// Anything else before the tail goes, and second copies of the set
+	// rules (the last copy, by its number: the first one stays).
 	now := r.rt.clock.Now().Unix()
 	kept := map[rule]bool{}
 	var errs []error
 	for _, l := range have[:keep] {
 		var reason string
 		switch {
+		case l.ours && wanted[l.r] && !kept[l.r]:
+			kept[l.r] = true
+			continue
 		case !l.ours:
 			reason = "not webknock's"
 		case l.r == r.marker:
 			reason = "second ownership marker"
 		case l.r.kind == kindMarker:
 			reason = "another webknock's ownership marker"
+		case l.r.kind == kindSet && wanted[l.r]:
+			reason = "duplicate"
+		case l.r.kind == kindSet:
+			reason = "not one of our sets"
 		case l.r.kind != kindGrant:
 			reason = "old protect rule"
-		case wanted[l.r] && !kept[l.r]:
-			kept[l.r] = true
-			continue
-		case wanted[l.r]:
-			reason = "duplicate"
 		case l.r.until <= now:
 			reason = "expired"
 		default:
-			reason = "not a known grant"
+			reason = "grant rule of an earlier webknock: its grant is in the set"
 		}
-		if err := r.deleteListed(ctx, l, l.ours && l.r.kind == kindMarker); err != nil {
+		if err := r.deleteListed(ctx, l, l.ours && (l.r.kind == kindMarker || wanted[l.r])); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		r.log.Info("rule deleted", keyFamily, r.fam, keyRule, l.line, keyReason, reason)
 	}
-
-	// Restore what is missing, in reverse so that the chain lists the
-	// grants in order.
-	for i := len(want) - 1; i >= 0; i-- {
-		ru := want[i]
-		if kept[ru] {
-			continue
-		}
-		if err := r.insert(ctx, ru); err != nil {
-			errs = append(errs, err)
-			lost = append(lost, wantEntries[i])
-			continue
-		}
-		r.log.Info("grant rule restored", keyFamily, r.fam, keyRule, ru.String())
+	if len(errs) > 0 {
+		return nil, nil, errors.Join(errs...)
 	}
-	return lost, nil, errors.Join(errs...)
+	// The jumps follow the guarded ports, once there are jumps at all.
+	hook, err := r.listHook(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(r.hookJumps(hook).all) > 0 {
+		return nil, nil, r.fixHook(ctx, hook)
+	}
+	return nil, nil, nil
 }
 
 // splitMarker finds the ownership marker that is to stay on top: the first

@@ -90,6 +90,56 @@ func (in inside) expect(cmd string, want []string) {
 	}
 }
 
+// expectSorted is expect, in any order.
+func (in inside) expectSorted(cmd string, want []string) {
+	in.t.Helper()
+	f := strings.Fields(cmd)
+	got := strings.Split(strings.TrimSuffix(in.run(f[0], f[1:]...), "\n"), "\n")
+	slices.Sort(got)
+	want = slices.Sorted(slices.Values(want))
+	if d := diffLines(got, want); d != "" {
+		in.t.Errorf("%s: %s", cmd, d)
+	}
+}
+
+// expectChain compares our chain and grant sets of fam with want, as
+// env.chain shows them; the set rules must stand right after the marker.
+func (in inside) expectChain(fam family, want []string) {
+	in.t.Helper()
+	cmd := fam.command()
+	lines := strings.Split(strings.TrimSuffix(in.run(cmd, "-S", "WEBKNOCK"), "\n"), "\n")
+	v := map[family]string{ipv4: "4", ipv6: "6"}[fam]
+	for i, kind := range []string{"g", "n"} {
+		rule := `-A WEBKNOCK -m set --match-set WEBKNOCK-` + kind + v + ` src,dst -m comment --comment "webknock:grants" -j ACCEPT`
+		if len(lines) < 4 || lines[2+i] != rule {
+			in.t.Errorf("%s -S WEBKNOCK: %q, want %q after the marker", cmd, lines, rule)
+		}
+	}
+	sets, err := newNetlinkSets()
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	defer sets.close()
+	var els, rest []string
+	for _, kind := range []string{"g", "n"} {
+		_, set, err := sets.list(ctx0, "WEBKNOCK-"+kind+v)
+		if err != nil {
+			in.t.Fatal(err)
+		}
+		for _, el := range set {
+			els = append(els, elemLine("WEBKNOCK-"+kind+v, el.String(), el.comment))
+		}
+	}
+	for _, l := range lines {
+		if !strings.Contains(l, " --match-set WEBKNOCK-") {
+			rest = append(rest, l)
+		}
+	}
+	if d := diffLines(placeElems(rest, els), want); d != "" {
+		in.t.Errorf("%s -S WEBKNOCK and its sets: %s", cmd, d)
+	}
+}
+
 func insideNetns(t *testing.T, env string) {
 	ns, parent, _ := strings.Cut(env, " ")
 	self, err := os.Readlink("/proc/self/ns/net")
@@ -139,14 +189,16 @@ func insideNetns(t *testing.T, env string) {
 	}, tail4[2:]...)
 	want4 := chainOf(o.StateDir, append([]string{grantLine("192.0.2.7/32", ssh, "ssh", until)}, tail4...)...)
 	want6 := chainOf(o.StateDir, append([]string{grantLine("2001:db8::7/128", ssh, "ssh", until), grantLine("2001:db8::7/128", dns, "ssh", until)}, tail6...)...)
-	input := []string{"-P INPUT ACCEPT", "-A INPUT -j WEBKNOCK"}
+	input := []string{"-P INPUT ACCEPT", "-A INPUT -p tcp -m multiport --dports 22 -j WEBKNOCK", "-A INPUT -p udp -m multiport --dports 53 -j WEBKNOCK"}
 	check := func(when string) {
 		t.Helper()
 		t.Logf("checking %s", when)
-		in.expect("iptables -S WEBKNOCK", want4)
-		in.expect("ip6tables -S WEBKNOCK", want6)
-		in.expect("iptables -S INPUT", input)
-		in.expect("ip6tables -S INPUT", input)
+		in.expectChain(ipv4, want4)
+		in.expectChain(ipv6, want6)
+		// A jump put back goes on top: the order of ours among
+		// themselves does not matter.
+		in.expectSorted("iptables -S INPUT", input)
+		in.expectSorted("ip6tables -S INPUT", input)
 	}
 	check("after the grants")
 	if err := f.Close(); err != nil {
@@ -161,11 +213,11 @@ func insideNetns(t *testing.T, env string) {
 	in.run("iptables", append([]string{"-I", "WEBKNOCK", "1"}, expired.args()...)...)
 	in.run("iptables", append([]string{"-I", "WEBKNOCK", "3"}, g4.args()...)...)
 	in.run("iptables", "-A", "WEBKNOCK", "-s", "198.51.100.1", "-j", "ACCEPT")
-	in.run("ip6tables", "-D", "WEBKNOCK", "-s", "2001:db8::7/128", "-p", "udp", "--dport", "53", "-m", "time",
-		"--datestop", until.UTC().Format(datestopLayout), "-m", "comment", "--comment", grantComment("ssh", until.Unix()), "-j", "ACCEPT")
+	in.run("ipset", "del", "WEBKNOCK-g6", "2001:db8::7,udp:53")
+	in.run("ipset", "add", "WEBKNOCK-g4", "198.51.100.9,tcp:22", "timeout", "600", "comment", "not ours")
 	in.run("ip6tables", "-I", "WEBKNOCK", "-p", "tcp", "--dport", "22", "-m", "comment", "--comment", "has \"quotes\"", "-j", "ACCEPT")
-	// The missing rule comes back at the top, below the marker.
-	want6[2], want6[3] = want6[3], want6[2]
+	// An earlier webknock's chain: a plain jump.
+	in.run("iptables", "-I", "INPUT", "-j", "WEBKNOCK")
 	for run := range 2 {
 		f, err = Open(ctx0, o)
 		if err != nil {
@@ -197,7 +249,7 @@ func insideNetns(t *testing.T, env string) {
 		t.Fatalf("Revoke: %v", err)
 	}
 	want6 = chainOf(o.StateDir, tail6...)
-	in.expect("ip6tables -S WEBKNOCK", want6)
+	in.expectChain(ipv6, want6)
 	fw.advance(clk, time.Until(until)+time.Second)
 	fw.waitFor(t, "the IPv4 grant to expire", func() bool { return len(fw.Grants()) == 0 })
 	want4 = chainOf(o.StateDir, tail4...)
@@ -211,32 +263,49 @@ func insideNetns(t *testing.T, env string) {
 	}
 	want4 = chainOf(o.StateDir, append([]string{grantLine("192.0.2.7/32", ssh, "ssh", later)}, tail4...)...)
 	reload := "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+	// iptables here is iptables-nft: the monitor tells of changes to the
+	// chain and the hook, and the repair comes at once; a change to a set
+	// waits for the check.
 	for _, tc := range []struct {
-		name string
-		cmds []string
-		fams uint64
+		name   string
+		cmds   []string
+		fams   uint64
+		hinted bool
 	}{
-		{"chain flushed", []string{"iptables -F WEBKNOCK"}, 1},
-		{"jump deleted", []string{"ip6tables -D INPUT -j WEBKNOCK"}, 1},
-		{"chain deleted", []string{"iptables -D INPUT -j WEBKNOCK", "iptables -F WEBKNOCK", "iptables -X WEBKNOCK"}, 1},
-		{"firewall reloaded", []string{"iptables-restore", "ip6tables-restore"}, 2},
+		{"chain flushed", []string{"iptables -F WEBKNOCK"}, 1, true},
+		{"jump deleted", []string{"ip6tables -D INPUT -p udp -m multiport --dports 53 -j WEBKNOCK"}, 1, true},
+		// In one commit: the monitor would put the jumps back before -X.
+		{"chain deleted", []string{"iptables-restore --noflush"}, 1, true},
+		{"grant set flushed", []string{"ipset flush WEBKNOCK-g4"}, 1, false},
+		{"firewall reloaded", []string{"iptables-restore", "ip6tables-restore"}, 2, true},
 	} {
+		if !strings.Contains(in.run("iptables", "-V"), "nf_tables") && tc.hinted {
+			t.Logf("%s: iptables-legacy: no monitor", tc.name)
+			tc.hinted = false
+		}
 		before := fw.Health().Repairs
 		for _, c := range tc.cmds {
-			f := strings.Fields(c)
-			cmd := exec.Command(f[0], f[1:]...)
+			// Through a shell: iptables is then not the child of this
+			// process, which the monitor takes for the firewall's own.
+			cmd := exec.Command("sh", "-c", c+"; true")
 			cmd.Stdin = strings.NewReader(reload)
+			if tc.name == "chain deleted" {
+				cmd.Stdin = strings.NewReader("*filter\n-D INPUT -p tcp -m multiport --dports 22 -j WEBKNOCK\n-D INPUT -p udp -m multiport --dports 53 -j WEBKNOCK\n" +
+					"-F WEBKNOCK\n-X WEBKNOCK\nCOMMIT\n")
+			}
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("%s: %v: %s", c, err, out)
 			}
 		}
 		now := clk.Now()
-		fw.checkUntil(t, clk, tc.name+" repaired", func() bool {
-			h := fw.Health()
-			return h.Repairs == before+tc.fams && h.Checked.After(now)
-		})
-		if d := clk.Now().Sub(now); d != n.CheckInterval {
-			t.Errorf("%s: repaired after %v, want one check interval", tc.name, d)
+		repaired := func() bool { return fw.Health().Repairs == before+tc.fams && fw.Health().InSync }
+		if tc.hinted {
+			fw.waitFor(t, tc.name+" repaired at once", repaired)
+		} else {
+			fw.checkUntil(t, clk, tc.name+" repaired", func() bool { return repaired() && fw.Health().Checked.After(now) })
+			if d := clk.Now().Sub(now); d != n.CheckInterval {
+				t.Errorf("%s: repaired after %v, want one check interval", tc.name, d)
+			}
 		}
 		check(tc.name + " and repaired")
 	}
@@ -248,6 +317,9 @@ func insideNetns(t *testing.T, env string) {
 
 	if err := Flush(ctx0, o); err != nil {
 		t.Fatalf("Flush: %v", err)
+	}
+	if out := in.run("ipset", "list", "-n"); strings.Contains(out, "WEBKNOCK") {
+		t.Errorf("ipset list after Flush: %s", out)
 	}
 	for _, cmd := range []string{"iptables", "ip6tables"} {
 		if out, err := exec.Command(cmd, "-S", "WEBKNOCK").CombinedOutput(); err == nil {
@@ -397,8 +469,9 @@ func ipv6Missing(t *testing.T, in inside, o Options) {
 	}
 }
 
-// independent: while iptables hangs, a grant to an IPv6 client completes;
-// the IPv4 grant waits and is applied once iptables answers again.
+// independent: while iptables hangs (in a change of the protect tail), a
+// grant to an IPv6 client completes; the IPv4 change is killed, and made
+// once iptables answers again.
 func independent(t *testing.T, in inside, o Options) {
 	t.Log("iptables hangs, ip6tables does not")
 	wr := newWrapper(t)
@@ -426,36 +499,43 @@ func independent(t *testing.T, in inside, o Options) {
 			t.Fatalf("no %s", what)
 		}
 	}
+	off := n
+	off.Protect = false
 	wr.misbehave("hang", 100)
 	v4 := make(chan error, 1)
-	go func() {
-		v4 <- f.grant(Grant{IP: mustAddr("192.0.2.7"), Sequence: "ssh", Ports: []Port{ssh}, Until: until})
-	}()
+	go func() { v4 <- f.Reconfigure(ctx0, off) }()
 	wait(wr.hung, "hung iptables")
 	ctx, cancel := context.WithTimeout(ctx0, 10*time.Second)
 	defer cancel()
 	if _, err := f.Firewall.Grant(ctx, Grant{IP: mustAddr("2001:db8::7"), Sequence: "ssh", Ports: []Port{ssh}, Until: until}); err != nil {
 		t.Fatalf("IPv6 grant while iptables hangs = %v", err)
 	}
-	in.expect("ip6tables -S WEBKNOCK", chainOf(o.StateDir, append([]string{grantLine("2001:db8::7/128", ssh, "ssh", until)}, tailOf(o, ipv6)...)...))
+	in.expectChain(ipv6, chainOf(o.StateDir, grantLine("2001:db8::7/128", ssh, "ssh", until)))
 
-	// The hung call is killed; the IPv4 grant waits.
+	// The hung calls are killed (the change's, then its undo's); the IPv4
+	// change fails, its tail kept.
 	f.advance(clk, n.CallTimeout, ipv6)
-	wait(exited, "exit of the killed iptables")
-	select {
-	case err := <-v4:
-		if !errors.Is(err, ErrPending) {
-			t.Fatalf("IPv4 grant = %v, want it pending", err)
+	for done := false; !done; {
+		select {
+		case err := <-v4:
+			if err == nil {
+				t.Fatal("Reconfigure while iptables hangs = nil, want an error")
+			}
+			done = true
+		case <-exited:
+		case <-wr.hung:
+			f.advance(clk, n.CallTimeout, ipv6)
+		case <-deadline:
+			t.Fatal("Reconfigure did not return")
 		}
-	case <-deadline:
-		t.Fatal("the IPv4 grant did not return")
-	}
-	if h := f.Health(); h.InSync || !slices.Contains(h.Problems, "IPv4: 1 grant waiting to be applied") {
-		t.Errorf("Health() = %+v, want the IPv4 grant waiting", h)
 	}
 	wr.misbehave("none", 0)
-	f.checkUntil(t, clk, "the IPv4 grant", func() bool { return len(f.Grants()) == 2 && f.Health().InSync })
-	in.expect("iptables -S WEBKNOCK", chainOf(o.StateDir, append([]string{grantLine("192.0.2.7/32", ssh, "ssh", until)}, tailOf(o, ipv4)...)...))
+	f.checkUntil(t, clk, "iptables to answer", func() bool { return f.Health().InSync })
+	in.expectChain(ipv4, chainOf(o.StateDir, tailOf(o, ipv4)...))
+	if err := f.Reconfigure(ctx0, off); err != nil {
+		t.Fatalf("Reconfigure once iptables answers = %v", err)
+	}
+	in.expectChain(ipv4, chainOf(o.StateDir))
 	f.Close()
 	if err := Flush(ctx0, o); err != nil {
 		t.Errorf("Flush: %v", err)
@@ -480,7 +560,7 @@ func newWrapper(t *testing.T) *wrapper {
 	dir := t.TempDir()
 	script := `#!/bin/sh
 d='` + dir + `'
-case " $* " in *" -I "*) insert=1 ;; esac
+case " $* " in *" -I "*|*" -A "*|*" -D "*) insert=1 ;; esac
 if [ -n "$insert" ] && [ "$(cat "$d/left")" -gt 0 ]; then
 	echo $(($(cat "$d/left") - 1)) >"$d/left"
 	case "$(cat "$d/mode")" in
@@ -551,11 +631,14 @@ func (w *wrapper) tables(n *Options) [2]tables {
 
 // wrapped runs the firewall on an iptables wrapper, first on PATH, that
 // misbehaves before it runs the real iptables: retries, kills and the
-// suspension against the real kernel.
+// suspension against the real kernel. Grants go to the ipsets over
+// netlink, not through iptables: what runs iptables is a change of the
+// protect tail (Reconfigure) and the integrity check.
 func wrapped(t *testing.T, in inside, o Options) {
 	wr := newWrapper(t)
 	dir, hung, misbehave := wr.dir, wr.hung, wr.misbehave
 	o.LockWait = time.Second
+	o.Protect = false
 	n, err := o.normalize()
 	if err != nil {
 		t.Fatal(err)
@@ -576,51 +659,57 @@ func wrapped(t *testing.T, in inside, o Options) {
 	defer f.Close()
 	e := &env{t: t, clk: clk}
 	until := time.Now().Add(time.Hour).Truncate(time.Second)
-	grant := func(ip string) error {
-		return f.grant(Grant{IP: mustAddr(ip), Sequence: "ssh", Ports: []Port{ssh}, Until: until})
+	if err := f.grant(Grant{IP: mustAddr("192.0.2.7"), Sequence: "ssh", Ports: []Port{ssh}, Until: until}); err != nil {
+		t.Fatal(err)
 	}
-	var lines []string
-	expect := func(ips ...string) {
+	protect := func(on bool) error {
+		p := n
+		p.Protect = on
+		return f.Reconfigure(ctx0, p)
+	}
+	expect := func(on bool) {
 		t.Helper()
-		lines = nil
-		for _, ip := range ips {
-			lines = append([]string{grantLine(ip+"/32", ssh, "ssh", until)}, lines...)
+		var tail []string
+		if on {
+			p := o
+			p.Protect = true
+			tail = tail4(p)
 		}
-		in.expect("iptables -S WEBKNOCK", chainOf(o.StateDir, append(lines, tail4(o)...)...))
+		in.expectChain(ipv4, chainOf(o.StateDir, append([]string{grantLine("192.0.2.7/32", ssh, "ssh", until)}, tail...)...))
 	}
 
 	t.Log("the xtables lock held twice: retried, applied")
 	misbehave("lock", 2)
-	waits, err := e.drive(f, nil, nil, func() error { return grant("192.0.2.7") })
+	waits, err := e.drive(f, nil, nil, func() error { return protect(true) })
 	if err != nil || !slices.Equal(waits, defaultDelays) {
-		t.Fatalf("Grant = %v after waits %v, want success after %v", err, waits, defaultDelays)
+		t.Fatalf("Reconfigure = %v after waits %v, want success after %v", err, waits, defaultDelays)
 	}
 	if h := f.Health(); h.LockBusy != 2 || h.Failures != 2 {
 		t.Errorf("Health() = %+v, want two lock failures", h)
 	}
-	expect("192.0.2.7")
+	expect(true)
 
 	t.Log("one call hangs: killed, retried, applied")
 	misbehave("hang", 1)
-	if _, err := e.drive(f, hung, exited, func() error { return grant("192.0.2.8") }); err != nil {
-		t.Fatalf("Grant = %v", err)
+	if _, err := e.drive(f, hung, exited, func() error { return protect(false) }); err != nil {
+		t.Fatalf("Reconfigure = %v", err)
 	}
 	if h := f.Health(); h.TimedOut != 1 || h.Stuck != 0 {
 		t.Errorf("Health() = %+v, want one timeout, nothing stuck", h)
 	}
-	expect("192.0.2.7", "192.0.2.8")
+	expect(false)
 
-	t.Log("every call hangs: two killed, then calls suspended; no rule")
+	t.Log("every call hangs: two killed, then calls suspended; nothing changed")
 	misbehave("hang", 100)
-	_, err = e.drive(f, hung, exited, func() error { return grant("192.0.2.9") })
+	_, err = e.drive(f, hung, exited, func() error { return protect(true) })
 	if !errors.Is(err, errSuspended) {
-		t.Fatalf("Grant = %v, want errSuspended", err)
+		t.Fatalf("Reconfigure = %v, want errSuspended", err)
 	}
 	if h := f.Health(); h.TimedOut != 3 || h.Stuck != 0 || !h.Suspended || h.InSync {
 		t.Errorf("Health() = %+v, want 3 timeouts, suspended", h)
 	}
 	misbehave("none", 0)
-	expect("192.0.2.7", "192.0.2.8")
+	expect(false)
 	pids, _ := os.ReadFile(filepath.Join(dir, "pids"))
 	for _, pid := range strings.Fields(string(pids)) {
 		stat, err := os.ReadFile("/proc/" + pid + "/stat")
@@ -631,10 +720,10 @@ func wrapped(t *testing.T, in inside, o Options) {
 
 	t.Log("a call timeout later, iptables answers again")
 	f.checkUntil(t, clk, "the end of the suspension", func() bool { return f.Health().InSync })
-	if err := grant("192.0.2.9"); err != nil {
-		t.Fatalf("Grant after the suspension = %v", err)
+	if err := protect(true); err != nil {
+		t.Fatalf("Reconfigure after the suspension = %v", err)
 	}
-	expect("192.0.2.7", "192.0.2.8", "192.0.2.9")
+	expect(true)
 	f.Close()
 	if err := Flush(ctx0, o); err != nil {
 		t.Errorf("Flush: %v", err)

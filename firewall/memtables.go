@@ -22,6 +22,7 @@ type memTables struct {
 
 	mu     sync.Mutex
 	chains map[string]*memChain
+	sets   map[string]*memSet
 
 	// For the tests. fail, when set, is asked before each call, outside
 	// the lock (it may block, as a hung iptables would); an error it

@@ -41,15 +41,21 @@ func FuzzNFTElement(f *testing.F) {
 }
 
 // FuzzNFTMonitor: any message on the nftables netlink group is read
-// without a panic.
+// without a panic, by the nftables monitor and by the iptables backend's.
 func FuzzNFTMonitor(f *testing.F) {
 	f.Add(uint16(10<<8|16), []byte{1, 0, 0, 0, 13, 0, 1, 0, 'w', 'e', 'b', 'k', 'n', 'o', 'c', 'k', 0})
 	f.Add(uint16(10<<8|16), []byte{1, 0, 0, 0})
 	f.Add(uint16(10<<8|14), []byte{1, 0, 0, 0, 8, 0, 2, 0, 0, 0, 0, 7, 8, 0, 3, 0, 'n', 'f', 't', 0})
+	// iptables-nft's table filter, for the iptables backend's monitor.
+	f.Add(uint16(10<<8|6), []byte{2, 0, 0, 0, 11, 0, 1, 0, 'f', 'i', 'l', 't', 'e', 'r', 0, 0, 13, 0, 2, 0, 'W', 'E', 'B', 'K', 'N', 'O', 'C', 'K', 0})
 	f.Fuzz(func(t *testing.T, typ uint16, data []byte) {
+		m := netlink.Message{Header: netlink.Header{Type: netlink.HeaderType(typ)}, Data: data}
 		r := &nftRules{fam: ipv4, table: "webknock", log: slog.New(slog.DiscardHandler)}
-		ev, ok := r.event(netlink.Message{Header: netlink.Header{Type: netlink.HeaderType(typ)}, Data: data})
-		if ok {
+		if ev, ok := r.event(m); ok {
+			_ = ev.who()
+		}
+		ipt := &iptRules{fam: ipv4, chain: "WEBKNOCK", hook: "INPUT"}
+		if ev, ok := ipt.event(m); ok {
 			_ = ev.who()
 		}
 	})

@@ -120,7 +120,7 @@ func TestOnEndAtOpen(t *testing.T) {
 		},
 		Pending: []Grant{{IP: mustAddr("192.0.2.9"), Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(-time.Minute)}},
 	})
-	e.plant(ipv4, "WEBKNOCK", grantLine("192.0.2.1/32", ssh, "ssh", t0.Add(-time.Minute))[len("-A WEBKNOCK "):])
+	e.plant(ipv4, "WEBKNOCK", oldGrantLine("192.0.2.1/32", ssh, "ssh", t0.Add(-time.Minute))[len("-A WEBKNOCK "):])
 	var rec endRecorder
 	var rules atomic.Int32
 	o := e.policyOptions()
@@ -134,8 +134,8 @@ func TestOnEndAtOpen(t *testing.T) {
 	if got := rec.got(); !slices.Equal(got, want) {
 		t.Errorf("OnEnd told %q, want %q", got, want)
 	}
-	if n := rules.Load(); n != 2 {
-		t.Errorf("OnEnd was told while the chain had %d lines, want the marker only", n)
+	if n := rules.Load(); n != 4 {
+		t.Errorf("OnEnd was told while the chain had %d lines, want the marker and the set rules only", n)
 	}
 }
 
@@ -151,7 +151,7 @@ func TestOnEndLostRules(t *testing.T) {
 	until := t0.Add(2 * time.Minute)
 	mustGrant(t, f, Grant{IP: c1, Sequence: "ssh", Ports: []Port{ssh}, Until: until})
 	e.failGrantInserts()
-	e.v4.flushChain("WEBKNOCK")
+	e.flushSets(ipv4)
 	f.checkUntil(t, e.clk, "the grant to wait", func() bool { return f.Health().PendingGrants == 1 })
 	if got := rec.got(); len(got) != 0 {
 		t.Fatalf("OnEnd told %q of a grant that waits", got)

@@ -205,9 +205,12 @@ const (
 	// nftCheckInterval is the nftables backend's slow listing: the
 	// netlink monitor tells of changes at once; the listing catches what
 	// it cannot see (elements used by a connection).
-	nftCheckInterval     = 30 * time.Second
-	defaultLockWait      = 5 * time.Second
-	defaultCheckInterval = 3 * time.Second
+	nftCheckInterval = 30 * time.Second
+	defaultLockWait  = 5 * time.Second
+	// defaultCheckInterval is the iptables backend's: a check lists the
+	// hook and our chain (two iptables runs) and the grant sets; with
+	// iptables-nft the monitor tells of changes to the chain at once.
+	defaultCheckInterval = time.Minute
 	defaultMaxGrants     = 1 << 16
 	// A leaked static sequence can take at most this many of the table's
 	// places; every other sequence keeps the rest.

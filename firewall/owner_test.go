@@ -15,7 +15,7 @@ import (
 // is refused, and nothing is touched.
 func TestChainOwnership(t *testing.T) {
 	live := t0.Add(10 * time.Minute)
-	grant := strings.TrimPrefix(grantLine("192.0.2.1/32", ssh, "ssh", live), "-A WEBKNOCK ")
+	grant := strings.TrimPrefix(oldGrantLine("192.0.2.1/32", ssh, "ssh", live), "-A WEBKNOCK ")
 	protect := `-p tcp -m tcp --dport 22 -m conntrack --ctstate NEW -m comment --comment "webknock:protect" -j DROP`
 	ours := func(e *env) string { return strings.TrimPrefix(e.markerLine(), "-A WEBKNOCK ") }
 	tests := []struct {
@@ -116,7 +116,7 @@ func TestMarkerKept(t *testing.T) {
 	}{
 		{"rule inserted on top", func() { e.v4.Insert(ctx0, table, "WEBKNOCK", 1, "-s", "203.0.113.9", "-j", "ACCEPT") }, "[1 unexpected rules deleted]"},
 		{"second marker", func() { e.v4.Insert(ctx0, table, "WEBKNOCK", 3, markerFor(e.dir).args()...) }, "[1 unexpected rules deleted]"},
-		{"flushed", func() { e.v4.flushChain("WEBKNOCK") }, "[ownership marker restored 1 grant rules restored protect rules restored]"},
+		{"flushed", func() { e.v4.flushChain("WEBKNOCK") }, "[ownership marker restored 2 set rules restored protect rules restored]"},
 		{"marker deleted", func() { e.v4.Delete(ctx0, table, "WEBKNOCK", markerFor(e.dir).args()...) }, "[ownership marker restored]"},
 	} {
 		repairs := f.Health().Repairs

@@ -12,7 +12,7 @@ import (
 func (w *worker) reconcile(ctx context.Context) error {
 	now := w.f.clock.Now()
 	var gone []Grant
-	for _, g := range w.endedBy(now) {
+	for _, g := range w.endedBy(now, 0) {
 		w.dropGrant(keyOf(g))
 		gone = append(gone, g)
 	}

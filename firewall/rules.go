@@ -43,6 +43,7 @@ const (
 	// session would hang, or come back to life.
 	kindResetNew   // reset NEW packets to a protected TCP port that are not a SYN
 	kindResetReply // reset packets to a protected TCP port that conntrack took up from our side, bar RSTs
+	kindSet        // accept what a grant set holds: the source and the destination port
 )
 
 // markerFor is the rule that starts the chain of the webknock whose state
@@ -75,6 +76,7 @@ type rule struct {
 	seq   string // grant only
 	until int64  // grant only: unix seconds
 	owner string // marker only: the state directory, or "" for none
+	set   string // set only: the ipset's name
 }
 
 // args is the rule specification for Insert, Append and Delete.
@@ -85,6 +87,9 @@ func (r rule) args() []string {
 			c += ":" + r.owner
 		}
 		return []string{"-m", "comment", "--comment", c}
+	}
+	if r.kind == kindSet {
+		return []string{"-m", "set", "--match-set", r.set, "src,dst", "-m", "comment", "--comment", commentGrants, "-j", "ACCEPT"}
 	}
 	var a []string
 	if r.src.IsValid() {
@@ -180,6 +185,11 @@ func parseRule(spec []string) (rule, bool) {
 		if owner, ok := strings.CutPrefix(spec[3], commentOwner); ok && (owner == "" || len(owner) > 1 && owner[0] == ':') {
 			return rule{kind: kindMarker, owner: strings.TrimPrefix(owner, ":")}, true
 		}
+	}
+	if len(spec) == 11 && spec[0] == "-m" && spec[1] == "set" && spec[2] == "--match-set" && spec[4] == "src,dst" &&
+		spec[5] == "-m" && spec[6] == "comment" && spec[7] == "--comment" && spec[8] == commentGrants &&
+		spec[9] == "-j" && spec[10] == "ACCEPT" {
+		return rule{kind: kindSet, set: spec[3]}, true
 	}
 	var r rule
 	s := spec

@@ -1,13 +1,16 @@
 package firewall
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // sweepChunk is the most entries deleted in one call of the worker: a mass
 // expiry (or the revoke of a whole network) is deleted in chunks, and a
 // knock that arrives meanwhile waits for one chunk at most, not for all.
 // One chunk is one netlink batch (nftables) or one ipset restore: a few
 // milliseconds.
-const sweepChunk = 256
+const sweepChunk = 128
 
 // The sweep: entries of grants that have ended, to be deleted from the
 // kernel, oldest end first. The grants themselves are already gone from
@@ -18,6 +21,10 @@ const sweepChunk = 256
 type sweep struct {
 	queue []entry
 	in    map[entry]struct{} // the entries queue holds that are still to go
+	// Work of more than a chunk (a mass expiry, a large revoke): when it
+	// began and how many entries it deleted, for the log when it ends.
+	began time.Time
+	taken int
 }
 
 // push appends es to the sweep; front puts them before the others.
@@ -89,5 +96,24 @@ func (w *worker) retire(ctx context.Context, es []entry, front bool) error {
 
 // sweepChunk deletes one chunk of the sweep.
 func (w *worker) sweepChunk(ctx context.Context) error {
-	return w.del(ctx, w.sw.take(sweepChunk)...)
+	es := w.sw.take(sweepChunk)
+	w.sw.taken += len(es)
+	return w.del(ctx, es...)
+}
+
+// startMass notes that the worker has more than a chunk of work of its
+// own (behind): its end is logged by endMass, with the entries deleted and
+// how long it took.
+func (w *worker) startMass() {
+	if w.sw.began.IsZero() {
+		w.sw.began, w.sw.taken = time.Now(), 0
+	}
+}
+
+func (w *worker) endMass() {
+	if w.sw.began.IsZero() || w.behind() {
+		return
+	}
+	w.log.Info("ended grants' entries deleted", keyFamily, w.fam, keyCount, w.sw.taken, keyTook, time.Since(w.sw.began))
+	w.sw.began = time.Time{}
 }

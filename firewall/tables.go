@@ -28,6 +28,8 @@ type tables interface {
 	Delete(ctx context.Context, table, chain string, rulespec ...string) error
 	DeleteIfExists(ctx context.Context, table, chain string, rulespec ...string) error
 	DeleteById(ctx context.Context, table, chain string, id int) error
+	// Sets are the family's ipsets, where the grants are.
+	Sets() ipsets
 }
 
 // Kinds of failure the tables report, for errors.Is.
@@ -140,6 +142,9 @@ func newIPTables(ctx context.Context, o *Options, hasIPv6, strict bool) ([2]tabl
 	if err == nil {
 		err = usable(ctx, v4, o.CallTimeout)
 	}
+	if err == nil {
+		v4.sets, err = newNetlinkSets()
+	}
 	switch {
 	case errors.Is(err, exec.ErrNotFound):
 		return tabs, optErr("backend", "iptables is not installed; install it, or choose backend %s", backendDryRun)
@@ -158,6 +163,9 @@ func newIPTables(ctx context.Context, o *Options, hasIPv6, strict bool) ([2]tabl
 	v6, err := newExecTables(ipv6, o.LockWait, o.CallTimeout)
 	if err == nil {
 		err = usable(ctx, v6, o.CallTimeout)
+	}
+	if err == nil {
+		v6.sets, err = newNetlinkSets()
 	}
 	if err == nil {
 		tabs[ipv6] = v6

@@ -109,8 +109,9 @@ func (w *worker) run(check <-chan time.Time) {
 	poller, _ := w.rs.(doorPoller)
 	var doorTick <-chan time.Time
 	for {
-		if w.sw.pending() > 0 {
-			// Requests first; between them, the sweep a chunk at a time.
+		if w.behind() {
+			// Requests first; between them, the ended grants and the
+			// sweep a chunk at a time.
 			select {
 			case r := <-w.reqs:
 				w.serve(r)
@@ -118,7 +119,13 @@ func (w *worker) run(check <-chan time.Time) {
 				return
 			default:
 				w.begin()
-				_ = w.sweepChunk(f.ctx)
+				w.startMass()
+				if w.sw.pending() > 0 {
+					_ = w.sweepChunk(f.ctx)
+				} else {
+					w.expire(f.ctx, f.clock.Now())
+				}
+				w.endMass()
 				w.commit()
 				w.end()
 			}
@@ -153,6 +160,7 @@ func (w *worker) run(check <-chan time.Time) {
 				continue
 			}
 			w.begin()
+			w.log.Debug("our rules changed; checking", keyFamily, w.fam, keyBy, by)
 			w.changedBy = by
 			w.check(f.ctx)
 			w.changedBy = ""
@@ -581,10 +589,15 @@ func (w *worker) ended(g Grant, reason string) {
 
 // expire removes the grants, held or pending, whose until is not after now.
 func (w *worker) expire(ctx context.Context, now time.Time) {
-	// Their entries go in one sweep, oldest end first: the first chunk now,
-	// the rest between requests. A failure is logged and retried.
+	// A chunk of them at a time, the rest between requests (behind); their
+	// entries go in the sweep, oldest end first: the first chunk now, the
+	// rest between requests. A failure is logged and retried.
 	var es []entry
-	for _, g := range w.endedBy(now) {
+	ended := w.endedBy(now, sweepChunk)
+	if len(ended) == sweepChunk {
+		w.startMass() // more may follow
+	}
+	for _, g := range ended {
 		es = append(es, w.forget(keyOf(g), ReasonExpired)...)
 	}
 	if len(es) > 0 {

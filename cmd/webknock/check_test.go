@@ -193,6 +193,8 @@ func brokenCases() []brokenCase {
 			file("state/onetime.json", "{not json")(t, dir)
 		}, want: "onetime.json"},
 		{name: "bad ipv6 switch", edit: map[string]string{"  hook:": "  hook: INPUT\n  ipv6: maybe"}, want: "firewall.ipv6:"},
+		{name: "check interval too short", edit: map[string]string{"  hook:": "  hook: INPUT\n  check_interval: 10ms"},
+			want: "webknock.yaml:10: firewall.check_interval: bad check_interval 10ms: want 1s or more, or leave it out for the backend's own"},
 		{name: "grant cap of 0", edit: map[string]string{"  hook:": "  hook: INPUT\n  max_grants_per_ipv6_64: 0"},
 			want: "webknock.yaml:10: firewall.max_grants_per_ipv6_64: bad max_grants_per_ipv6_64 0: want 1 or more live grants"},
 		{name: "grant cap not a number", edit: map[string]string{"  hook:": "  hook: INPUT\n  max_grants_per_sequence: all"},

@@ -430,7 +430,7 @@ func logLineA(ip string, tm time.Time, path string) string {
 
 // TestE2ESafetyA_LogClockAhead: knocks logged a day ahead and in 2037 are
 // granted until at most the wall clock's now plus the window, in the log
-// record and in the rules (--datestop and comment), and the daemon warns
+// record and in the set elements (timeout and comment), and the daemon warns
 // once that the log's clock is ahead. Before, until was the log's time
 // plus the window: open until 2037.
 func TestE2ESafetyA_LogClockAhead(t *testing.T) {
@@ -470,18 +470,18 @@ func TestE2ESafetyA_LogClockAhead(t *testing.T) {
 	if len(rules) != 2 {
 		t.Errorf("grant rules = %q, want two", rules)
 	}
-	datestop := regexp.MustCompile(`--datestop (\S+)`)
+	timeout := regexp.MustCompile(`timeout (\d+)`)
 	comment := regexp.MustCompile(`webknock:ssh:(\d+)`)
 	for _, r := range rules {
-		m, c := datestop.FindStringSubmatch(r), comment.FindStringSubmatch(r)
+		m, c := timeout.FindStringSubmatch(r), comment.FindStringSubmatch(r)
 		if m == nil || c == nil {
-			t.Errorf("rule %q: no --datestop or comment", r)
+			t.Errorf("element %q: no timeout or comment", r)
 			continue
 		}
-		stop, err := time.Parse("2006-01-02T15:04:05", m[1])
+		secs, err := strconv.Atoi(m[1])
 		unix, _ := strconv.ParseInt(c[1], 10, 64)
-		if err != nil || stop.After(bound) || time.Unix(unix, 0).After(bound) {
-			t.Errorf("rule %q ends after now + %v (%v)", r, window, bound)
+		if err != nil || time.Now().Add(time.Duration(secs)*time.Second).After(bound) || time.Unix(unix, 0).After(bound) {
+			t.Errorf("element %q ends after now + %v (%v)", r, window, bound)
 		}
 	}
 	e.assertOpen(cliV4[0], cliV4[1])

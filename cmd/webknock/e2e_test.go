@@ -18,6 +18,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -127,6 +128,38 @@ func helper(mode, arg string) int {
 			}
 			us = append(us, time.Since(start).Nanoseconds())
 			c.Close()
+		}
+		slices.Sort(us)
+		fmt.Println(float64(us[len(us)/2]) / 1000)
+		return 0
+	case "httpserve":
+		// "ADDR": an HTTP server that answers 204 to everything.
+		ln, err := net.Listen("tcp", arg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 3
+		}
+		fmt.Println("ready")
+		http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+		return 0
+	case "httplat":
+		// "SRC URL N": N requests from SRC, each on a new connection, one
+		// after the other; prints the median time of one, in microseconds.
+		f := strings.Fields(arg)
+		n, _ := strconv.Atoi(f[2])
+		tr := &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(f[0])}}).DialContext, DisableKeepAlives: true}
+		client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+		var us []int64
+		for range n {
+			start := time.Now()
+			resp, err := client.Get(f[1])
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 3
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			us = append(us, time.Since(start).Nanoseconds())
 		}
 		slices.Sort(us)
 		fmt.Println(float64(us[len(us)/2]) / 1000)
@@ -280,9 +313,13 @@ func (e *e2e) startListener() { e.startServer("listen") }
 
 // startServer starts the helper mode (a TCP server) on port 22 of the
 // server and waits until it is ready.
-func (e *e2e) startServer(mode string) {
+func (e *e2e) startServer(mode string) { e.startServerOn(mode, "[::]:22") }
+
+// startServerOn starts the helper mode on addr of the server and waits
+// until it is ready.
+func (e *e2e) startServerOn(mode, addr string) {
 	e.t.Helper()
-	cmd := e.in(e.srv, os.Args[0], "[::]:22")
+	cmd := e.in(e.srv, os.Args[0], addr)
 	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -424,6 +461,7 @@ type e2eConf struct {
 	seqs    string   // the sequences block; default the ssh sequence
 	listen  string   // web.listen; default none
 	socket  string   // web.socket; default e.socket()
+	fwMore  string   // more lines of the firewall block, indented
 }
 
 // writeConfig writes c and returns its path. The bearer token file is
@@ -472,6 +510,7 @@ func (e *e2e) writeConfig(c e2eConf) string {
 	if c.ipv6Off {
 		fw += "  ipv6: false\n"
 	}
+	fw += c.fwMore
 	path := filepath.Join(e.dir, c.name)
 	write(e.t, path, fmt.Sprintf(`log:
   paths: [%s]
@@ -653,20 +692,61 @@ func (e *e2e) assertNoChain(when string, cmds ...string) {
 	}
 }
 
-// grantRules returns our chain's grant rules of a family.
+// grantRules returns the elements of our grant sets of a family (cmd is
+// iptables or ip6tables) that hold grants of the ssh sequence, as
+// ipsetElements writes them.
 func (e *e2e) grantRules(cmd string) []string {
 	e.t.Helper()
-	out, err := e.in(e.srv, cmd, "-w", "5", "-S", "WEBKNOCK").CombinedOutput()
-	if err != nil {
-		e.t.Fatalf("%s -S WEBKNOCK: %v\n%s", cmd, err, out)
-	}
-	var rules []string
-	for _, l := range strings.Split(string(out), "\n") {
-		if strings.Contains(l, "--comment \"webknock:ssh:") || strings.Contains(l, "--comment webknock:ssh:") {
-			rules = append(rules, l)
+	var out []string
+	for _, el := range e.ipsetElements(cmd == "ip6tables") {
+		if strings.Contains(el, " webknock:ssh:") {
+			out = append(out, el)
 		}
 	}
-	return rules
+	return out
+}
+
+// ipsetElements lists the elements of our grant sets of a family as
+// "SRC/BITS PROTO/PORT COMMENT timeout SECONDS"; none of a set that is gone.
+func (e *e2e) ipsetElements(v6 bool) []string {
+	e.t.Helper()
+	v := "4"
+	if v6 {
+		v = "6"
+	}
+	var els []string
+	for _, kind := range []string{"g", "n"} {
+		out, err := e.in(e.srv, "ipset", "save", "WEBKNOCK-"+kind+v).Output()
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			f := strings.Fields(l)
+			if len(f) < 3 || f[0] != "add" {
+				continue
+			}
+			src, port, ok := strings.Cut(f[2], ",")
+			if !ok {
+				e.t.Fatalf("ipset save: element %q", l)
+			}
+			if !strings.Contains(src, "/") {
+				a := netip.MustParseAddr(src)
+				src = netip.PrefixFrom(a, a.BitLen()).String()
+			}
+			proto, num, _ := strings.Cut(port, ":")
+			timeout, comment := "", ""
+			for i := 3; i+1 < len(f); i++ {
+				switch f[i] {
+				case "timeout":
+					timeout = f[i+1]
+				case "comment":
+					comment = strings.Trim(f[i+1], `"`)
+				}
+			}
+			els = append(els, fmt.Sprintf("%s %s/%s %s timeout %s", src, proto, num, comment, timeout))
+		}
+	}
+	return els
 }
 
 // untilOf reads the end of a grant from a log record.
@@ -742,8 +822,8 @@ func TestE2EApacheKnock(t *testing.T) {
 }
 
 // TestE2EKillAndRestart: after kill -9 the kernel still ends the window on
-// time; a restart keeps a live grant with exactly one rule and removes dead
-// and unknown rules.
+// time; a restart keeps a live grant with exactly one entry and removes dead
+// and unknown entries.
 func TestE2EKillAndRestart(t *testing.T) {
 	forBackends(t, []string{"nginx"}, testKillAndRestart)
 }
@@ -760,14 +840,9 @@ func testKillAndRestart(t *testing.T, e *e2e) {
 	// Dead webknock: the rule stays, but the kernel stops accepting at until.
 	e.assertOpen(cliV4[0])
 	waitUntil(t, short.Add(1500*time.Millisecond))
-	// iptables keeps the rule, which no longer matches; nftables' kernel
-	// timeout removes the element.
-	want := 1
-	if e.backend == "nftables" {
-		want = 0
-	}
-	if r := e.grantEntries(false); len(r) != want {
-		t.Fatalf("grant entries while webknock is dead = %q, want %d", r, want)
+	// The kernel's timeout removes the element (ipset, nftables set).
+	if r := e.grantEntries(false); len(r) != 0 {
+		t.Fatalf("grant entries while webknock is dead = %q, want none", r)
 	}
 	e.assertOpen()
 
@@ -1061,8 +1136,9 @@ func testTenKills(t *testing.T, e *e2e) {
 }
 
 // TestE2ERepair: another tool flushing our chain, deleting our jump or
-// deleting the chain (a firewall reload) is repaired by the daemon within
-// seconds, live grants included.
+// deleting the chain (a firewall reload) is repaired by the daemon at
+// once, told by the nftables monitor (of iptables-nft's table filter too),
+// live grants included; a flushed ipset, which tells no one, by the check.
 func TestE2ERepair(t *testing.T) {
 	forBackends(t, []string{"nginx"}, testRepair)
 }
@@ -1070,13 +1146,17 @@ func TestE2ERepair(t *testing.T) {
 func testRepair(t *testing.T, e *e2e) {
 	e.startNginx()
 	e.startListener()
-	d := e.startDaemon(e.config("10m"))
+	d := e.startDaemon(e.writeConfig(e2eConf{window: "10m", fwMore: "  check_interval: 5s\n"}))
 	e.knockGranted(d, cliV4[0])
+	nftIPT := strings.Contains(e.must("ip", "netns", "exec", e.srv, "iptables", "-V"), "nf_tables")
 	for _, damage := range e.damages() {
 		damage.do()
 		start := time.Now()
-		d.wait(t, "firewall repaired", "")
-		t.Logf("%s: repaired after %v", damage.name, time.Since(start).Round(time.Millisecond))
+		rec := d.wait(t, "firewall repaired", "")
+		t.Logf("%s: repaired after %v (%v)", damage.name, time.Since(start).Round(time.Millisecond), rec["by"])
+		if hinted := !damage.unhinted && (e.backend == "nftables" || nftIPT); hinted && rec["by"] == nil {
+			t.Errorf("%s: repaired by the check, not at once by the monitor's hint: %v", damage.name, rec)
+		}
 		e.assertOpen(cliV4[0])
 		if r := e.grantEntries(false); len(r) != 1 {
 			t.Errorf("after %s: grant entries %q, want one", damage.name, r)

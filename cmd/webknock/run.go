@@ -398,7 +398,7 @@ func firewallOptions(cfg *config.Config, logger *slog.Logger) firewall.Options {
 		IPv6Off: !cfg.Firewall.IPv6, Sequences: seqs,
 		MaxGrants: cfg.Firewall.MaxGrants, MaxGrantsPerSequence: cfg.Firewall.MaxGrantsPerSequence,
 		MaxGrantsPerIPv4Net: cfg.Firewall.MaxGrantsPerIPv4Net, MaxGrantsPerIPv6Net: cfg.Firewall.MaxGrantsPerIPv6Net,
-		StateDir: cfg.StateDir, Logger: logger,
+		CheckInterval: cfg.Firewall.CheckInterval, StateDir: cfg.StateDir, Logger: logger,
 	}
 }
 
