@@ -178,24 +178,14 @@ type replayer struct {
 }
 
 func newReplayer(cfg *config.Config, out, skippedOut io.Writer, o replayOptions) (*replayer, error) {
-	parser, err := weblog.NewParser(cfg.Log.Format, cfg.Log.TrustedProxies)
+	f, err := newFeed(cfg)
 	if err != nil {
 		return nil, err
 	}
-	kc, err := knockConfig(cfg)
-	if err != nil {
-		return nil, err
-	}
-	tracker, err := knock.New(kc)
-	if err != nil {
-		return nil, err
-	}
-	rp := &replayer{parser: parser, tracker: tracker, format: cfg.Log.Format, out: out, skippedOut: skippedOut,
+	rp := &replayer{parser: f.parser, tracker: f.tracker, format: cfg.Log.Format, out: out, skippedOut: skippedOut,
 		o: o, counts: map[knock.Kind]int64{}, bounds: newReplayGrants(cfg.Firewall)}
 	if !o.parseAll && !o.printSkipped {
-		for _, p := range tracker.Needles() {
-			rp.needles = append(rp.needles, []byte(p))
-		}
+		rp.needles = needlesOf(f.tracker)
 	}
 	return rp, nil
 }
