@@ -130,7 +130,11 @@ func TestHungCall(t *testing.T) {
 func TestHungCallsSuspend(t *testing.T) {
 	e := newEnv(t)
 	e.delays = defaultDelays
-	f := e.openV4(e.options())
+	o := e.options()
+	// Checks well within the suspension and the pending grants' retries,
+	// so that each step of the clock wakes one of them at a time.
+	o.CheckInterval = 3 * time.Second
+	f := e.openV4(o)
 	exited, tell := signal()
 	f.rt(ipv4).exited = tell
 	hung := hangInserts(e.v4, 1000, false)

@@ -25,6 +25,7 @@ type iptRules struct {
 	hook   string
 	marker rule
 	keys   map[iptKey][]entry // the entries of each element of the grant sets, as put there
+	ends   kernelEnds         // when their kernel timeouts end
 	ports  []Port             // the guarded ports, as the last inspect or reconcile was told
 }
 
@@ -32,7 +33,7 @@ type iptRules struct {
 func newIPTRules(fam family, t tables, o *Options) *iptRules {
 	return &iptRules{
 		fam: fam, t: t, log: o.Logger, chain: o.Chain, hook: o.Hook, marker: markerFor(o.StateDir),
-		keys: map[iptKey][]entry{}, ports: o.Ports,
+		keys: map[iptKey][]entry{}, ends: kernelEnds{}, ports: o.Ports,
 		rt: &retrier{clock: o.Clock, log: o.Logger.With(keyFamily, fam), delays: defaultDelays,
 			timeout: o.CallTimeout, cmd: fam.command()},
 	}

@@ -86,13 +86,15 @@ func latest(es []entry) entry {
 	return l
 }
 
-// setOps are element changes, per set.
+// setOps are element changes, per set, and the timeouts of the elements
+// put, by key.
 type setOps struct {
 	put, remove map[string][]ipsetElem
+	timeouts    map[iptKey]time.Duration
 }
 
 func newSetOps() *setOps {
-	return &setOps{put: map[string][]ipsetElem{}, remove: map[string][]ipsetElem{}}
+	return &setOps{put: map[string][]ipsetElem{}, remove: map[string][]ipsetElem{}, timeouts: map[iptKey]time.Duration{}}
 }
 
 // apply sends the changes: the deletes first, then the adds.
@@ -138,17 +140,23 @@ func (r *iptRules) ops(order []iptKey, after map[iptKey][]entry) *setOps {
 		if es := after[k]; len(es) > 0 {
 			if el, ok := elemOf(k, latest(es), now); ok {
 				o.put[r.setOf(k)] = append(o.put[r.setOf(k)], el)
+				o.timeouts[k] = time.Duration(el.timeout) * time.Second
 				continue
 			}
+		}
+		if r.ends.gone(k) {
+			continue // the kernel's timeout took it
 		}
 		o.remove[r.setOf(k)] = append(o.remove[r.setOf(k)], ipsetElem{src: k.src, port: k.port})
 	}
 	return o
 }
 
-// keep records what the sets now hold for the keys of order.
-func (r *iptRules) keep(order []iptKey, after map[iptKey][]entry) {
+// keep records what the sets now hold for the keys of order, and when the
+// timeouts of the elements put end.
+func (r *iptRules) keep(order []iptKey, after map[iptKey][]entry, o *setOps) {
 	for _, k := range order {
+		r.ends.put(k, o.timeouts[k])
 		if len(after[k]) > 0 {
 			r.keys[k] = after[k]
 		} else {
@@ -167,7 +175,8 @@ func (r *iptRules) add(ctx context.Context, es []entry) ([]entry, error) {
 		}
 		return after
 	})
-	if err := r.applySetOps(ctx, "add", r.ops(order, after)); err != nil {
+	o := r.ops(order, after)
+	if err := r.applySetOps(ctx, "add", o); err != nil {
 		// Elements go one message each: those before the failure, and
 		// one whose call was abandoned, may be there.
 		what := fmt.Sprintf("%d elements", len(es))
@@ -180,7 +189,7 @@ func (r *iptRules) add(ctx context.Context, es []entry) ([]entry, error) {
 		}
 		return left, fmt.Errorf("%s: add %s to %s: %w", r.fam.command(), what, r.setOf(order[0]), err)
 	}
-	r.keep(order, after)
+	r.keep(order, after, o)
 	return nil, nil
 }
 
@@ -195,7 +204,8 @@ func (r *iptRules) del(ctx context.Context, es ...entry) ([]entry, error) {
 	order, after := r.plan(es, func(after []entry, e entry) []entry {
 		return slices.DeleteFunc(after, func(x entry) bool { return x == e })
 	})
-	err := r.applySetOps(ctx, "delete", r.ops(order, after))
+	o := r.ops(order, after)
+	err := r.applySetOps(ctx, "delete", o)
 	switch {
 	case errors.Is(err, errNoChain): // the set is gone, and its elements with it
 	case err != nil:
@@ -205,7 +215,7 @@ func (r *iptRules) del(ctx context.Context, es ...entry) ([]entry, error) {
 		}
 		return es, fmt.Errorf("%s: delete %s from %s: %w", r.fam.command(), what, r.setOf(order[0]), err)
 	}
-	r.keep(order, after)
+	r.keep(order, after, o)
 	return nil, nil
 }
 
@@ -367,6 +377,7 @@ func (r *iptRules) reconcileSets(ctx context.Context, want []entry) (lost []entr
 		return lost, fmt.Errorf("%s: %w", r.fam.command(), err)
 	}
 	r.keys = wanted
+	clear(r.ends) // the elements' timeouts as put here are not known
 	return nil, nil
 }
 

@@ -57,6 +57,9 @@ type nftRules struct {
 
 	// Owned by the family's worker, as every call.
 	keys map[nftKey][]entry
+	// ends says when the kernel's timeout of each element webknock put
+	// ends, on this host's monotonic clock (kernelEnds).
+	ends kernelEnds
 	// tail is the last one reconciled, which ensure installs when it
 	// creates the chain; nil: none yet.
 	tail *tail
@@ -136,7 +139,7 @@ func newNFTRules(fam family, o *Options) *nftRules {
 func newNFTRulesNetns(fam family, o *Options, netnsFd int) *nftRules {
 	return &nftRules{
 		fam: fam, table: o.Table, chain: nftChains[fam], hook: o.Hook, marker: markerFor(o.StateDir),
-		netns: netnsFd, log: o.Logger, keys: map[nftKey][]entry{},
+		netns: netnsFd, log: o.Logger, keys: map[nftKey][]entry{}, ends: kernelEnds{},
 		rt: &retrier{clock: o.Clock, log: o.Logger.With(keyFamily, fam), delays: defaultDelays,
 			timeout: o.CallTimeout, cmd: backendNFTables},
 	}

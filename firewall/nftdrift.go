@@ -307,6 +307,7 @@ func (r *nftRules) reconcile(ctx context.Context, want []entry, t tail) (lost, u
 		r.log.Info("more elements reconciled", keyFamily, r.fam, keyCount, len(ops)-logged)
 	}
 	r.keys = keys
+	clear(r.ends) // the elements' timeouts as put here are not known
 	return lost, used, errors.Join(errs...)
 }
 

@@ -205,6 +205,7 @@ func (r *nftRules) add(ctx context.Context, es []entry) ([]entry, error) {
 		}
 	}
 	var done []entry // applied by the batches so far
+	timeouts := map[nftKey]time.Duration{}
 	for start := 0; start < len(order); {
 		ops := map[string]*nftElemOps{}
 		n, end := 0, start
@@ -215,13 +216,16 @@ func (r *nftRules) add(ctx context.Context, es []entry) ([]entry, error) {
 				o = &nftElemOps{}
 				ops[k.kind] = o
 			}
-			if el, ok := r.putElem(k, nftLatest(after[k]), now); ok && len(r.keys[k]) == 0 {
+			el, ok := r.putElem(k, nftLatest(after[k]), now)
+			switch {
+			case ok && len(r.keys[k]) == 0:
 				o.fresh = append(o.fresh, el)
-			} else if ok {
+			case ok:
 				o.put = append(o.put, el)
-			} else {
+			default:
 				o.drop = append(o.drop, r.dropElem(k))
 			}
+			timeouts[k] = el.Timeout
 			n += 3
 		}
 		chunk := order[start:end]
@@ -237,6 +241,7 @@ func (r *nftRules) add(ctx context.Context, es []entry) ([]entry, error) {
 		}
 		for _, k := range chunk {
 			r.keys[k] = after[k]
+			r.ends.put(k, timeouts[k])
 			done = append(done, byKey[k]...)
 		}
 		start = end
@@ -262,6 +267,7 @@ func (r *nftRules) del(ctx context.Context, es ...entry) ([]entry, error) {
 		byKey[k] = append(byKey[k], e)
 	}
 	now := r.rt.clock.Now()
+	timeouts := map[nftKey]time.Duration{}
 	for start := 0; start < len(order); {
 		ops := map[string]*nftElemOps{}
 		n, end := 0, start
@@ -275,15 +281,22 @@ func (r *nftRules) del(ctx context.Context, es ...entry) ([]entry, error) {
 			if rest := after[k]; len(rest) > 0 {
 				if el, ok := r.putElem(k, nftLatest(rest), now); ok {
 					o.put = append(o.put, el)
+					timeouts[k] = el.Timeout
 					n += 3
 					continue
 				}
+			}
+			if r.ends.gone(k) {
+				continue // the kernel's timeout took it
 			}
 			o.drop = append(o.drop, r.dropElem(k))
 			n += 2
 		}
 		chunk := order[start:end]
-		err := r.applyElems(ctx, "delete", ops)
+		var err error
+		if n > 0 {
+			err = r.applyElems(ctx, "delete", ops)
+		}
 		switch {
 		case errors.Is(err, errNoChain): // the set is gone, and the elements with it
 		case err != nil:
@@ -298,6 +311,7 @@ func (r *nftRules) del(ctx context.Context, es ...entry) ([]entry, error) {
 			return left, fmt.Errorf("%s: delete %s from %s: %w", r.name(), what, r.where(), err)
 		}
 		for _, k := range chunk {
+			r.ends.put(k, timeouts[k])
 			if len(after[k]) > 0 {
 				r.keys[k] = after[k]
 			} else {

@@ -118,3 +118,36 @@ func TestSweepYieldsToKnocks(t *testing.T) {
 		t.Errorf("grants after the sweep: %v, want only %s's", got, knock)
 	}
 }
+
+// TestKernelEndsSkipDelete: an element whose kernel timeout has passed is
+// not deleted when its grant ends (the kernel took it); one whose timeout
+// has not is.
+func TestKernelEndsSkipDelete(t *testing.T) {
+	e := newEnv(t)
+	f := e.openV4(e.options())
+	var mu sync.Mutex
+	var dels []string
+	e.v4.setFail(func(op, _ string, spec []string) error {
+		if op == "ipset-del" {
+			mu.Lock()
+			dels = append(dels, spec...)
+			mu.Unlock()
+		}
+		return nil
+	})
+	for _, ip := range []netip.Addr{c1, mustAddr("192.0.2.2")} {
+		f.grant(Grant{IP: ip, Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)})
+	}
+	rs := f.fams[ipv4].rs.(*iptRules)
+	rs.ends[iptKey{host(c1), ssh}] = time.Now().Add(-time.Second) // as if the kernel's timeout had passed
+	for _, ip := range []netip.Addr{c1, mustAddr("192.0.2.2")} {
+		if err := f.revoke(ip); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"192.0.2.2,tcp:22", "22"}; !slices.Equal(dels, want) {
+		t.Errorf("deletes %q, want %q: only the element whose timeout has not passed", dels, want)
+	}
+}
