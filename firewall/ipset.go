@@ -76,24 +76,37 @@ func (el ipsetElem) String() string {
 }
 
 // netlinkSets reaches the kernel's ipset over netlink, one message per
-// element, on a socket kept open.
+// element, on a socket opened at the first call and kept open.
 type netlinkSets struct {
 	h *netlink.Handle
 }
 
-func newNetlinkSets() (*netlinkSets, error) {
+func newNetlinkSets() *netlinkSets { return &netlinkSets{} }
+
+// open opens the socket if need be; a kernel without ipset is an error
+// that says so.
+func (s *netlinkSets) open() error {
+	if s.h != nil {
+		return nil
+	}
 	h, err := netlink.NewHandle(unix.NETLINK_NETFILTER)
 	if err != nil {
-		return nil, fmt.Errorf("ipset: open netlink: %w", err)
+		return fmt.Errorf("ipset: open netlink: %w", err)
 	}
 	if _, _, err := h.IpsetProtocol(); err != nil {
 		h.Close()
-		return nil, fmt.Errorf("ipset: the kernel does not answer (module ip_set missing?): %w", err)
+		return fmt.Errorf("ipset: the kernel does not answer (module ip_set missing?): %w", err)
 	}
-	return &netlinkSets{h: h}, nil
+	s.h = h
+	return nil
 }
 
-func (s *netlinkSets) close() { s.h.Close() }
+func (s *netlinkSets) close() {
+	if s.h != nil {
+		s.h.Close()
+		s.h = nil
+	}
+}
 
 // ipsetErr names the set and the call, and makes a missing set errNoChain.
 func ipsetErr(op, name string, err error) error {
@@ -108,6 +121,9 @@ func ipsetErr(op, name string, err error) error {
 }
 
 func (s *netlinkSets) create(_ context.Context, spec ipsetSpec) error {
+	if err := s.open(); err != nil {
+		return err
+	}
 	typ, _, err := s.list(context.Background(), spec.name)
 	switch {
 	case err == nil && typ == spec.typ:
@@ -126,6 +142,9 @@ func (s *netlinkSets) create(_ context.Context, spec ipsetSpec) error {
 }
 
 func (s *netlinkSets) list(_ context.Context, name string) (string, []ipsetElem, error) {
+	if err := s.open(); err != nil {
+		return "", nil, err
+	}
 	res, err := s.h.IpsetList(name)
 	if err != nil {
 		return "", nil, ipsetErr("list", name, err)
@@ -204,6 +223,9 @@ func entryOf(el ipsetElem, withData bool) *netlink.IPSetEntry {
 }
 
 func (s *netlinkSets) put(ctx context.Context, name string, els []ipsetElem) error {
+	if err := s.open(); err != nil {
+		return err
+	}
 	for _, el := range els {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -216,6 +238,9 @@ func (s *netlinkSets) put(ctx context.Context, name string, els []ipsetElem) err
 }
 
 func (s *netlinkSets) remove(ctx context.Context, name string, els []ipsetElem) error {
+	if err := s.open(); err != nil {
+		return err
+	}
 	for _, el := range els {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -233,6 +258,9 @@ func (s *netlinkSets) remove(ctx context.Context, name string, els []ipsetElem) 
 }
 
 func (s *netlinkSets) destroy(_ context.Context, name string) error {
+	if err := s.open(); err != nil {
+		return err
+	}
 	err := ipsetErr("destroy", name, s.h.IpsetDestroy(name))
 	if errors.Is(err, errNoChain) {
 		return nil

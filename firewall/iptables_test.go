@@ -115,10 +115,7 @@ func (in inside) expectChain(fam family, want []string) {
 			in.t.Errorf("%s -S WEBKNOCK: %q, want %q after the marker", cmd, lines, rule)
 		}
 	}
-	sets, err := newNetlinkSets()
-	if err != nil {
-		in.t.Fatal(err)
-	}
+	sets := newNetlinkSets()
 	defer sets.close()
 	var els, rest []string
 	for _, kind := range []string{"g", "n"} {

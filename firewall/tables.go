@@ -118,7 +118,7 @@ func newExecTables(fam family, lockWait, timeout time.Duration) (*execTables, er
 	if v < version(1, 4, 11) {
 		return nil, fmt.Errorf("%s: version %d.%d.%d is older than 1.4.11, which has -C", path, v>>16, v>>8&0xff, v&0xff)
 	}
-	t := &execTables{fam: fam, path: path}
+	t := &execTables{fam: fam, path: path, sets: newNetlinkSets()}
 	switch secs := max(1, int((lockWait+time.Second-1)/time.Second)); {
 	case v >= version(1, 6, 0):
 		t.wait = []string{"-w", strconv.Itoa(secs)}
@@ -142,9 +142,6 @@ func newIPTables(ctx context.Context, o *Options, hasIPv6, strict bool) ([2]tabl
 	if err == nil {
 		err = usable(ctx, v4, o.CallTimeout)
 	}
-	if err == nil {
-		v4.sets, err = newNetlinkSets()
-	}
 	switch {
 	case errors.Is(err, exec.ErrNotFound):
 		return tabs, optErr("backend", "iptables is not installed; install it, or choose backend %s", backendDryRun)
@@ -163,9 +160,6 @@ func newIPTables(ctx context.Context, o *Options, hasIPv6, strict bool) ([2]tabl
 	v6, err := newExecTables(ipv6, o.LockWait, o.CallTimeout)
 	if err == nil {
 		err = usable(ctx, v6, o.CallTimeout)
-	}
-	if err == nil {
-		v6.sets, err = newNetlinkSets()
 	}
 	if err == nil {
 		tabs[ipv6] = v6
