@@ -3,7 +3,6 @@ package firewall
 import (
 	"fmt"
 
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,14 +29,7 @@ func iptOurs(e nftEvent) bool { return nftOurs(e) || (e.pid != 0 && ranByUs(int(
 // event picks the changes to our chain and to the hook out of the
 // messages: a change to the table filter itself, a chain or a rule of one
 // of the two.
-func (r *iptRules) event(m netlink.Message) (nftEvent, bool) {
-	msg, gen, ok := parseNFTMessage(m)
-	switch {
-	case !ok:
-		return nftEvent{}, false
-	case gen.gen:
-		return gen, true
-	}
+func (r *iptRules) event(msg nftMessage) (nftEvent, bool) {
 	proto, fam := byte(unix.NFPROTO_IPV4), "ip"
 	if r.fam == ipv6 {
 		proto, fam = unix.NFPROTO_IPV6, "ip6"

@@ -51,11 +51,11 @@ func FuzzNFTMonitor(f *testing.F) {
 	f.Fuzz(func(t *testing.T, typ uint16, data []byte) {
 		m := netlink.Message{Header: netlink.Header{Type: netlink.HeaderType(typ)}, Data: data}
 		r := &nftRules{fam: ipv4, table: "webknock", log: slog.New(slog.DiscardHandler)}
-		if ev, ok := r.event(m); ok {
+		if ev, ok := (nftWatch{event: r.event}).read(m); ok {
 			_ = ev.who()
 		}
 		ipt := &iptRules{fam: ipv4, chain: "WEBKNOCK", hook: "INPUT"}
-		if ev, ok := ipt.event(m); ok {
+		if ev, ok := (nftWatch{event: ipt.event}).read(m); ok {
 			_ = ev.who()
 		}
 	})

@@ -37,8 +37,9 @@ type nftWatch struct {
 	log   *slog.Logger
 	fam   family
 	netns int
-	event func(netlink.Message) (nftEvent, bool)
-	ours  func(nftEvent) bool // a generation this process made
+	event func(nftMessage) (nftEvent, bool) // a message of an object, read
+
+	ours func(nftEvent) bool // a generation this process made
 }
 
 // start starts the monitor; the channel closes when stop does.
@@ -139,7 +140,7 @@ func (w nftWatch) monitor(c *netlink.Conn, stop <-chan struct{}, out chan<- stri
 			return fmt.Errorf("nftables monitor: %w", err)
 		}
 		for _, m := range msgs {
-			ev, ok := w.event(m)
+			ev, ok := w.read(m)
 			switch {
 			case !ok:
 			case ev.gen:
@@ -247,6 +248,19 @@ func parseNFTMessage(m netlink.Message) (msg nftMessage, gen nftEvent, ok bool) 
 	return nftMessage{typ: typ, proto: m.Data[0], strs: strs}, gen, true
 }
 
+// read reads a message of the group: a generation's end, or a change that
+// event picks out.
+func (w nftWatch) read(m netlink.Message) (nftEvent, bool) {
+	msg, gen, ok := parseNFTMessage(m)
+	switch {
+	case !ok:
+		return nftEvent{}, false
+	case gen.gen:
+		return gen, true
+	}
+	return w.event(msg)
+}
+
 // nftVerb says what a message did to its object.
 func nftVerb(typ int) string {
 	switch typ {
@@ -260,14 +274,9 @@ func nftVerb(typ int) string {
 	return "changed"
 }
 
-func (r *nftRules) event(m netlink.Message) (nftEvent, bool) {
-	msg, gen, ok := parseNFTMessage(m)
-	switch {
-	case !ok:
-		return nftEvent{}, false
-	case gen.gen:
-		return gen, true
-	}
+// event picks the changes to our table that concern this family out of
+// the messages of nftables objects.
+func (r *nftRules) event(msg nftMessage) (nftEvent, bool) {
 	typ, strs := msg.typ, msg.strs
 	if msg.proto != unix.NFPROTO_INET || strs[nftAttrTable] != r.table {
 		return nftEvent{}, false
