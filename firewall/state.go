@@ -156,6 +156,7 @@ type store struct {
 	err    error // the last write's failure
 	last   time.Time
 	timer  *time.Timer // a write put off until the gap has passed
+	busy   bool        // a write off the workers' path is under way
 	closed bool
 	wrote  func() // for the tests: called after each write, with mu held
 	seq    uint64 // snapshots taken for writing
@@ -222,7 +223,14 @@ func (s *store) publish(fam family, grants map[grantKey]Grant, touched map[grant
 		s.writeLocked()
 		return
 	}
-	if s.timer != nil {
+	s.armLocked()
+}
+
+// armLocked puts off a write of the changes until the gap since the last
+// write has passed, unless one is put off already or under way (which
+// arms it again when it ends).
+func (s *store) armLocked() {
+	if s.timer != nil || s.busy || s.closed || !s.dirty {
 		return
 	}
 	s.timer = time.AfterFunc(max(0, s.gap-time.Since(s.last)), s.writeLater)
@@ -239,14 +247,18 @@ func (s *store) writeLater() {
 	}
 	seq, doc := s.snapshotLocked()
 	s.dirty = false // a change from now on sets it again
+	s.busy = true
 	s.inflight.Add(1)
 	defer s.inflight.Done()
 	s.mu.Unlock()
 	done, err := s.writeFile(seq, doc)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.busy = false
 	if done {
 		s.wroteLocked(err)
+	} else {
+		s.armLocked()
 	}
 }
 
@@ -260,7 +272,8 @@ func (s *store) writeLocked() {
 	}
 }
 
-// snapshotLocked is the document to write, numbered.
+// snapshotLocked is the document to write, numbered; its lists are in no
+// order yet: writeFile sorts them, off the lock the workers publish under.
 func (s *store) snapshotLocked() (uint64, stateDoc) {
 	s.seq++
 	return s.seq, s.docLocked()
@@ -275,6 +288,7 @@ func (s *store) writeFile(seq uint64, doc stateDoc) (done bool, err error) {
 		return false, nil
 	}
 	s.written = seq
+	doc.sort()
 	return true, writeState(s.path, doc)
 }
 
@@ -284,9 +298,8 @@ func (s *store) wroteLocked(err error) {
 	if s.wrote != nil {
 		s.wrote()
 	}
-	if err == nil && s.dirty && !s.closed && s.timer == nil {
-		// Changed while being written.
-		s.timer = time.AfterFunc(max(0, s.gap-time.Since(s.last)), s.writeLater)
+	if err == nil {
+		s.armLocked() // changed while being written
 	}
 	switch {
 	case err == nil:
@@ -319,8 +332,10 @@ func (s *store) flush() error {
 	return s.err
 }
 
+// docLocked is the document of both families, unsorted.
 func (s *store) docLocked() stateDoc {
 	var doc stateDoc
+	doc.Grants = make([]Grant, 0, len(s.fams[ipv4].grants)+len(s.fams[ipv6].grants))
 	for _, v := range s.fams {
 		for _, g := range v.grants {
 			doc.Grants = append(doc.Grants, g)
@@ -328,12 +343,16 @@ func (s *store) docLocked() stateDoc {
 		doc.Pending = append(doc.Pending, v.pending...)
 		doc.Revoked = append(doc.Revoked, v.revoked...)
 	}
+	return doc
+}
+
+// sort puts doc's lists in the order the file holds them.
+func (doc *stateDoc) sort() {
 	sortGrants(doc.Grants)
 	sortGrants(doc.Pending)
 	slices.SortFunc(doc.Revoked, func(a, b revoked) int {
 		return cmp.Or(a.At.Compare(b.At), a.Source.Addr().Compare(b.Source.Addr()), cmp.Compare(a.Source.Bits(), b.Source.Bits()))
 	})
-	return doc
 }
 
 // grants returns the live grants of both families, sorted; the slice and

@@ -16,7 +16,7 @@ func TestStateWritesBatched(t *testing.T) {
 	writes := make(chan int, 100)
 	n := 0
 	s := &store{path: path, log: slog.New(slog.DiscardHandler), gap: 200 * time.Millisecond}
-	s.wrote = func() { n++; writes <- len(s.fams[ipv4].grants) }
+	s.wrote = func() { n++; writes <- grantsWritten(t, path) }
 	grants := map[grantKey]Grant{}
 	touched := map[grantKey]struct{}{}
 	add := func(i int) {
@@ -125,4 +125,74 @@ func TestStateUrgentWrite(t *testing.T) {
 		t.Fatal("a revoke within the gap was not written at once")
 	}
 	s.flush()
+}
+
+// TestStateWriteUnderWay: changes made while a write is under way start
+// no other write: one follows when that one ends, the gap after it. Were
+// each change to start its own, a mass expiry would write the file of
+// thousands of grants back to back, and keep a CPU from the knocks.
+func TestStateWriteUnderWay(t *testing.T) {
+	path := filepath.Join(t.TempDir(), stateFile)
+	writes := make(chan int, 100)
+	s := &store{path: path, log: slog.New(slog.DiscardHandler), gap: 20 * time.Millisecond}
+	s.wrote = func() { writes <- grantsWritten(t, path) }
+	grants := map[grantKey]Grant{}
+	touched := map[grantKey]struct{}{}
+	add := func(i int) {
+		g := Grant{IP: netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), Sequence: "ssh", Ports: []Port{ssh}, Until: t0.Add(time.Hour)}
+		grants[keyOf(g)] = g
+		clear(touched)
+		touched[keyOf(g)] = struct{}{}
+		s.publish(ipv4, grants, touched, nil, nil, famHealth{}, true, false)
+	}
+	s.file.Lock() // the write under way cannot finish
+	add(1)
+	busy := func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.busy
+	}
+	for deadline := time.Now().Add(5 * time.Second); !busy(); {
+		if time.Now().After(deadline) {
+			t.Fatal("the write did not start within 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for i := 2; i <= 50; i++ {
+		add(i)
+	}
+	s.mu.Lock()
+	armed := s.timer != nil
+	s.mu.Unlock()
+	if armed {
+		t.Error("a write was put off while another was under way")
+	}
+	s.file.Unlock()
+	for _, want := range []int{1, 50} {
+		select {
+		case got := <-writes:
+			if got != want {
+				t.Fatalf("write of %d grants, want %d", got, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no write of %d grants within 5s", want)
+		}
+	}
+	if err := s.flush(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-writes:
+		t.Errorf("a third write (%d grants) for two batches of changes", got)
+	default:
+	}
+}
+
+// grantsWritten is the number of grants the state file at path holds.
+func grantsWritten(t *testing.T, path string) int {
+	doc, err := readState(path)
+	if err != nil {
+		t.Error(err)
+	}
+	return len(doc.Grants)
 }

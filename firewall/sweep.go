@@ -12,6 +12,13 @@ import (
 // milliseconds.
 const sweepChunk = 128
 
+// breatherPause is how long the worker waits before each chunk of work
+// of its own. Busy without a pause, it would keep a CPU from the Go
+// runtime's poll for I/O, and a knock read from the log meanwhile would
+// reach the worker only when the runtime preempts it, 10 ms later. With
+// the pause, the knock is queued, and served, before the next chunk.
+const breatherPause = 100 * time.Microsecond
+
 // The sweep: entries of grants that have ended, to be deleted from the
 // kernel, oldest end first. The grants themselves are already gone from
 // the worker's table (their hooks told, the state file written); only the

@@ -108,16 +108,21 @@ func (w *worker) run(check <-chan time.Time) {
 	f := w.f
 	poller, _ := w.rs.(doorPoller)
 	var doorTick <-chan time.Time
+	breather := time.NewTimer(time.Hour)
+	breather.Stop()
+	defer breather.Stop()
 	for {
 		if w.behind() {
 			// Requests first; between them, the ended grants and the
-			// sweep a chunk at a time.
+			// sweep a chunk at a time, each after a breather.
+			breather.Reset(breatherPause)
 			select {
 			case r := <-w.reqs:
+				breather.Stop()
 				w.serve(r)
 			case <-f.stop:
 				return
-			default:
+			case <-breather.C:
 				w.begin()
 				w.startMass()
 				if w.sw.pending() > 0 {
