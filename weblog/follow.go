@@ -40,7 +40,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"iter"
 	"log/slog"
 	"maps"
 	"os"
@@ -105,46 +104,11 @@ type FollowOptions struct {
 	OnRotate func(path string)
 }
 
-// Batch is the whole lines of one read of one followed file, in file order.
-type Batch struct {
-	// File is the name the batch's file is followed as (absolute), also for
-	// a rotated predecessor during its grace period; after it, a rotated
-	// file that a glob matches (access.log.1) is followed under that name.
-	File string
-	// Text is the lines, each with its newline; never empty. Lines over
-	// MaxLineBytes are left out. It is valid until b is acknowledged: the
-	// follower then reads into it again.
-	Text []byte
-
-	n     int // lines in Text
-	g     *gen
-	epoch int64 // truncations of g before the batch was read
-	end   int64 // offset just after the read's last newline
-	buf   *batchBuf
-	id    uint64 // of the batch, for buf
-}
-
 // batchBuf is the memory of batches, lent to one at a time and taken back
 // when it is acknowledged: a busy log is followed without allocating.
 type batchBuf struct {
 	b     []byte        // room for the byte before a read, an unfinished line and a read
 	owner atomic.Uint64 // the id of the batch it is lent to; 0 if none
-}
-
-// Len returns the number of lines in b.
-func (b Batch) Len() int { return b.n }
-
-// Lines yields the lines of b, without their newlines.
-func (b Batch) Lines() iter.Seq[[]byte] {
-	return func(yield func([]byte) bool) {
-		for rest := b.Text; len(rest) > 0; {
-			i := bytes.IndexByte(rest, '\n')
-			if !yield(rest[:i:i]) {
-				return
-			}
-			rest = rest[i+1:]
-		}
-	}
 }
 
 // FollowStats counts what a Follower did, for all files and per followed name.
@@ -1142,7 +1106,7 @@ func (f *Follower) split(g *gen, bb *batchBuf, start, end int) {
 	if len(chunk) > 0 {
 		f.batchSeq++
 		bb.owner.Store(f.batchSeq)
-		g.pending = Batch{File: g.e.name, Text: chunk[:len(chunk):len(chunk)], n: bytes.Count(chunk, []byte{'\n'}),
+		g.pending = Batch{Source: g.e.name, Text: chunk[:len(chunk):len(chunk)], n: bytes.Count(chunk, []byte{'\n'}),
 			g: g, epoch: g.epoch, end: g.lineStart, buf: bb, id: f.batchSeq}
 	}
 	f.keepPartial(g, data[i+1:])

@@ -141,13 +141,13 @@ func (f *testFollower) Ack(l line) { f.Follower.Ack(l.b) }
 // line, Len its lines.
 func (f *testFollower) take(t *testing.T, b Batch) {
 	t.Helper()
-	if len(b.Text) == 0 || b.Text[len(b.Text)-1] != '\n' || len(b.Text) > readChunk+MaxLineBytes || b.File == "" {
-		t.Fatalf("batch of %d bytes from %q: want whole lines, at most %d bytes", len(b.Text), b.File, readChunk+MaxLineBytes)
+	if len(b.Text) == 0 || b.Text[len(b.Text)-1] != '\n' || len(b.Text) > readChunk+MaxLineBytes || b.Source == "" {
+		t.Fatalf("batch of %d bytes from %q: want whole lines, at most %d bytes", len(b.Text), b.Source, readChunk+MaxLineBytes)
 	}
 	n := 0
 	text := Batch{Text: bytes.Clone(b.Text)} // b.Text is the follower's again once b is acknowledged
 	for l := range text.Lines() {
-		f.queue = append(f.queue, line{File: b.File, Text: l, b: b})
+		f.queue = append(f.queue, line{File: b.Source, Text: l, b: b})
 		n++
 	}
 	if n != b.Len() {
@@ -221,7 +221,7 @@ func quiet(t *testing.T, f *testFollower) probeResult {
 	r := probeFollower(t, f.Follower)
 	select {
 	case b := <-f.Batches():
-		t.Fatalf("unexpected lines %q from %s", b.Text, b.File)
+		t.Fatalf("unexpected lines %q from %s", b.Text, b.Source)
 	default:
 	}
 	if r.pending != 0 {

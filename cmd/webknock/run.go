@@ -227,8 +227,7 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal, reload func() (*
 			if !ok {
 				return errors.New("log follower stopped")
 			}
-			d.batch(ctx, b)
-			d.follower.Load().Ack(b)
+			d.take(ctx, d.follower.Load(), b)
 		}
 	}
 }
@@ -246,26 +245,32 @@ func (d *daemon) setCore(cfg *config.Config) error {
 	return nil
 }
 
+// take handles a batch of src and acknowledges it.
+func (d *daemon) take(ctx context.Context, src weblog.Source, b weblog.Batch) {
+	d.batch(ctx, b)
+	src.Ack(b)
+}
+
 // batch handles the lines of one read of a log. Every line counts as read;
 // only the lines examined (see feed.batch) are parsed, and count as parsed
 // or skipped.
 func (d *daemon) batch(ctx context.Context, b weblog.Batch) {
 	rec := d.web
-	rec.LinesRead(b.File, b.Len())
+	rec.LinesRead(b.Source, b.Len())
 	d.feed.batch(b.Text, func(x *examined) {
 		if x.err != nil {
 			reason := weblog.ReasonOf(x.err)
-			rec.LineSkipped(b.File, string(reason))
-			d.inputs.skipped(b.File, reason, x.line, d.cfg.Log.Format)
+			rec.LineSkipped(b.Source, string(reason))
+			d.inputs.skipped(b.Source, reason, x.line, d.cfg.Log.Format)
 			if reason == weblog.ReasonLoopback && d.tracker.MayKnock(x.req.Path) && !d.warned {
 				d.warned = true
 				d.log.Warn("a knock path was requested from a loopback address: a reverse proxy hides the real clients; list it in log.trusted_proxies and log $http_x_forwarded_for",
-					keyFile, b.File, keyIP, x.req.Client)
+					keyFile, b.Source, keyIP, x.req.Client)
 			}
 			return
 		}
-		rec.LineParsed(b.File)
-		d.inputs.parsed(b.File)
+		rec.LineParsed(b.Source)
+		d.inputs.parsed(b.Source)
 		if x.req.Time.After(d.newest) {
 			d.newest = x.req.Time
 		}
