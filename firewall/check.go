@@ -92,13 +92,23 @@ func (w *worker) check(ctx context.Context) {
 	}
 }
 
-// checkFamily inspects the family and repairs it if need be.
+// checkFamily inspects the family and repairs it if need be. When the
+// kernel numbers its changes and none came since the last clean check,
+// there is nothing to inspect.
 func (w *worker) checkFamily(ctx context.Context) error {
+	gen, genOK := w.generation(ctx)
+	if genOK && w.cleanGen.ok && w.cleanGen.n == gen && w.settled() {
+		return nil
+	}
+	w.cleanGen.ok = false
 	d, err := w.inspect(ctx)
 	if err != nil {
 		return err
 	}
 	if d.clean() {
+		// Read before the listing: a change made during it makes the
+		// next check list again.
+		w.cleanGen.n, w.cleanGen.ok = gen, genOK
 		return nil
 	}
 	if err := w.repair(ctx, d); err != nil {
@@ -118,6 +128,28 @@ func (w *worker) checkFamily(ctx context.Context) error {
 }
 
 // inspect compares the kernel with the grants and the protect tail.
+// generation is the ruleset's generation, when its kernel numbers
+// changes and tells it.
+func (w *worker) generation(ctx context.Context) (uint32, bool) {
+	g, ok := w.rs.(generationer)
+	if !ok {
+		return 0, false
+	}
+	n, err := g.generation(ctx)
+	if err != nil {
+		w.log.Debug("cannot read the ruleset's generation; listing it", keyFamily, w.fam, keyErr, err)
+		return 0, false
+	}
+	return n, true
+}
+
+// settled reports whether the worker has nothing of its own to bring
+// into the kernel: no grant or delete waiting to be retried, no sweep,
+// no failed reconcile, no hint of a change by someone else.
+func (w *worker) settled() bool {
+	return len(w.pending) == 0 && len(w.doomed) == 0 && w.sw.pending() == 0 && !w.unsynced && w.changedBy == ""
+}
+
 func (w *worker) inspect(ctx context.Context) (drift, error) {
 	doomed := w.sw.entries()
 	for _, d := range w.doomed {

@@ -1077,3 +1077,34 @@ func TestNFTRanges(t *testing.T) {
 		t.Errorf("0.0.0.0/0: %v", nftAllowElems(all))
 	}
 }
+
+// TestNFTGeneration: the kernel's generation stays while nothing changes
+// and moves with our own change and with anyone else's.
+func TestNFTGeneration(t *testing.T) {
+	ns := newNFTNS(t)
+	ctx := context.Background()
+	r := ns.ready(ipv4, nftTestOptions(t, ""), nil, tail{ports: []Port{nftSSH}})
+	gen := func() uint32 {
+		t.Helper()
+		n, err := r.generation(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	g1 := gen()
+	if g2 := gen(); g2 != g1 {
+		t.Errorf("generation moved with no change: %d, then %d", g1, g2)
+	}
+	if left, err := r.add(ctx, []entry{ent("192.0.2.7", nftSSH, "ssh", time.Now().Add(time.Hour), false)}); err != nil || left != nil {
+		t.Fatalf("add: %v, left %v", err, left)
+	}
+	g3 := gen()
+	if g3 == g1 {
+		t.Error("generation did not move with our own change")
+	}
+	ns.nft("add", "element", "inet", "webknock", "grant4", "{ 203.0.113.1 . tcp . 22 timeout 1h }")
+	if gen() == g3 {
+		t.Error("generation did not move with another's change")
+	}
+}

@@ -55,6 +55,12 @@ type worker struct {
 	urgent bool
 	// changedBy says who changed our rules, when a hint said so.
 	changedBy string
+	// cleanGen is the ruleset's generation when the last check found
+	// everything in place (generationer); ok false: none known.
+	cleanGen struct {
+		n  uint32
+		ok bool
+	}
 }
 
 type request struct {
