@@ -72,9 +72,20 @@ type retrier struct {
 // past the timeout is abandoned: its context ends, which kills its
 // iptables. errNoChain and errEmptyChain are answers, returned at once.
 func (rt *retrier) do(ctx context.Context, op string, fn func(ctx context.Context, attempt int) error) error {
-	timedOut := false // an attempt was killed: it may have been applied
+	timedOut := false        // an attempt was killed: it may have been applied
+	var left <-chan struct{} // closed when an abandoned attempt's fn returned
 	for attempt := 1; ; attempt++ {
-		err := rt.attempt(ctx, attempt, fn)
+		if left != nil {
+			// The next attempt waits for the killed one to return (it
+			// does at once, unless its iptables cannot die): fn's writes
+			// must not overlap.
+			select {
+			case <-left:
+			case <-time.After(abandonedWait):
+			}
+		}
+		var err error
+		left, err = rt.attempt(ctx, attempt, fn)
 		if timedOut && err != nil && !errors.Is(err, errTimeout) {
 			err = fmt.Errorf("%w (an earlier attempt: %w)", err, errTimeout)
 		}
@@ -122,21 +133,26 @@ const (
 	abandoned
 )
 
+// abandonedWait bounds the wait for a killed attempt to return before
+// the next: an iptables that cannot die (stuck in the kernel) is counted
+// as stuck instead.
+const abandonedWait = time.Second
+
 // attempt runs fn once, on a goroutine of its own, and waits for it at
-// most rt.timeout.
-func (rt *retrier) attempt(ctx context.Context, attempt int, fn func(context.Context, int) error) error {
+// most rt.timeout. When it gave fn up, left is closed once fn returns.
+func (rt *retrier) attempt(ctx context.Context, attempt int, fn func(context.Context, int) error) (left <-chan struct{}, err error) {
 	limit := rt.maxStuck
 	if limit == 0 {
 		limit = maxStuck
 	}
 	if n := rt.stuck.Load(); n >= int64(limit) {
-		return fmt.Errorf("%w (%d)", errStuck, n)
+		return nil, fmt.Errorf("%w (%d)", errStuck, n)
 	}
 	rt.mu.Lock()
 	until := rt.suspended
 	rt.mu.Unlock()
 	if rt.clock.Now().Before(until) {
-		return fmt.Errorf("%w; until %s", errSuspended, until.Format(time.RFC3339))
+		return nil, fmt.Errorf("%w; until %s", errSuspended, until.Format(time.RFC3339))
 	}
 	// The deadline is set before the call starts: a test that sees the
 	// call start can advance the clock past it.
@@ -146,8 +162,10 @@ func (rt *retrier) attempt(ctx context.Context, attempt int, fn func(context.Con
 	cctx, cancel := context.WithCancel(ctx)
 	var state atomic.Int32
 	res := make(chan error, 1)
+	exited := make(chan struct{})
 	go func() {
 		err := fn(cctx, attempt)
+		close(exited)
 		done := state.CompareAndSwap(running, finished)
 		res <- err
 		if !done {
@@ -157,34 +175,41 @@ func (rt *retrier) attempt(ctx context.Context, attempt int, fn func(context.Con
 			}
 		}
 	}()
-	// abandon gives the call up unless it has just finished.
+	// abandon gives the call up unless it has just finished; the caller
+	// cancels it (giveUp) once the abandon is counted, so that whoever
+	// sees the call exit sees it counted, and no longer running, too.
 	abandon := func() bool {
 		rt.stuck.Add(1)
 		if !state.CompareAndSwap(running, abandoned) {
 			rt.stuck.Add(-1)
 			return false
 		}
-		cancel()
 		return true
 	}
-	var err error
+	giveUp := func() {
+		rt.since.Store(0)
+		cancel()
+	}
 	select {
 	case err = <-res:
 	case <-deadline:
 		if abandon() {
 			rt.timedOut.Add(1)
 			rt.hung()
-			return fmt.Errorf("%w after %s", errTimeout, rt.timeout)
+			giveUp()
+			return exited, fmt.Errorf("%w after %s", errTimeout, rt.timeout)
 		}
 		err = <-res
 	case <-ctx.Done():
 		if abandon() {
-			return ctx.Err()
+			giveUp()
+			return exited, ctx.Err()
 		}
 		err = <-res
 	case <-rt.stop:
 		if abandon() {
-			return errClosed
+			giveUp()
+			return exited, errClosed
 		}
 		err = <-res
 	}
@@ -192,7 +217,7 @@ func (rt *retrier) attempt(ctx context.Context, attempt int, fn func(context.Con
 	rt.mu.Lock()
 	rt.hangs = 0 // iptables answered, even if with an error
 	rt.mu.Unlock()
-	return err
+	return nil, err
 }
 
 // hung counts a timed-out attempt and suspends calls after too many.
