@@ -19,7 +19,8 @@ func TestFamiliesIndependent(t *testing.T) {
 	f := e.open(e.options())
 	exited, tell := signal()
 	f.rt(ipv4).exited = tell
-	hung := hangInserts(e.v4, 1000, false)
+	answer := make(chan struct{}) // closed: iptables answers again
+	hung := hangInsertsUntil(e.v4, answer)
 	until := t0.Add(time.Hour)
 	// grant6 grants to an IPv6 client, within a real-time bound: it must
 	// not wait for IPv4.
@@ -112,25 +113,12 @@ func TestFamiliesIndependent(t *testing.T) {
 		t.Errorf("IPv6 chain %q, want the three grants", c)
 	}
 
-	// iptables answers again: the pending grants are applied. A retry
-	// of them may be hung already, or waiting out a backoff: the IPv4
-	// worker is then in the middle of an event, and only the clock moves
-	// it on, so the clock moves (under the IPv6 worker's gate alone)
-	// until the grants are there.
+	// iptables answers again: the pending grants are applied. A retry of
+	// them may be hung already: it returns now, applied, rather than
+	// when the clock passes its deadline, which nothing would advance.
+	close(answer)
 	e.v4.setFail(nil)
-	until5 := time.After(10 * time.Second)
-	for len(f.Grants()) != 5 || !f.Health().InSync {
-		for len(e.clk.added) > 0 {
-			<-e.clk.added
-		}
-		f.advance(e.clk, f.o.CheckInterval, ipv6)
-		select {
-		case <-f.famIdle[ipv4]:
-		case <-e.clk.added:
-		case <-until5:
-			t.Fatalf("the IPv4 grants were not applied: %v, %+v", f.Grants(), f.Health())
-		}
-	}
+	f.checkUntil(t, e.clk, "the IPv4 grants", func() bool { return len(f.Grants()) == 5 && f.Health().InSync })
 	if c := e.chain(ipv4); len(c) != 4 {
 		t.Errorf("IPv4 chain %q, want both grants", c)
 	}
@@ -168,4 +156,28 @@ func TestFamilyLogValue(t *testing.T) {
 	if !strings.Contains(b.String(), `"family":"IPv6"`) {
 		t.Errorf("log %s, want the family by name", b.String())
 	}
+}
+
+// hangInsertsUntil makes every set insert hang until its call is killed,
+// or, once answer is closed, return at once, applied.
+func hangInsertsUntil(m *memTables, answer <-chan struct{}) <-chan struct{} {
+	hung, tell := signal()
+	m.setFailCtx(func(ctx context.Context, op, _ string, _ []string) error {
+		if op != "ipset-add" {
+			return nil
+		}
+		select {
+		case <-answer:
+			return nil
+		default:
+		}
+		tell()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-answer:
+			return nil
+		}
+	})
+	return hung
 }
