@@ -44,6 +44,10 @@ type Batch struct {
 	end   int64 // offset just after the read's last newline
 	buf   *batchBuf
 	id    uint64 // of the batch, for buf
+
+	// The syslog listener's: the memory Ack takes back, and the batch's id.
+	sbuf *syslogBuf
+	sid  uint64
 }
 
 // Len returns the number of lines in b.
