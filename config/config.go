@@ -29,10 +29,37 @@ type Config struct {
 
 // Log says which access logs to follow and how to read them.
 type Log struct {
-	Paths          []string
-	Format         string // combined | common | vhost_combined | an nginx log_format string
-	Start          string // saved | end | beginning
+	Paths          []string // may be empty when Syslog.Listen is set
+	Format         string   // combined | common | vhost_combined | an nginx log_format string
+	Start          string   // saved | end | beginning
 	TrustedProxies []netip.Prefix
+	// Reorder is how long a knock step that arrives ahead of the steps
+	// before it waits for them: the skew tolerated between the lines of
+	// several web servers. 0 takes every line as it comes.
+	Reorder time.Duration
+	Syslog  Syslog
+}
+
+// Syslog configures the syslog listener: web servers send their access
+// log lines to webknock as syslog messages.
+type Syslog struct {
+	Listen []string // unixgram:PATH | udp:HOST:PORT | tcp:HOST:PORT
+	// AllowUIDs are the senders accepted on unixgram (kernel credentials).
+	AllowUIDs []uint32
+	// AllowFrom are the senders accepted on udp and tcp; empty: loopback only.
+	AllowFrom []netip.Prefix
+	// SocketGroup is the group of unixgram sockets (mode 0660); -1: the
+	// daemon's.
+	SocketGroup int
+	TLS         SyslogTLS
+	MaxMessage  int           // bytes
+	MaxConns    int           // tcp connections at once, per listener
+	IdleTimeout time.Duration // tcp: a silent connection is closed
+}
+
+// SyslogTLS is the tcp listener's TLS; a client certificate is required.
+type SyslogTLS struct {
+	CertFile, KeyFile, ClientCAFile string
 }
 
 // Firewall configures webknock's own iptables chain or nftables table.
@@ -177,9 +204,17 @@ type Options struct {
 func defaults() Config {
 	return Config{
 		Log: Log{
-			Paths:  []string{"/var/log/nginx/access.log"},
-			Format: "combined",
-			Start:  "saved",
+			Paths:   []string{"/var/log/nginx/access.log"},
+			Format:  "combined",
+			Start:   "saved",
+			Reorder: time.Second,
+			Syslog: Syslog{
+				AllowUIDs:   []uint32{0},
+				SocketGroup: -1,
+				MaxMessage:  16384,
+				MaxConns:    64,
+				IdleTimeout: 5 * time.Minute,
+			},
 		},
 		StateDir: "/var/lib/webknock",
 		Firewall: Firewall{

@@ -34,6 +34,17 @@ func goodConfig() Config {
 			Format:         "vhost_combined",
 			Start:          "end",
 			TrustedProxies: prefixes("10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "172.16.0.0/12"),
+			Reorder:        300 * time.Millisecond,
+			Syslog: Syslog{
+				Listen:      []string{"unixgram:/run/webknock/log.sock", "udp:127.0.0.1:5514", "tcp:0.0.0.0:6514"},
+				AllowUIDs:   []uint32{0, 33, 65534},
+				AllowFrom:   prefixes("198.51.100.0/24"),
+				SocketGroup: 33,
+				MaxMessage:  8192,
+				MaxConns:    16,
+				IdleTimeout: time.Minute,
+				TLS:         SyslogTLS{CertFile: "/etc/webknock/syslog.crt", KeyFile: "/etc/webknock/syslog.key", ClientCAFile: "/etc/webknock/web-ca.crt"},
+			},
 		},
 		StateDir: "/srv/webknock",
 		Firewall: Firewall{
@@ -122,9 +133,11 @@ func minimalConfig() Config {
 	return Config{
 		File: "testdata/minimal.yaml",
 		Log: Log{
-			Paths:  []string{"/var/log/nginx/access.log"},
-			Format: "combined",
-			Start:  "saved",
+			Paths:   []string{"/var/log/nginx/access.log"},
+			Format:  "combined",
+			Start:   "saved",
+			Reorder: time.Second,
+			Syslog:  Syslog{AllowUIDs: []uint32{0}, SocketGroup: -1, MaxMessage: 16384, MaxConns: 64, IdleTimeout: 5 * time.Minute},
 		},
 		StateDir: "/var/lib/webknock",
 		Firewall: Firewall{Backend: "iptables", Chain: "WEBKNOCK", Table: "webknock", Hook: "INPUT", Protect: true, IPv6: true,
@@ -197,7 +210,7 @@ func TestLoad(t *testing.T) {
 			},
 			want: func(c *Config) {
 				*c = goodConfig()
-				c.Log = Log{Paths: []string{"/a.log", "/b.log", "/c.log"}, Format: "common", Start: "beginning"}
+				c.Log.Paths, c.Log.Format, c.Log.Start, c.Log.TrustedProxies = []string{"/a.log", "/b.log", "/c.log"}, "common", "beginning", nil
 				c.StateDir = "/tmp/state"
 				c.Firewall = Firewall{Backend: "iptables", Chain: "KNOCK", Table: "wk_table", Hook: "FORWARD", Protect: true,
 					AlwaysAllow: prefixes("10.9.0.0/16", "10.8.0.1/32"),
@@ -437,7 +450,17 @@ func TestValidation(t *testing.T) {
 
 		// log
 		{name: "no log paths", yaml: "log:\n  paths: []\n" + seq,
-			want: `config.yaml:2: log.paths: at least one path required`},
+			want: `config.yaml:2: log.paths: at least one path required, or log.syslog.listen`},
+		{name: "syslog alone needs no log paths", yaml: "log:\n  paths: []\n  syslog: {listen: [\"udp:127.0.0.1:5514\"]}\n" + seq},
+		{name: "bad syslog settings", yaml: "log:\n  reorder: 2m\n  syslog:\n    allow_uids: [-1, no-such-user-here, 1.5]\n    socket_group: no-such-group-here\n" +
+			"    max_message: 0\n    max_connections: 0\n    idle_timeout: 10ms\n    tls: {cert: x}\n    listen: udp\n" + seq,
+			want: "config.yaml:2: log.reorder: bad reorder 2m0s: want 0 (lines as they come) to 1m\n" +
+				"config.yaml:4: log.syslog.allow_uids[0]: bad user id -1\n" +
+				"config.yaml:4: log.syslog.allow_uids[1]: unknown user \"no-such-user-here\"\n" +
+				"config.yaml:4: log.syslog.allow_uids[2]: want a user id or name, got 1.5\n" +
+				"config.yaml:5: log.syslog.socket_group: unknown group \"no-such-group-here\"\n" +
+				"config.yaml:9: log.syslog.tls.cert: unknown key\n" +
+				"config.yaml:10: log.syslog.listen: want a list of strings, got \"udp\""},
 		{name: "empty log path and bad glob", yaml: "log:\n  paths:\n    - \"\"\n    - /var/log/[\n" + seq,
 			want: "config.yaml:3: log.paths[0]: empty path\n" +
 				"config.yaml:4: log.paths[1]: bad glob \"/var/log/[\": syntax error in pattern"},
@@ -503,7 +526,7 @@ func TestValidation(t *testing.T) {
 			want: "WEBKNOCK_FIREWALL__PROTECT: firewall.protect: want true or false, got \"maybe\"\n" +
 				"WEBKNOCK_LOCKOUT__FAILURES: lockout.failures: want an integer, got \"many\"\n" +
 				"WEBKNOCK_LOCKOUT__PERIOD: lockout.period: bad duration \"10\": missing unit; want e.g. \"30s\", \"10m\", \"1h30m\"\n" +
-				"WEBKNOCK_LOG__PATHS: log.paths: at least one path required\n" +
+				"WEBKNOCK_LOG__PATHS: log.paths: at least one path required, or log.syslog.listen\n" +
 				"WEBKNOCK_LOG__TRUSTED_PROXIES: log.trusted_proxies[1]: bad CIDR \"10.0.0.0/33\": want an IP address or CIDR like \"192.0.2.0/24\" or \"2001:db8::/32\""},
 		{name: "problems of file, env and flags sorted together", yaml: "log:\n  start: middle\n" + seq + "    window: 0s\n",
 			env:  []string{"WEBKNOCK_LOG__FROMAT=x"},
@@ -516,7 +539,7 @@ func TestValidation(t *testing.T) {
 		{name: "bad flag values", yaml: "log:\n  start: middle\n" + seq,
 			env:  []string{"WEBKNOCK_WEB__LISTEN=nowhere"},
 			args: []string{"--log-start=later", "--web-listen=:99999", "--log-paths="},
-			want: "--log-paths: log.paths: at least one path required\n" +
+			want: "--log-paths: log.paths: at least one path required, or log.syslog.listen\n" +
 				"--log-start: log.start: bad start \"later\": want saved, end or beginning\n" +
 				"--web-listen: web.listen: bad listen \":99999\": want host:port like \"127.0.0.1:7080\", or empty to disable"},
 	}

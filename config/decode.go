@@ -28,6 +28,10 @@ func (l *loader) decodeRoot(a loc, root map[string]any) {
 					l.setString(a, v, &l.cfg.Log.Start)
 				case "trusted_proxies":
 					l.setPrefixes(a, v, &l.cfg.Log.TrustedProxies)
+				case "reorder":
+					l.setDuration(a, v, &l.cfg.Log.Reorder)
+				case "syslog":
+					l.setSyslog(a, v)
 				default:
 					l.unknown(a)
 				}

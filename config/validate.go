@@ -46,9 +46,13 @@ func (l *loader) validate(checkFormat func(string) error) {
 	}
 
 	// log
-	if len(c.Log.Paths) == 0 && !l.logsOnCommandLine {
-		bad(at("log", "paths"), "at least one path required")
+	if len(c.Log.Paths) == 0 && len(c.Log.Syslog.Listen) == 0 && !l.logsOnCommandLine {
+		bad(at("log", "paths"), "at least one path required, or log.syslog.listen")
 	}
+	if c.Log.Reorder < 0 || c.Log.Reorder > time.Minute {
+		bad(at("log", "reorder"), "bad reorder %v: want 0 (lines as they come) to 1m", c.Log.Reorder)
+	}
+	// log.syslog is checked by the listener's own rules (weblog.CheckSyslog).
 	for i, p := range c.Log.Paths {
 		if p == "" {
 			bad(at("log", "paths", i), "empty path")

@@ -32,11 +32,11 @@ func newMetrics(s *Server) (*metrics, error) {
 		reg: prometheus.NewRegistry(),
 		lines: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "webknock_lines_total",
-			Help: "Access log lines by file and result: read (every line), parsed (into a request), skipped (refused). Only lines examined are parsed or skipped: those holding a knock path, and the first of each read.",
+			Help: "Access log lines by source (file: a followed file, or syslog:LISTEN) and result: read (every line), parsed (into a request), skipped (refused). Only lines examined are parsed or skipped: those holding a knock path, and the first of each read.",
 		}, []string{"file", "result"}),
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "webknock_lines_skipped_total",
-			Help: "Access log lines skipped, by file and reason.",
+			Help: "Access log lines skipped, by source (file: a followed file, or syslog:LISTEN) and reason.",
 		}, []string{"file", "reason"}),
 		rotations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "webknock_log_rotations_total",
@@ -70,7 +70,7 @@ func newMetrics(s *Server) (*metrics, error) {
 
 	for _, c := range []prometheus.Collector{
 		m.lines, m.skipped, m.rotations, events, reloads, refused, open,
-		stateCollector{s}, hookCollector{s},
+		stateCollector{s}, hookCollector{s}, syslogCollector{s},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {

@@ -121,6 +121,10 @@ type Options struct {
 	Problems func() []string
 	Tracker  Tracker  // nil: the knock metrics read 0
 	HookRuns HookRuns // nil: no hook metrics
+	// SyslogCounts returns the syslog listeners' counters, by listener
+	// and result, for the metrics; called from request goroutines. nil:
+	// none.
+	SyslogCounts func() map[string]map[string]uint64
 	// Admin grants, lists lockouts and unlocks for the admin socket.
 	// nil: those endpoints answer 503 and the page shows no lockouts.
 	Admin Admin

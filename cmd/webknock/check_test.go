@@ -179,6 +179,19 @@ func brokenCases() []brokenCase {
 		}, want: "web.socket:"},
 		{name: "bad listen", edit: map[string]string{"  listen:": `  listen: "localhost"`}, want: "web.listen:"},
 		{name: "no log paths", edit: map[string]string{"  paths:": "  paths: []"}, want: "log.paths:"},
+		{name: "syslog over tcp off loopback without TLS", edit: map[string]string{"  start:": "  start: end\n  syslog:\n    listen: [\"tcp:0.0.0.0:6514\"]"},
+			want: `webknock.yaml:6: log.syslog.listen[0]: "tcp:0.0.0.0:6514": not loopback: needs log.syslog.tls cert_file, key_file and client_ca_file`},
+		{name: "syslog listen string", edit: map[string]string{"  start:": "  start: end\n  syslog:\n    listen: [\"udp:localhost:5514\"]"},
+			want: `log.syslog.listen[0]: "udp:localhost:5514"`},
+		{name: "syslog socket in a directory others may write", edit: map[string]string{"  start:": "  start: end\n  syslog:\n    listen: [\"unixgram:{dir}/open/log.sock\"]"},
+			setup: func(t *testing.T, dir string) {
+				if err := os.Mkdir(filepath.Join(dir, "open"), 0o777); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chmod(filepath.Join(dir, "open"), 0o777); err != nil {
+					t.Fatal(err)
+				}
+			}, want: "log.syslog.listen[0]:"},
 		{name: "bad step path", edit: map[string]string{"    steps:": "    steps: [k/a1, /k/b2]"}, want: "sequences[0].steps[0]:"},
 		{name: "bad port", edit: map[string]string{"    ports:": "    ports: [22/sctp]"}, want: "sequences[0].ports[0]:"},
 		{name: "unknown key", edit: map[string]string{"  start:": "  strat: end"}, want: "log.strat: unknown key"},

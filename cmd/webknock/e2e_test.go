@@ -177,6 +177,9 @@ func helper(mode, arg string) int {
 	if code, ok := sessionHelper(mode, arg); ok {
 		return code
 	}
+	if code, ok := syslogHelper(mode, arg); ok {
+		return code
+	}
 	return 2
 }
 
@@ -356,6 +359,13 @@ func (e *e2e) startNginx() {
 // startNginxWith starts nginx with extra directives in its server block.
 func (e *e2e) startNginxWith(server string) {
 	e.t.Helper()
+	e.startNginxLogging(e.log, server)
+}
+
+// startNginxLogging starts nginx writing its access log to accessLog (a
+// file, or syslog:...), with extra directives in its server block.
+func (e *e2e) startNginxLogging(accessLog, server string) {
+	e.t.Helper()
 	conf := filepath.Join(e.dir, "nginx.conf")
 	write(e.t, conf, fmt.Sprintf(`worker_processes 1;
 daemon off;
@@ -373,7 +383,7 @@ http {
     %[5]s
   }
 }
-`, e.dir, e.log, srvV4, srvV6, server))
+`, e.dir, accessLog, srvV4, srvV6, server))
 	e.background(e.in(e.srv, "nginx", "-c", conf))
 	e.waitHTTP()
 }
@@ -400,6 +410,13 @@ func (e *e2e) reopenNginx() {
 
 func (e *e2e) startApache() {
 	e.t.Helper()
+	e.startApacheLogging(e.log)
+}
+
+// startApacheLogging starts Apache with CustomLog customLog (a file, or
+// a piped logger: "|...").
+func (e *e2e) startApacheLogging(customLog string) {
+	e.t.Helper()
 	conf := filepath.Join(e.dir, "apache2.conf")
 	write(e.t, conf, fmt.Sprintf(`ServerRoot /etc/apache2
 ServerName webknock-e2e
@@ -418,8 +435,8 @@ DocumentRoot %[1]s/www
   Require all granted
 </Directory>
 LogFormat "%%h %%l %%u %%t \"%%r\" %%>s %%O \"%%{Referer}i\" \"%%{User-Agent}i\"" combined
-CustomLog %[2]s combined
-`, e.dir, e.log, srvV4, srvV6))
+CustomLog "%[2]s" combined
+`, e.dir, customLog, srvV4, srvV6))
 	cmd := e.in(e.srv, "apache2", "-f", conf, "-DFOREGROUND")
 	cmd.Env = append(os.Environ(), "APACHE_RUN_DIR="+e.dir, "APACHE_LOG_DIR="+e.dir)
 	e.background(cmd)
@@ -462,6 +479,7 @@ type e2eConf struct {
 	listen  string   // web.listen; default none
 	socket  string   // web.socket; default e.socket()
 	fwMore  string   // more lines of the firewall block, indented
+	logMore string   // more lines of the log block, indented
 }
 
 // writeConfig writes c and returns its path. The bearer token file is
@@ -516,14 +534,14 @@ func (e *e2e) writeConfig(c e2eConf) string {
   paths: [%s]
   format: %s
   start: %s
-state_dir: %s
+%sstate_dir: %s
 firewall:
 %ssequences:
 %sweb:
   listen: %s
   token_file: %s
   socket: %s
-`, strings.Join(c.paths, ", "), c.format, c.start, c.state, fw, c.seqs, c.listen, token, c.socket))
+`, strings.Join(c.paths, ", "), c.format, c.start, c.logMore, c.state, fw, c.seqs, c.listen, token, c.socket))
 	return path
 }
 
@@ -945,16 +963,32 @@ func TestE2ERotation(t *testing.T) {
 //	sudo go test ./cmd/webknock -run '^$' -bench E2EKnockToOpen -benchtime 50x
 func BenchmarkE2EKnockToOpen(b *testing.B) {
 	for _, backend := range e2eBackends {
-		b.Run(backend, func(b *testing.B) { benchKnockToOpen(b, backend) })
+		b.Run(backend, func(b *testing.B) { benchKnockToOpen(b, backend, false) })
 	}
 }
 
-func benchKnockToOpen(b *testing.B, backend string) {
+// BenchmarkE2ESyslogKnockToOpen is BenchmarkE2EKnockToOpen with nginx
+// sending its access log to webknock's unix datagram socket: no file.
+//
+//	sudo go test ./cmd/webknock -run '^$' -bench E2ESyslogKnockToOpen -benchtime 50x
+func BenchmarkE2ESyslogKnockToOpen(b *testing.B) {
+	for _, backend := range e2eBackends {
+		b.Run(backend, func(b *testing.B) { benchKnockToOpen(b, backend, true) })
+	}
+}
+
+func benchKnockToOpen(b *testing.B, backend string, viaSyslog bool) {
 	e := newBackendE2E(b, backend, "nginx")
-	e.startNginx()
 	e.startListener()
-	// Logging at the default level, as a daemon runs.
-	d := e.startDaemonCmd(e.in(e.srv, webknockBinary(b), "run", "-c", e.config("10m"), "--json-logs"))
+	cfg, accessLog := e.config("10m"), e.log
+	if viaSyslog {
+		sock := syslogSocketDir(b) + "/log.sock"
+		cfg, accessLog = e.syslogConf([]string{"unixgram:" + sock}, ""), "syslog:server=unix:"+sock+",nohostname"
+	}
+	// Logging at the default level, as a daemon runs; first, for its
+	// socket to be there when nginx sends.
+	d := e.startDaemonCmd(e.in(e.srv, webknockBinary(b), "run", "-c", cfg, "--json-logs"))
+	e.startNginxLogging(accessLog, "")
 	var lat, conn []float64
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {

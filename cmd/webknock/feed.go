@@ -5,6 +5,7 @@ package main
 
 import (
 	"bytes"
+	"time"
 
 	"github.com/webknock/webknock/config"
 	"github.com/webknock/webknock/knock"
@@ -16,6 +17,7 @@ import (
 type feed struct {
 	parser  *weblog.Parser
 	tracker *knock.Tracker
+	reorder *reorder       // applies the hits to tracker
 	filter  *weblog.Filter // picks the lines that hold a knock path
 	events  []knock.Event  // reused
 }
@@ -34,7 +36,7 @@ func newFeed(cfg *config.Config) (*feed, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &feed{parser: parser, tracker: tracker, filter: weblog.NewFilter(needlesOf(tracker))}, nil
+	return &feed{parser: parser, tracker: tracker, reorder: newReorder(tracker, cfg.Log.Reorder), filter: weblog.NewFilter(needlesOf(tracker))}, nil
 }
 
 // needlesOf returns the strings one of which a line must hold to knock.
@@ -54,13 +56,15 @@ type examined struct {
 	events []knock.Event   // of the request, when err is nil; valid during the call only
 }
 
-// batch examines text, whole lines each ending in a newline, and calls fn
-// for each line examined, in order. It examines the first line whatever it
-// holds, so that a log.format that matches nothing shows however rarely
-// knocks come, and every other line that holds a knock path; the rest
-// cannot knock and is passed over unparsed. It returns the number of lines
+// batch examines text, whole lines each ending in a newline, that came at
+// now, and calls fn for each line examined, in order. It examines the
+// first line whatever it holds, so that a log.format that matches nothing
+// shows however rarely knocks come, and every other line that holds a
+// knock path; the rest cannot knock and is passed over unparsed. A knock
+// step ahead of its client's steps is held (reorder): its events come
+// with a later line, or from release. It returns the number of lines
 // examined.
-func (f *feed) batch(text []byte, fn func(*examined)) int {
+func (f *feed) batch(text []byte, now time.Time, fn func(*examined)) int {
 	if len(text) == 0 {
 		return 0
 	}
@@ -72,7 +76,8 @@ func (f *feed) batch(text []byte, fn func(*examined)) int {
 		r, x.err = f.parser.Parse(line)
 		x.line, x.req, x.events = line, &r, nil
 		if x.err == nil {
-			f.events = f.tracker.Apply(hitOf(&r), f.events[:0])
+			f.events = f.events[:0]
+			f.reorder.apply(hitOf(&r), 0, now, f.collect)
 			x.events = f.events
 		}
 		fn(&x)
@@ -85,3 +90,13 @@ func (f *feed) batch(text []byte, fn func(*examined)) int {
 	})
 	return n
 }
+
+// release returns the events of the held hits whose wait is over at now.
+func (f *feed) release(now time.Time) []knock.Event {
+	f.events = f.events[:0]
+	f.reorder.release(now, f.collect)
+	return f.events
+}
+
+// collect appends evs to f.events.
+func (f *feed) collect(_ int64, evs []knock.Event) { f.events = append(f.events, evs...) }

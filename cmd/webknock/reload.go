@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"reflect"
 	"slices"
 
 	"github.com/webknock/webknock/config"
@@ -53,25 +54,29 @@ func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)
 		return
 	}
 	d.tracker.Adopt(prev.tracker)
+	d.reorder.adopt(prev.reorder)
 	if lns != nil {
 		d.web.Rebind(lns)
 	}
 	d.web.SetTokenFile(cfg.Web.TokenFile) // logs why when it cannot be used
 	if !slices.Equal(cfg.Log.Paths, old.Log.Paths) {
 		// Close first: it saves the positions the new follower resumes from.
-		d.follower.Load().Close()
-		next, err := weblog.Follow(ctx, d.followOptions(cfg))
+		if f := d.follower.Load(); f != nil {
+			f.Close()
+		}
+		next, err := d.follow(ctx, cfg)
 		if err != nil {
 			d.log.Error("reload: cannot follow the new log paths; following the old ones", keyErr, err)
 			cfg.Log.Paths = old.Log.Paths
-			if next, err = weblog.Follow(ctx, d.followOptions(old)); err != nil {
+			if next, err = d.follow(ctx, old); err != nil {
 				d.log.Error("cannot follow the old log paths either", keyErr, err)
 			}
 		}
-		if next != nil {
-			d.follower.Store(next)
-		}
+		d.follower.Store(next)
 		d.inputs.forget()
+	}
+	if !reflect.DeepEqual(cfg.Log.Syslog, old.Log.Syslog) {
+		d.log.Warn("log.syslog changes only with a restart; the syslog listeners keep their settings")
 	}
 	d.reloadHooks(cfg)
 	d.cfg = cfg
@@ -81,4 +86,12 @@ func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)
 		d.log.Warn("configuration: " + w.Error())
 	}
 	d.log.Info("configuration reloaded", "sequences", len(cfg.Sequences))
+}
+
+// follow follows cfg's log files; none (nil) when it has none.
+func (d *daemon) follow(ctx context.Context, cfg *config.Config) (*weblog.Follower, error) {
+	if len(cfg.Log.Paths) == 0 {
+		return nil, nil
+	}
+	return weblog.Follow(ctx, d.followOptions(cfg))
 }

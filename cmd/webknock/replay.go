@@ -46,6 +46,7 @@ func replayFlags(fs *pflag.FlagSet) {
 	fs.Bool("update", false, "with --expect: write the grants to its FILE instead of comparing")
 	fs.Bool("print-skipped", false, "print each line that was skipped, with its reason, to standard error (implies --parse-all)")
 	fs.String("summary", "text", "how to write the summary to standard error: `text` or json")
+	fs.Bool("syslog", false, "each LOG is syslog messages, as log.syslog receives them (octet counting or one per line, RFC 3164 or 5424): their bodies are replayed")
 }
 
 // replayOptions are the command line's choices.
@@ -55,6 +56,7 @@ type replayOptions struct {
 	printSkipped bool
 	quiet        bool // print no events (--expect prints the comparison instead)
 	keepGrants   bool
+	syslog       bool // the input is syslog messages
 }
 
 func runReplay(ctx context.Context, env *environment, fs *pflag.FlagSet, args []string) error {
@@ -65,6 +67,7 @@ func runReplay(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 	o.asJSON, _ = fs.GetBool("json")
 	o.parseAll, _ = fs.GetBool("parse-all")
 	o.printSkipped, _ = fs.GetBool("print-skipped")
+	o.syslog, _ = fs.GetBool("syslog")
 	expect, _ := fs.GetString("expect")
 	update, _ := fs.GetBool("update")
 	summary, _ := fs.GetString("summary")
@@ -160,6 +163,7 @@ func hitOf(r *weblog.Request) knock.Hit {
 type replayer struct {
 	parser     *weblog.Parser
 	tracker    *knock.Tracker
+	reorder    *reorder // on the lines' own times
 	format     string
 	needles    [][]byte // nil: every line is parsed
 	out        io.Writer
@@ -182,7 +186,7 @@ func newReplayer(cfg *config.Config, out, skippedOut io.Writer, o replayOptions)
 	if err != nil {
 		return nil, err
 	}
-	rp := &replayer{parser: f.parser, tracker: f.tracker, format: cfg.Log.Format, out: out, skippedOut: skippedOut,
+	rp := &replayer{parser: f.parser, tracker: f.tracker, reorder: f.reorder, format: cfg.Log.Format, out: out, skippedOut: skippedOut,
 		o: o, counts: map[knock.Kind]int64{}, bounds: newReplayGrants(cfg.Firewall)}
 	if !o.parseAll && !o.printSkipped {
 		rp.needles = needlesOf(f.tracker)
@@ -207,6 +211,9 @@ func (rp *replayer) replay(name string, r io.Reader) error {
 	fs := &fileStats{Name: name, Skipped: map[weblog.Reason]int64{}}
 	rp.files = append(rp.files, fs)
 	rp.cur = fs
+	if rp.o.syslog {
+		return rp.replaySyslog(fs, r)
+	}
 	br := bufio.NewReaderSize(r, formatSampleBytes)
 	rp.sampleFormat(br)
 	st, err := weblog.ScanLines(br, rp.needles, func(no int64, line []byte) error {
@@ -288,7 +295,9 @@ func (rp *replayer) line(no int64, line []byte) {
 		return
 	}
 	rp.cur.Parsed++
-	rp.emit(rp.tracker.Apply(hitOf(&r), rp.events[:0]), no)
+	// A held step whose wait, in the logs' time, is over goes first.
+	rp.reorder.release(r.Time, rp.emit)
+	rp.reorder.apply(hitOf(&r), no, r.Time, rp.emit)
 }
 
 // endOfTime is later than any log line.
@@ -300,12 +309,12 @@ var endOfTime = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
 // a timeout comes from no line: it has none.
 func (rp *replayer) finish() {
 	rp.cur = nil
-	rp.emit(rp.tracker.Expire(endOfTime, rp.events[:0]), 0)
+	rp.reorder.release(endOfTime, rp.emit)
+	rp.emit(0, rp.tracker.Expire(endOfTime, rp.events[:0]))
 }
 
 // emit prints the events of line no of the current file.
-func (rp *replayer) emit(evs []knock.Event, no int64) {
-	rp.events = evs
+func (rp *replayer) emit(no int64, evs []knock.Event) {
 	file := ""
 	if rp.cur != nil {
 		file = rp.cur.Name

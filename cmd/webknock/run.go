@@ -105,8 +105,9 @@ type daemon struct {
 	fw       *firewall.Firewall
 	hooks    *hook.Runner
 	follower atomic.Pointer[weblog.Follower]
-	warned   bool      // about knocks from loopback
-	newest   time.Time // the latest time of a line parsed
+	syslog   *weblog.Syslog // nil: no log.syslog.listen
+	warned   bool           // about knocks from loopback
+	newest   time.Time      // the latest time of a line parsed
 	sweeps   <-chan time.Time
 	web      *web.Server
 	webp     atomic.Pointer[web.Server] // web, for the follower's goroutine
@@ -114,6 +115,10 @@ type daemon struct {
 	stats    trackerStats
 	admin    chan func()
 	now      func() time.Time
+	// release fires when the earliest knock step held by the feed's
+	// reorder is due; releaseC is nil when none is held.
+	release  *time.Timer
+	releaseC <-chan time.Time
 	// used is the last used time step of each one-time sequence, as
 	// persisted; reusedWarned the reuses already warned about.
 	used         map[string]usedStep
@@ -175,12 +180,23 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal, reload func() (*
 		return err
 	}
 	defer lns.Close()
-	follower, err := weblog.Follow(ctx, d.followOptions(cfg))
+	follower, err := d.follow(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("follow logs: %w", err)
 	}
 	d.follower.Store(follower)
-	defer func() { d.stats.follow.Store(false); d.follower.Load().Close() }()
+	defer func() {
+		d.stats.follow.Store(false)
+		if f := d.follower.Load(); f != nil {
+			f.Close()
+		}
+	}()
+	if len(cfg.Log.Syslog.Listen) > 0 {
+		if d.syslog, err = weblog.ListenSyslog(ctx, syslogOptions(cfg, logger)); err != nil {
+			return fmt.Errorf("syslog: %w", err)
+		}
+		defer d.syslog.Close()
+	}
 	if err := d.startHooks(cfg); err != nil {
 		return err
 	}
@@ -193,7 +209,8 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal, reload func() (*
 	defer d.fw.Close()
 	d.holdGrants(fw.Grants()...)
 	srv, err := web.New(web.Options{Listeners: lns, TokenFile: cfg.Web.TokenFile, Logger: logger,
-		Following: d.stats.follow.Load, Tracker: &d.stats, Admin: d, Problems: d.problems, HookRuns: d.hooks}, fw)
+		Following: d.stats.follow.Load, Tracker: &d.stats, Admin: d, Problems: d.problems, HookRuns: d.hooks,
+		SyslogCounts: d.syslogCounts}, fw)
 	if err != nil {
 		return err
 	}
@@ -210,7 +227,7 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal, reload func() (*
 			logger.Error("web server", keyErr, err)
 		}
 	}()
-	logger.Info("webknock running", "logs", cfg.Log.Paths, "sequences", len(cfg.Sequences),
+	logger.Info("webknock running", "logs", cfg.Log.Paths, "syslog", cfg.Log.Syslog.Listen, "sequences", len(cfg.Sequences),
 		"backend", cfg.Firewall.Backend, "chain", cfg.Firewall.Chain, "table", cfg.Firewall.Table)
 	for {
 		select {
@@ -223,11 +240,19 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal, reload func() (*
 			fn()
 		case now := <-d.sweeps:
 			d.sweep(ctx, now)
-		case b, ok := <-d.follower.Load().Batches():
+		case <-d.releaseC:
+			d.handle(ctx, d.feed.release(d.now()))
+			d.armRelease()
+		case b, ok := <-d.fileBatches():
 			if !ok {
 				return errors.New("log follower stopped")
 			}
 			d.take(ctx, d.follower.Load(), b)
+		case b, ok := <-d.syslogBatches():
+			if !ok {
+				return errors.New("syslog listener stopped")
+			}
+			d.take(ctx, d.syslog, b)
 		}
 	}
 }
@@ -249,6 +274,26 @@ func (d *daemon) setCore(cfg *config.Config) error {
 func (d *daemon) take(ctx context.Context, src weblog.Source, b weblog.Batch) {
 	d.batch(ctx, b)
 	src.Ack(b)
+	d.armRelease()
+}
+
+// armRelease sets the release timer to the earliest held knock step.
+func (d *daemon) armRelease() {
+	at, ok := d.feed.reorder.next()
+	if !ok {
+		if d.release != nil {
+			d.release.Stop()
+		}
+		d.releaseC = nil
+		return
+	}
+	wait := at.Sub(d.now())
+	if d.release == nil {
+		d.release = time.NewTimer(wait)
+	} else {
+		d.release.Reset(wait)
+	}
+	d.releaseC = d.release.C
 }
 
 // batch handles the lines of one read of a log. Every line counts as read;
@@ -257,7 +302,7 @@ func (d *daemon) take(ctx context.Context, src weblog.Source, b weblog.Batch) {
 func (d *daemon) batch(ctx context.Context, b weblog.Batch) {
 	rec := d.web
 	rec.LinesRead(b.Source, b.Len())
-	d.feed.batch(b.Text, func(x *examined) {
+	d.feed.batch(b.Text, d.now(), func(x *examined) {
 		if x.err != nil {
 			reason := weblog.ReasonOf(x.err)
 			rec.LineSkipped(b.Source, string(reason))
@@ -295,7 +340,7 @@ func (d *daemon) handle(ctx context.Context, evs []knock.Event) {
 // expired, reporting the timeouts (and any lockout they cause) that would
 // otherwise wait for the client's next request, or for eviction.
 func (d *daemon) sweep(ctx context.Context, now time.Time) {
-	at := sweepTime(now, d.newest, d.follower.Load().CaughtUp())
+	at := sweepTime(now, d.newest, d.caughtUp())
 	d.events = d.tracker.Expire(at, d.events[:0])
 	d.handle(ctx, d.events)
 	d.stats.clients.Store(int64(d.tracker.Clients()))

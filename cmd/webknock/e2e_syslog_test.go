@@ -1,0 +1,270 @@
+package main
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// syslogSocketDir makes a directory for a unixgram socket that a sender
+// of another user can reach: root's, mode 0755 (the test's scratch
+// directory is private).
+func syslogSocketDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "webknock-syslog-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// syslogConf is a configuration with no log file: the lines come from the
+// syslog listeners listen, with more keys of log.syslog.
+func (e *e2e) syslogConf(listen []string, more string) string {
+	e.t.Helper()
+	return e.writeConfig(e2eConf{paths: []string{}, window: "1m",
+		logMore: "  syslog:\n    listen: [" + strings.Join(listen, ", ") + "]\n" + more})
+}
+
+// knockLine is the combined log line of a request for path from src.
+func knockLine(src, path string) string {
+	return fmt.Sprintf(`%s - - [%s] "GET %s HTTP/1.1" 404 153 "-" "forged"`, src, time.Now().Format("02/Jan/2006:15:04:05 -0700"), path)
+}
+
+// TestE2ESyslogNginx: nginx sends its access log over syslog, to a unix
+// datagram socket and over udp to loopback; a knock opens the port with
+// no access log file at all.
+func TestE2ESyslogNginx(t *testing.T) {
+	for _, tc := range []struct{ name, listen, server string }{
+		{"unixgram", "unixgram:%s/log.sock", "unix:%s/log.sock,nohostname"},
+		{"udp", "udp:127.0.0.1:5514", "127.0.0.1:5514"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newE2E(t, "nginx", "curl")
+			dir := syslogSocketDir(t)
+			listen, server := tc.listen, tc.server
+			if strings.Contains(listen, "%s") {
+				listen, server = fmt.Sprintf(listen, dir), fmt.Sprintf(server, dir)
+			}
+			e.startListener()
+			d := e.startDaemon(e.syslogConf([]string{listen}, ""))
+			e.startNginxLogging("syslog:server="+server, "")
+			e.knockGranted(d, cliV4[0], cliV6[0])
+			e.assertOpen(cliV4[0], cliV6[0])
+			if _, err := os.Stat(e.log); err == nil {
+				t.Errorf("%s exists: the knock came through a file", e.log)
+			}
+		})
+	}
+}
+
+// TestE2ESyslogApache: Apache pipes its access log to logger, which sends
+// it to webknock's unix datagram socket.
+func TestE2ESyslogApache(t *testing.T) {
+	e := newE2E(t, "apache2", "logger", "curl")
+	dir := syslogSocketDir(t)
+	e.startListener()
+	d := e.startDaemon(e.syslogConf([]string{"unixgram:" + dir + "/log.sock"}, ""))
+	e.startApacheLogging("|/usr/bin/logger -u " + dir + "/log.sock --size 16000")
+	e.knockGranted(d, cliV4[0])
+	e.assertOpen(cliV4[0])
+}
+
+// TestE2ESyslogForged: a knock forged by a user not in allow_uids, on a
+// socket that user may write to, and one sent from an address not in
+// allow_from, open nothing; a genuine knock still does.
+func TestE2ESyslogForged(t *testing.T) {
+	e := newE2E(t, "logger", "curl", "nginx")
+	dir := syslogSocketDir(t)
+	sock := dir + "/log.sock"
+	e.startListener()
+	d := e.startDaemon(e.syslogConf([]string{"unixgram:" + sock, "udp:0.0.0.0:5514"},
+		"    socket_group: nogroup\n"))
+
+	// nobody is in the socket's group: it can send, but its uid is not
+	// allowed.
+	for _, p := range fullKnock {
+		cmd := exec.Command("logger", "-u", sock, "--size", "16384", knockLine(cliV4[1], p))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("logger as nobody: %v\n%s", err, out)
+		}
+	}
+	rec := d.wait(t, "syslog: sender refused; not logged again for this sender", "")
+	if s, _ := rec["sender"].(string); !strings.Contains(s, "uid 65534") {
+		t.Errorf("refused sender %q, want uid 65534", s)
+	}
+
+	// From the client's namespace: not loopback, and allow_from is empty.
+	for _, p := range fullKnock {
+		if out, err := e.in(e.cli, "logger", "--udp", "-n", srvV4, "-P", "5514", knockLine(cliV4[2], p)).CombinedOutput(); err != nil {
+			t.Fatalf("logger over udp: %v\n%s", err, out)
+		}
+	}
+	rec = d.wait(t, "syslog: sender refused; not logged again for this sender", "")
+	if s, _ := rec["sender"].(string); !strings.HasPrefix(s, "192.0.2.") {
+		t.Errorf("refused sender %q, want an address of the client's namespace", s)
+	}
+
+	// A genuine knock through nginx, as root, after both: granted.
+	e.startNginxLogging("syslog:server=unix:"+sock+",nohostname", "")
+	e.knockGranted(d, cliV4[0])
+	e.assertOpen(cliV4[0])
+}
+
+// syslogHelper runs the syslog tools of the end-to-end tests: "tlssyslog"
+// ("DST CERT KEY CA", CERT and KEY "-" for none) sends each line of its
+// standard input as an octet-counted RFC 5424 message over TLS to DST,
+// trusting the server certificates CA signed.
+func syslogHelper(mode, arg string) (int, bool) {
+	if mode != "tlssyslog" {
+		return 0, false
+	}
+	f := strings.Fields(arg)
+	pool := x509.NewCertPool()
+	pem, err := os.ReadFile(f[3])
+	if err != nil || !pool.AppendCertsFromPEM(pem) {
+		fmt.Fprintln(os.Stderr, "CA:", err)
+		return 3, true
+	}
+	conf := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if f[1] != "-" {
+		cert, err := tls.LoadX509KeyPair(f[1], f[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 3, true
+		}
+		conf.Certificates = []tls.Certificate{cert}
+	}
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", f[0], conf)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 4, true
+	}
+	defer c.Close()
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		msg := "<190>1 " + time.Now().UTC().Format("2006-01-02T15:04:05.000000Z07:00") + " web1 nginx - - - " + sc.Text()
+		if _, err := fmt.Fprintf(c, "%d %s", len(msg), msg); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 5, true
+		}
+	}
+	// The server reads what was sent before it sees the close.
+	if err := c.CloseWrite(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 5, true
+	}
+	io.Copy(io.Discard, c)
+	return 0, true
+}
+
+// testPKI writes a CA, a server certificate for srvV4 and a client
+// certificate to dir: ca.crt, server.crt/.key, client.crt/.key.
+func testPKI(t *testing.T, dir string) {
+	t.Helper()
+	newKey := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	writePEM := func(name, typ string, der []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	caKey := newKey()
+	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "webknock test CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePEM("ca.crt", "CERTIFICATE", caDER)
+	for i, leaf := range []struct {
+		name  string
+		usage x509.ExtKeyUsage
+	}{{"server", x509.ExtKeyUsageServerAuth}, {"client", x509.ExtKeyUsageClientAuth}} {
+		key := newKey()
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(i + 2)), Subject: pkix.Name{CommonName: "webknock test " + leaf.name},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+			ExtKeyUsage: []x509.ExtKeyUsage{leaf.usage}, IPAddresses: []net.IP{net.ParseIP(srvV4)}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kder, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writePEM(leaf.name+".crt", "CERTIFICATE", der)
+		writePEM(leaf.name+".key", "PRIVATE KEY", kder)
+	}
+}
+
+// TestE2ESyslogTLS: a relay in another network namespace sends the lines
+// over TCP with TLS: with a client certificate of the configured CA the
+// knock opens the port; without one the connection is refused and its
+// knock opens nothing.
+func TestE2ESyslogTLS(t *testing.T) {
+	e := newE2E(t, "curl")
+	pki := filepath.Join(e.dir, "pki")
+	if err := os.Mkdir(pki, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	testPKI(t, pki)
+	e.startListener()
+	dst := net.JoinHostPort(srvV4, "6514")
+	d := e.startDaemon(e.syslogConf([]string{"tcp:" + dst},
+		"    allow_from: [192.0.2.0/24]\n"+
+			"    tls: {cert_file: "+pki+"/server.crt, key_file: "+pki+"/server.key, client_ca_file: "+pki+"/ca.crt}\n"))
+	send := func(src, cert, key string) error {
+		var lines strings.Builder
+		for _, p := range fullKnock {
+			lines.WriteString(knockLine(src, p) + "\n")
+		}
+		cmd := e.in(e.cli, os.Args[0], dst+" "+cert+" "+key+" "+pki+"/ca.crt")
+		cmd.Env = append(os.Environ(), helperEnv+"=tlssyslog")
+		cmd.Stdin = strings.NewReader(lines.String())
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+
+	// No client certificate: the handshake fails or the server drops
+	// the connection before reading a message.
+	_ = send(cliV4[1], "-", "-")
+	d.wait(t, "syslog: TLS handshake failed; not logged again for this sender", "")
+
+	if err := send(cliV4[0], pki+"/client.crt", pki+"/client.key"); err != nil {
+		t.Fatal(err)
+	}
+	d.wait(t, "grant", cliV4[0])
+	e.assertOpen(cliV4[0])
+}
