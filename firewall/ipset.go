@@ -2,10 +2,12 @@ package firewall
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -25,6 +27,10 @@ type ipsets interface {
 	create(ctx context.Context, spec ipsetSpec) error
 	// list returns the type of the set and its elements.
 	list(ctx context.Context, name string) (typ string, els []ipsetElem, err error)
+	// count returns the type of the set and how many elements it holds
+	// (those timed out and not yet collected included), from its header
+	// alone.
+	count(ctx context.Context, name string) (typ string, n int, err error)
 	// put adds els or, for those there, sets their timeout and comment.
 	put(ctx context.Context, name string, els []ipsetElem) error
 	// remove deletes els; one that is not there is no error.
@@ -161,6 +167,73 @@ func (s *netlinkSets) list(_ context.Context, name string) (string, []ipsetElem,
 		els = append(els, el)
 	}
 	return res.TypeName, els, nil
+}
+
+// ipsetListHeader is the list command's flag for the header alone
+// (IPSET_FLAG_LIST_HEADER).
+const ipsetListHeader = 1 << 2
+
+func (s *netlinkSets) count(_ context.Context, name string) (string, int, error) {
+	if err := s.open(); err != nil {
+		return "", 0, err
+	}
+	req := nl.NewNetlinkRequest(nl.IPSET_CMD_LIST|(unix.NFNL_SUBSYS_IPSET<<8), nl.GetIpsetFlags(nl.IPSET_CMD_LIST))
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: uint8(unix.AF_NETLINK), Version: nl.NFNETLINK_V0})
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_PROTOCOL, nl.Uint8Attr(nl.IPSET_PROTOCOL)))
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(name)))
+	flags := make([]byte, 4)
+	binary.BigEndian.PutUint32(flags, ipsetListHeader)
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_FLAGS|int(nl.NLA_F_NET_BYTEORDER), flags))
+	msgs, err := req.Execute(unix.NETLINK_NETFILTER, 0)
+	if err != nil {
+		if errno, ok := err.(syscall.Errno); ok && int(errno) >= nl.IPSET_ERR_PRIVATE {
+			err = nl.IPSetError(uintptr(errno))
+		}
+		return "", 0, ipsetErr("list", name, err)
+	}
+	typ, n, ok := "", 0, false
+	for _, m := range msgs {
+		t, c, found := parseIpsetHeader(m)
+		if t != "" {
+			typ = t
+		}
+		if found {
+			n, ok = c, true
+		}
+	}
+	if !ok {
+		return "", 0, fmt.Errorf("ipset list %s: the header tells no number of elements", name)
+	}
+	return typ, n, nil
+}
+
+// parseIpsetHeader reads the type and the number of elements from a
+// list answer (nfgenmsg, then attributes; the count is in IPSET_ATTR_DATA).
+func parseIpsetHeader(m []byte) (typ string, n int, found bool) {
+	if len(m) < 4 {
+		return "", 0, false
+	}
+	attrs, err := nl.ParseRouteAttr(m[4:])
+	if err != nil {
+		return "", 0, false
+	}
+	for _, a := range attrs {
+		switch a.Attr.Type & nl.NLA_TYPE_MASK {
+		case nl.IPSET_ATTR_TYPENAME:
+			typ = strings.TrimRight(string(a.Value), "\x00")
+		case nl.IPSET_ATTR_DATA:
+			data, err := nl.ParseRouteAttr(a.Value)
+			if err != nil {
+				continue
+			}
+			for _, d := range data {
+				if d.Attr.Type&nl.NLA_TYPE_MASK == nl.IPSET_ATTR_ELEMENTS && len(d.Value) == 4 {
+					n, found = int(binary.BigEndian.Uint32(d.Value)), true
+				}
+			}
+		}
+	}
+	return typ, n, found
 }
 
 // elemOfEntry reads an element of a set of type typ.

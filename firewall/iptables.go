@@ -27,6 +27,9 @@ type iptRules struct {
 	keys   map[iptKey][]entry // the entries of each element of the grant sets, as put there
 	ends   kernelEnds         // when their kernel timeouts end
 	ports  []Port             // the guarded ports, as the last inspect or reconcile was told
+	// inspects counts the inspections: every fullListEvery-th lists the
+	// sets whatever their counts say.
+	inspects int
 }
 
 // newIPTRules is the ruleset of family fam on t, for normalized options.
@@ -477,7 +480,7 @@ func (r *iptRules) inspect(ctx context.Context, wantEntries, doomedEntries []ent
 	default:
 		d = chainDrift(d, have, r.marker, want, tail)
 	}
-	sets, err := r.listSets(ctx)
+	sets, counted, err := r.inspectSets(ctx, wantEntries)
 	switch {
 	case errors.Is(err, errNoChain):
 		d.noChain, d.missing = true, d.missing+len(wantEntries)
@@ -485,7 +488,7 @@ func (r *iptRules) inspect(ctx context.Context, wantEntries, doomedEntries []ent
 	case err != nil:
 		return d, err
 	}
-	missing, extra := r.setDrift(sets, wantEntries, doomedEntries)
+	missing, extra := r.setDrift(sets, counted, wantEntries, doomedEntries)
 	d.missing += missing
 	d.extra += extra
 	return d, nil

@@ -119,9 +119,13 @@ func (in inside) expectChain(fam family, want []string) {
 	defer sets.close()
 	var els, rest []string
 	for _, kind := range []string{"g", "n"} {
-		_, set, err := sets.list(ctx0, "WEBKNOCK-"+kind+v)
+		typ, set, err := sets.list(ctx0, "WEBKNOCK-"+kind+v)
 		if err != nil {
 			in.t.Fatal(err)
+		}
+		// The header alone tells as much: what the check reads.
+		if ctyp, n, err := sets.count(ctx0, "WEBKNOCK-"+kind+v); err != nil || ctyp != typ || n != len(set) {
+			in.t.Errorf("count WEBKNOCK-%s%s = %s, %d, %v; want %s, %d", kind, v, ctyp, n, err, typ, len(set))
 		}
 		for _, el := range set {
 			els = append(els, elemLine("WEBKNOCK-"+kind+v, el.String(), el.comment))

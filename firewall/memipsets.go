@@ -77,6 +77,19 @@ func (m *memTables) set(op, name string) (*memSet, error) {
 	return s, nil
 }
 
+func (m *memTables) count(ctx context.Context, name string) (string, int, error) {
+	err := m.setBegin(ctx, "ipset-count", name)
+	defer m.mu.Unlock()
+	if err != nil {
+		return "", 0, err
+	}
+	s, err := m.set("list", name)
+	if err != nil {
+		return "", 0, err
+	}
+	return s.typ, len(s.elems), nil
+}
+
 func (m *memTables) list(ctx context.Context, name string) (string, []ipsetElem, error) {
 	err := m.setBegin(ctx, "ipset-list", name)
 	defer m.mu.Unlock()
