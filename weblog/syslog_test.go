@@ -3,18 +3,12 @@ package weblog
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -25,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/webknock/webknock/internal/testpki"
 )
 
 // waitLimit bounds every wait of these tests.
@@ -595,9 +591,6 @@ func TestSyslogTCPIdleTimeout(t *testing.T) {
 
 // testPKI is a CA and certificates it issued, as PEM files.
 type testPKI struct {
-	dir                   string
-	ca                    *x509.Certificate
-	caKey                 *ecdsa.PrivateKey
 	caFile                string
 	serverCert, serverKey string
 	clientCert            tls.Certificate
@@ -607,77 +600,13 @@ type testPKI struct {
 
 func newTestPKI(t *testing.T) *testPKI {
 	t.Helper()
-	p := &testPKI{dir: t.TempDir()}
-	p.ca, p.caKey = makeCA(t, "webknock test CA")
-	p.caFile = filepath.Join(p.dir, "ca.pem")
-	writePEM(t, p.caFile, "CERTIFICATE", p.ca.Raw)
-	p.roots = x509.NewCertPool()
-	p.roots.AddCert(p.ca)
-	der, key := issue(t, p.ca, p.caKey, "server", true)
-	p.serverCert, p.serverKey = filepath.Join(p.dir, "server.pem"), filepath.Join(p.dir, "server.key")
-	writePEM(t, p.serverCert, "CERTIFICATE", der)
-	kb, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePEM(t, p.serverKey, "PRIVATE KEY", kb)
-	der, key = issue(t, p.ca, p.caKey, "web1", false)
-	p.clientCert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-	other, otherKey := makeCA(t, "someone else")
-	der, key = issue(t, other, otherKey, "web1", false)
-	p.strangerCert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, dir, "ca")
+	p := &testPKI{caFile: ca.File, roots: ca.Pool()}
+	p.serverCert, p.serverKey, _ = ca.Issue(t, "server", true, net.IPv4(127, 0, 0, 1))
+	_, _, p.clientCert = ca.Issue(t, "web1", false)
+	_, _, p.strangerCert = testpki.NewCA(t, dir, "other-ca").Issue(t, "stranger", false)
 	return p
-}
-
-func makeCA(t *testing.T, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ca, key
-}
-
-func issue(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, name string, server bool) ([]byte, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der, key
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func TestSyslogTCPTLS(t *testing.T) {

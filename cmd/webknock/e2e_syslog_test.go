@@ -2,16 +2,10 @@ package main
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -20,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/webknock/webknock/internal/testpki"
 )
 
 // syslogSocketDir makes a directory for a unixgram socket that a sender
@@ -179,53 +175,6 @@ func syslogHelper(mode, arg string) (int, bool) {
 	return 0, true
 }
 
-// testPKI writes a CA, a server certificate for srvV4 and a client
-// certificate to dir: ca.crt, server.crt/.key, client.crt/.key.
-func testPKI(t *testing.T, dir string) {
-	t.Helper()
-	newKey := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	writePEM := func(name, typ string, der []byte) {
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	now := time.Now()
-	caKey := newKey()
-	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "webknock test CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePEM("ca.crt", "CERTIFICATE", caDER)
-	for i, leaf := range []struct {
-		name  string
-		usage x509.ExtKeyUsage
-	}{{"server", x509.ExtKeyUsageServerAuth}, {"client", x509.ExtKeyUsageClientAuth}} {
-		key := newKey()
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(i + 2)), Subject: pkix.Name{CommonName: "webknock test " + leaf.name},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
-			ExtKeyUsage: []x509.ExtKeyUsage{leaf.usage}, IPAddresses: []net.IP{net.ParseIP(srvV4)}}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kder, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		writePEM(leaf.name+".crt", "CERTIFICATE", der)
-		writePEM(leaf.name+".key", "PRIVATE KEY", kder)
-	}
-}
-
 // TestE2ESyslogTLS: a relay in another network namespace sends the lines
 // over TCP with TLS: with a client certificate of the configured CA the
 // knock opens the port; without one the connection is refused and its
@@ -236,18 +185,20 @@ func TestE2ESyslogTLS(t *testing.T) {
 	if err := os.Mkdir(pki, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	testPKI(t, pki)
+	ca := testpki.NewCA(t, pki, "ca")
+	serverCert, serverKey, _ := ca.Issue(t, "server", true, net.ParseIP(srvV4))
+	clientCert, clientKey, _ := ca.Issue(t, "client", false)
 	e.startListener()
 	dst := net.JoinHostPort(srvV4, "6514")
 	d := e.startDaemon(e.syslogConf([]string{"tcp:" + dst},
 		"    allow_from: [192.0.2.0/24]\n"+
-			"    tls: {cert_file: "+pki+"/server.crt, key_file: "+pki+"/server.key, client_ca_file: "+pki+"/ca.crt}\n"))
+			"    tls: {cert_file: "+serverCert+", key_file: "+serverKey+", client_ca_file: "+ca.File+"}\n"))
 	send := func(src, cert, key string) error {
 		var lines strings.Builder
 		for _, p := range fullKnock {
 			lines.WriteString(knockLine(src, p) + "\n")
 		}
-		cmd := e.in(e.cli, os.Args[0], dst+" "+cert+" "+key+" "+pki+"/ca.crt")
+		cmd := e.in(e.cli, os.Args[0], dst+" "+cert+" "+key+" "+ca.File)
 		cmd.Env = append(os.Environ(), helperEnv+"=tlssyslog")
 		cmd.Stdin = strings.NewReader(lines.String())
 		out, err := cmd.CombinedOutput()
@@ -262,7 +213,7 @@ func TestE2ESyslogTLS(t *testing.T) {
 	_ = send(cliV4[1], "-", "-")
 	d.wait(t, "syslog: TLS handshake failed; not logged again for this sender", "")
 
-	if err := send(cliV4[0], pki+"/client.crt", pki+"/client.key"); err != nil {
+	if err := send(cliV4[0], clientCert, clientKey); err != nil {
 		t.Fatal(err)
 	}
 	d.wait(t, "grant", cliV4[0])
