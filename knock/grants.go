@@ -66,7 +66,7 @@ func (t *Tracker) close(h Hit, seq int32, dst []Event) []Event {
 	if !until.After(h.Time) {
 		return dst
 	}
-	return append(dst, Event{Kind: KindClose, Time: h.Time, Client: h.Client, Sequence: s.Name,
+	return append(dst, Event{Kind: KindClose, Time: h.Time, Client: h.Client, Sequence: s.Name, Input: h.Input,
 		Source: k.src, Until: until, Ports: s.Ports})
 }
 

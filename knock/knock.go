@@ -50,6 +50,9 @@ type Hit struct {
 	Method string
 	Path   string // request target without query/fragment; compared byte for byte
 	Status int
+	// Input is where the line came from (a log file, syslog:LISTEN); the
+	// events of the hit carry it.
+	Input string
 }
 
 // Kind is what an Event reports.
@@ -115,6 +118,9 @@ type Event struct {
 	// the grant.
 	OneTime  bool
 	TimeStep int64
+	// Input is the Hit's, for the events of a hit; empty for a timeout
+	// and a lockout.
+	Input string
 }
 
 // Tracker holds the knock state of every client. Create it with New.
@@ -176,7 +182,7 @@ func (t *Tracker) apply(h Hit, ref pathRef, dst []Event) []Event {
 		// Closing only takes access away: no lockout or progress stops it.
 		return t.close(h, ref.seq, dst)
 	}
-	ev := Event{Time: h.Time, Client: h.Client, Sequence: s.Name}
+	ev := Event{Time: h.Time, Client: h.Client, Sequence: s.Name, Input: h.Input}
 	if ref.t != noStep && ref.t <= t.used[ref.seq] {
 		// Whatever the client's state: a used step never advances, and
 		// whoever requests it holds a URL that leaked.

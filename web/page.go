@@ -121,7 +121,7 @@ func (s *Server) view() pageView {
 			Event:    e.Kind.String(),
 			IP:       addrString(e.Client),
 			Sequence: e.Sequence,
-			Detail:   detail(&e),
+			Detail:   withInput(detail(&e), e.Input),
 		})
 	}
 	h := s.fw.Health()
@@ -207,6 +207,17 @@ func detail(e *knock.Event) string {
 		return "refused by " + e.Reason
 	}
 	return ""
+}
+
+// withInput adds to an event's detail the input its line came from.
+func withInput(d, input string) string {
+	switch {
+	case input == "":
+		return d
+	case d == "":
+		return "from " + input
+	}
+	return d + "; from " + input
 }
 
 // timeLeft writes d to the second, largest unit first: "1h 0m 5s", "9m 12s", "42s".

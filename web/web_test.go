@@ -551,7 +551,8 @@ func TestPage(t *testing.T) {
 	s := f.s
 	f.fw.grants = append(f.fw.grants, firewall.Grant{IP: netip.MustParseAddr("192.0.2.9"), Sequence: `x"><script>alert(1)</script>`,
 		Ports: []firewall.Port{{Proto: "tcp", Number: 2222}}, Until: t0.Add(-time.Second)})
-	s.Event(knock.Event{Kind: knock.KindStep, Time: t0.Add(-3 * time.Second), Client: netip.MustParseAddr("203.0.113.7"), Sequence: "ssh", Step: 1})
+	s.Event(knock.Event{Kind: knock.KindStep, Time: t0.Add(-3 * time.Second), Client: netip.MustParseAddr("203.0.113.7"), Sequence: "ssh", Step: 1,
+		Input: "syslog:udp:127.0.0.1:5514"})
 	s.Event(knock.Event{Kind: knock.KindLockout, Time: t0.Add(-2 * time.Second), Client: netip.MustParseAddr("198.51.100.66"), Sequence: "<script>alert('x')</script>", Until: t0.Add(15 * time.Minute)})
 	s.Event(knock.Event{Kind: knock.KindGrant, Time: t0.Add(-time.Second), Client: netip.MustParseAddr("203.0.113.7"), Sequence: "ssh",
 		Until: t0.Add(9*time.Minute + 12*time.Second), Ports: []string{"22/tcp"}})
@@ -579,7 +580,7 @@ func TestPage(t *testing.T) {
 		`&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;`,
 		`x&#34;&gt;&lt;script&gt;alert(1)&lt;/script&gt;`,
 		`<td data-label="Detail">until 2026-11-22 19:11:34, 22/tcp</td>`,
-		`<td data-label="Detail">step 1</td>`,
+		`<td data-label="Detail">step 1; from syslog:udp:127.0.0.1:5514</td>`,
 		"<dt>lines read</dt><dd>1</dd>",
 		"<dt>lines skipped</dt><dd>1</dd>",
 		"<dt>grants</dt><dd>1</dd>",

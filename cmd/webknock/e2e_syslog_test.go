@@ -65,7 +65,11 @@ func TestE2ESyslogNginx(t *testing.T) {
 			e.startListener()
 			d := e.startDaemon(e.syslogConf([]string{listen}, ""))
 			e.startNginxLogging("syslog:server="+server, "")
-			e.knockGranted(d, cliV4[0], cliV6[0])
+			e.knock(cliV4[0], fullKnock...)
+			if rec := d.wait(t, "grant", cliV4[0]); rec["input"] != "syslog:"+listen {
+				t.Errorf("grant record %v: want input syslog:%s", rec, listen)
+			}
+			e.knockGranted(d, cliV6[0])
 			e.assertOpen(cliV4[0], cliV6[0])
 			if _, err := os.Stat(e.log); err == nil {
 				t.Errorf("%s exists: the knock came through a file", e.log)

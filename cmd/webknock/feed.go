@@ -56,15 +56,15 @@ type examined struct {
 	events []knock.Event   // of the request, when err is nil; valid during the call only
 }
 
-// batch examines text, whole lines each ending in a newline, that came at
-// now, and calls fn for each line examined, in order. It examines the
+// batch examines text, whole lines each ending in a newline, that came
+// from input at now, and calls fn for each line examined, in order. It examines the
 // first line whatever it holds, so that a log.format that matches nothing
 // shows however rarely knocks come, and every other line that holds a
 // knock path; the rest cannot knock and is passed over unparsed. A knock
 // step ahead of its client's steps is held (reorder): its events come
 // with a later line, or from release. It returns the number of lines
 // examined.
-func (f *feed) batch(text []byte, now time.Time, fn func(*examined)) int {
+func (f *feed) batch(input string, text []byte, now time.Time, fn func(*examined)) int {
 	if len(text) == 0 {
 		return 0
 	}
@@ -77,7 +77,7 @@ func (f *feed) batch(text []byte, now time.Time, fn func(*examined)) int {
 		x.line, x.req, x.events = line, &r, nil
 		if x.err == nil {
 			f.events = f.events[:0]
-			f.reorder.apply(hitOf(&r), 0, now, f.collect)
+			f.reorder.apply(hitOf(&r, input), 0, now, f.collect)
 			x.events = f.events
 		}
 		fn(&x)

@@ -57,7 +57,7 @@ func liveEvents(t *testing.T, cfg *config.Config, log string, data []byte) []str
 		case b := <-fl.Batches():
 			read += b.Len()
 			batches++
-			examinedLines += f.batch(b.Text, time.Time{}, collect(&evs))
+			examinedLines += f.batch(log, b.Text, time.Time{}, collect(&evs))
 			fl.Ack(b)
 		case <-time.After(waitFor):
 			t.Fatalf("followed %d of %d lines within %v", read, want, waitFor)
@@ -82,7 +82,7 @@ func parseAllEvents(t *testing.T, cfg *config.Config, data []byte) []string {
 	}
 	f.filter = weblog.NewFilter(nil)
 	var evs []knock.Event
-	if n := f.batch(data, time.Time{}, collect(&evs)); n != bytes.Count(data, []byte{'\n'}) {
+	if n := f.batch("", data, time.Time{}, collect(&evs)); n != bytes.Count(data, []byte{'\n'}) {
 		t.Fatalf("a feed of every line examined %d lines, want all %d", n, bytes.Count(data, []byte{'\n'}))
 	}
 	evs = append(evs, f.release(endOfTime)...)
@@ -143,7 +143,7 @@ func TestFeedBatch(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var got []string
-			n := f.batch([]byte(tc.text), time.Time{}, func(x *examined) {
+			n := f.batch("test.log", []byte(tc.text), time.Time{}, func(x *examined) {
 				switch {
 				case x.err != nil:
 					got = append(got, string(weblog.ReasonOf(x.err)))

@@ -154,8 +154,8 @@ func runReplay(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 }
 
 // hitOf adapts a parsed request to the knock core.
-func hitOf(r *weblog.Request) knock.Hit {
-	return knock.Hit{Client: r.Client, Time: r.Time, Method: r.Method, Path: r.Path, Status: r.Status}
+func hitOf(r *weblog.Request, input string) knock.Hit {
+	return knock.Hit{Client: r.Client, Time: r.Time, Method: r.Method, Path: r.Path, Status: r.Status, Input: input}
 }
 
 // replayer reads logs in order and prints the events of the knock core,
@@ -297,7 +297,7 @@ func (rp *replayer) line(no int64, line []byte) {
 	rp.cur.Parsed++
 	// A held step whose wait, in the logs' time, is over goes first.
 	rp.reorder.release(r.Time, rp.emit)
-	rp.reorder.apply(hitOf(&r), no, r.Time, rp.emit)
+	rp.reorder.apply(hitOf(&r, rp.cur.Name), no, r.Time, rp.emit)
 }
 
 // endOfTime is later than any log line.

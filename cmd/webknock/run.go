@@ -35,6 +35,7 @@ const (
 	keyTimeStep = "time_step"
 	keyReason   = "reason"
 	keySource   = "source"
+	keyInput    = "input" // where the line came from: a log file, or syslog:LISTEN
 )
 
 func runFlags(fs *pflag.FlagSet) {
@@ -302,7 +303,7 @@ func (d *daemon) armRelease() {
 func (d *daemon) batch(ctx context.Context, b weblog.Batch) {
 	rec := d.web
 	rec.LinesRead(b.Source, b.Len())
-	d.feed.batch(b.Text, d.now(), func(x *examined) {
+	d.feed.batch(b.Source, b.Text, d.now(), func(x *examined) {
 		if x.err != nil {
 			reason := weblog.ReasonOf(x.err)
 			rec.LineSkipped(b.Source, string(reason))
@@ -361,6 +362,9 @@ func sweepTime(now, newest time.Time, caughtUp bool) time.Time {
 
 func (d *daemon) event(ctx context.Context, e *knock.Event) {
 	attrs := []any{keyIP, e.Client, keySequence, e.Sequence}
+	if e.Input != "" {
+		attrs = append(attrs, keyInput, e.Input)
+	}
 	switch e.Kind {
 	case knock.KindStep:
 		d.log.Debug("step", append(attrs, keyStep, e.Step)...)
