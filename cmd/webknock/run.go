@@ -233,8 +233,7 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal, reload func() (*
 	for {
 		select {
 		case <-ctx.Done():
-			logger.Info("webknock stopping; firewall rules stay in place")
-			return nil
+			return d.stopped(ctx, "")
 		case <-hup:
 			d.reload(ctx, reload)
 		case fn := <-d.admin:
@@ -246,12 +245,12 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal, reload func() (*
 			d.armRelease()
 		case b, ok := <-d.fileBatches():
 			if !ok {
-				return errors.New("log follower stopped")
+				return d.stopped(ctx, "log follower")
 			}
 			d.take(ctx, d.follower.Load(), b)
 		case b, ok := <-d.syslogBatches():
 			if !ok {
-				return errors.New("syslog listener stopped")
+				return d.stopped(ctx, "syslog listener")
 			}
 			d.take(ctx, d.syslog, b)
 		}
@@ -268,6 +267,17 @@ func (d *daemon) setCore(cfg *config.Config) error {
 	}
 	d.feed = f
 	d.applyUsed(cfg)
+	return nil
+}
+
+// stopped ends the loop: a stop when ctx has ended (a source closes when
+// it does, maybe before the loop sees ctx end), else the failure of the
+// source named.
+func (d *daemon) stopped(ctx context.Context, source string) error {
+	if ctx.Err() == nil && source != "" {
+		return errors.New(source + " stopped")
+	}
+	d.log.Info("webknock stopping; firewall rules stay in place")
 	return nil
 }
 

@@ -360,3 +360,17 @@ func TestAdminSocket(t *testing.T) {
 	}
 	recs.wait(t, "dry-run: would end the sessions")
 }
+
+// TestStoppedSource: a source that closes because the daemon is stopping
+// is a stop, not a failure; one that closes while the daemon runs is.
+func TestStoppedSource(t *testing.T) {
+	d := newDaemon(nil, slog.New(slog.DiscardHandler), nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	if err := d.stopped(ctx, "syslog listener"); err == nil || err.Error() != "syslog listener stopped" {
+		t.Errorf("a source closed while running = %v, want it named as stopped", err)
+	}
+	cancel()
+	if err := d.stopped(ctx, "syslog listener"); err != nil {
+		t.Errorf("a source closed by the stop = %v, want none", err)
+	}
+}
