@@ -35,7 +35,8 @@ type Log struct {
 	TrustedProxies []netip.Prefix
 	// Reorder is how long a knock step that arrives ahead of the steps
 	// before it waits for them: the skew tolerated between the lines of
-	// several web servers. 0 takes every line as it comes.
+	// several web servers. 0 (the default) takes every line as it comes,
+	// and a step out of order resets the client's progress.
 	Reorder time.Duration
 	Syslog  Syslog
 }
@@ -204,10 +205,9 @@ type Options struct {
 func defaults() Config {
 	return Config{
 		Log: Log{
-			Paths:   []string{"/var/log/nginx/access.log"},
-			Format:  "combined",
-			Start:   "saved",
-			Reorder: time.Second,
+			Paths:  []string{"/var/log/nginx/access.log"},
+			Format: "combined",
+			Start:  "saved",
 			Syslog: Syslog{
 				AllowUIDs:   []uint32{0},
 				SocketGroup: -1,

@@ -133,11 +133,10 @@ func minimalConfig() Config {
 	return Config{
 		File: "testdata/minimal.yaml",
 		Log: Log{
-			Paths:   []string{"/var/log/nginx/access.log"},
-			Format:  "combined",
-			Start:   "saved",
-			Reorder: time.Second,
-			Syslog:  Syslog{AllowUIDs: []uint32{0}, SocketGroup: -1, MaxMessage: 16384, MaxConns: 64, IdleTimeout: 5 * time.Minute},
+			Paths:  []string{"/var/log/nginx/access.log"},
+			Format: "combined",
+			Start:  "saved",
+			Syslog: Syslog{AllowUIDs: []uint32{0}, SocketGroup: -1, MaxMessage: 16384, MaxConns: 64, IdleTimeout: 5 * time.Minute},
 		},
 		StateDir: "/var/lib/webknock",
 		Firewall: Firewall{Backend: "iptables", Chain: "WEBKNOCK", Table: "webknock", Hook: "INPUT", Protect: true, IPv6: true,

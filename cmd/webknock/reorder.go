@@ -20,9 +20,10 @@ const maxHeld = 1024
 // for up to wait, for the steps logged before it on other web servers to
 // arrive: the steps of one knock may reach webknock out of order by as
 // much as the senders' delays differ. Once they have, it is applied after
-// them; when wait passes first, it is applied as it is, and resets the
-// client's progress as it would have at once. Hits in order are applied
-// at once: holding costs only the knocks that need it.
+// them; when wait passes first, or a hit of the client logged after it
+// comes that it was not waiting for, it is applied as it is, and resets
+// the client's progress as it would have at once. Hits in order are
+// applied at once: holding costs only the knocks that need it.
 //
 // Time here is a clock of the caller's: the daemon's wall clock (a hit
 // waits for lines that arrive within wait), replay's the lines' own times.
@@ -54,6 +55,13 @@ func (r *reorder) apply(h knock.Hit, ref int64, now time.Time, emit emitFunc) {
 		r.held = append(r.held, heldHit{h: h, ref: ref, due: now.Add(r.wait)})
 		r.clients[h.Client]++
 		return
+	}
+	// h is applied now. The client's held hits logged before it go
+	// first, as they came: h is not a step they were waiting for, which
+	// is logged no later than they are. So a client's steps in the wrong
+	// order count as failures, as they would without holding.
+	if r.clients[h.Client] > 0 {
+		r.releaseOlder(h.Client, h.Time, emit)
 	}
 	r.run(h, ref, emit)
 	r.retry(h.Client, emit)
@@ -101,6 +109,20 @@ func (r *reorder) take(i int) heldHit {
 func (r *reorder) release(now time.Time, emit emitFunc) {
 	for len(r.held) > 0 {
 		i := slices.IndexFunc(r.held, func(x heldHit) bool { return !x.due.After(now) })
+		if i < 0 {
+			return
+		}
+		x := r.take(i)
+		r.run(x.h, x.ref, emit)
+		r.retry(x.h.Client, emit)
+	}
+}
+
+// releaseOlder applies the hits held for client that were logged before
+// t, in the order they came, each with what it frees.
+func (r *reorder) releaseOlder(client netip.Addr, t time.Time, emit emitFunc) {
+	for {
+		i := slices.IndexFunc(r.held, func(x heldHit) bool { return x.h.Client == client && x.h.Time.Before(t) })
 		if i < 0 {
 			return
 		}

@@ -69,6 +69,19 @@ func TestReorderHoldsOnlyWhatIsAhead(t *testing.T) {
 		t.Fatalf("after the wait: %d held, events %v; want %v", len(r.held), got, want)
 	}
 
+	// Not waited for: a later-logged step of the client that does not
+	// fill the gap applies the held hit first, as it came.
+	got = nil
+	c3 := netip.MustParseAddr("192.0.2.9")
+	r.apply(hit(c3, "/s1"), 6, t0, emit)
+	r.apply(hit(c3, "/open"), 7, t0, emit)
+	later := hit(c3, "/s1")
+	later.Time = t0.Add(time.Second)
+	r.apply(later, 8, t0, emit)
+	if want := []knock.Kind{knock.KindStep, knock.KindReset, knock.KindStep}; len(r.held) != 0 || !slices.Equal(got, want) {
+		t.Fatalf("a later first step: %d held, events %v; want %v", len(r.held), got, want)
+	}
+
 	// Bounded: beyond maxHeld, a hit ahead is applied as it comes.
 	for i := range maxHeld + 10 {
 		r.apply(hit(netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)}), "/s2"), 0, t0, emit)
