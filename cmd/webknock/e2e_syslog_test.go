@@ -223,3 +223,37 @@ func TestE2ESyslogTLS(t *testing.T) {
 	d.wait(t, "grant", cliV4[0])
 	e.assertOpen(cliV4[0])
 }
+
+// TestE2ESyslogReorder: two web servers' lines reach the daemon
+// interleaved, a client's steps out of order; with log.reorder the knock
+// opens, the steps put back in order; a knock whose steps really are in
+// the wrong order, each logged a second after the one before, does not.
+func TestE2ESyslogReorder(t *testing.T) {
+	e := newE2E(t, "logger", "curl")
+	dir := syslogSocketDir(t)
+	sock := dir + "/log.sock"
+	e.startListener()
+	cfg := e.writeConfig(e2eConf{paths: []string{}, window: "1m",
+		logMore: "  reorder: 1s\n  syslog:\n    listen: [\"unixgram:" + sock + "\"]\n"})
+	d := e.startDaemon(cfg)
+	send := func(src string, at time.Time, paths ...string) {
+		t.Helper()
+		for _, p := range paths {
+			line := fmt.Sprintf(`%s - - [%s] "GET %s HTTP/1.1" 404 153 "-" "curl/8"`, src, at.Format("02/Jan/2006:15:04:05 -0700"), p)
+			if out, err := exec.Command("logger", "-u", sock, "--size", "16000", line).CombinedOutput(); err != nil {
+				t.Fatalf("logger: %v\n%s", err, out)
+			}
+		}
+	}
+	// Server B's lines arrive before server A's, all of one second.
+	now := time.Now()
+	send(cliV4[0], now, "/k/b2", "/k/a1", "/k/open", "/k/c3")
+	d.wait(t, "grant", cliV4[0])
+	// In the wrong order for real: each step a second after the one before.
+	send(cliV4[1], now.Add(-3*time.Second), "/k/a1")
+	send(cliV4[1], now.Add(-2*time.Second), "/k/c3")
+	send(cliV4[1], now.Add(-time.Second), "/k/b2")
+	send(cliV4[1], now, "/k/open")
+	d.wait(t, "reset", cliV4[1])
+	e.assertOpen(cliV4[0])
+}
