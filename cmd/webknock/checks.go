@@ -105,7 +105,7 @@ func checkWith(cfg *config.Config, strictLogs bool) (errs, warns []*config.Field
 	errs = append(errs, checkSyslog(cfg)...)
 	if len(cfg.Log.Syslog.Listen) > 0 && len(cfg.Log.Syslog.AllowFrom) == 0 {
 		for i, l := range cfg.Log.Syslog.Listen {
-			if a, err := weblog.ParseSyslogAddr(l); err == nil && a.Network != "unixgram" && !a.Loopback {
+			if a, err := weblog.ParseSyslogAddr(l); err == nil && !a.Loopback { // a unixgram socket counts as loopback
 				warn(fmt.Sprintf("log.syslog.listen[%d]", i), "%s listens beyond loopback but log.syslog.allow_from is empty: only loopback senders are accepted", l)
 			}
 		}
