@@ -23,6 +23,7 @@ type Config struct {
 	Lockout   Lockout
 	Hooks     Hooks
 	Web       Web
+	Fleet     Fleet
 	// Warnings are risky choices that are allowed (check prints them).
 	Warnings []*FieldError
 }
@@ -159,6 +160,26 @@ type Lockout struct {
 	Duration time.Duration
 }
 
+// Fleet joins the daemon to a fleet: grants travel through a NATS
+// JetStream key-value bucket between detectors and enforcers.
+type Fleet struct {
+	Servers         []string // nats://HOST:PORT | tls://HOST:PORT
+	Role            string   // "" (no fleet) | detector | enforcer | both
+	Group           string   // names the buckets: webknock-<group>-grants
+	CredentialsFile string   // a NATS .creds file
+	TLS             FleetTLS
+	SigningKeyFile  string   // detector: its ed25519 private key
+	TrustedKeys     []string // enforcer: base64 ed25519 public keys of the detectors
+	// Replicas of the buckets, when a detector creates them: 3 on a
+	// cluster of three servers survives the loss of one.
+	Replicas int
+}
+
+// FleetTLS is the TLS of the connection to the bus.
+type FleetTLS struct {
+	CAFile, CertFile, KeyFile string
+}
+
 // Hooks are the commands run for events, each an argv (never a shell)
 // whose arguments may hold the placeholders {ip}, {sequence}, {until},
 // {ports} and {event}; an empty argv runs nothing.
@@ -236,6 +257,7 @@ func defaults() Config {
 			Duration: 15 * time.Minute,
 		},
 		Hooks: Hooks{Timeout: 10 * time.Second, MaxRunning: 4},
+		Fleet: Fleet{Group: "default", Replicas: 1},
 		Web: Web{
 			Listen:    "127.0.0.1:7080",
 			TokenFile: "/etc/webknock/token",

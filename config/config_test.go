@@ -121,6 +121,10 @@ func goodConfig() Config {
 			MaxRunning: 2,
 		},
 		Web: Web{Listen: "[::1]:9090", TokenFile: "/etc/webknock/other-token", Socket: "/run/wk/admin.sock"},
+		Fleet: Fleet{Servers: []string{"nats://192.0.2.5:4222", "tls://192.0.2.6:4222"}, Role: "both", Group: "prod",
+			CredentialsFile: "/etc/webknock/fleet.creds",
+			TLS:             FleetTLS{CAFile: "/etc/webknock/nats-ca.crt", CertFile: "/etc/webknock/nats.crt", KeyFile: "/etc/webknock/nats.key"},
+			SigningKeyFile:  "/etc/webknock/fleet.key", TrustedKeys: []string{"cmK7tO1N0t0rS4v4YQ8vC3R8w0l0uG2z7h9l0b9cXyM="}, Replicas: 3},
 	}
 }
 
@@ -155,6 +159,7 @@ func minimalConfig() Config {
 		Lockout: Lockout{Failures: 5, Period: 10 * time.Minute, Duration: 15 * time.Minute},
 		Hooks:   Hooks{Timeout: 10 * time.Second, MaxRunning: 4},
 		Web:     Web{Listen: "127.0.0.1:7080", TokenFile: "/etc/webknock/token", Socket: "/run/webknock/webknock.sock"},
+		Fleet:   Fleet{Group: "default", Replicas: 1},
 	}
 }
 
@@ -331,6 +336,20 @@ func TestValidation(t *testing.T) {
 			want: `config.yaml:1: want a mapping of sections (log, state_dir, firewall, sequences, lockout, web), got a list`},
 		{name: "empty file", yaml: "",
 			want: `config.yaml: sequences: at least one sequence required`},
+
+		// fleet
+		{name: "fleet role unknown", yaml: "fleet:\n  role: master\n  servers: [nats://127.0.0.1:4222]\n" + seq,
+			want: `config.yaml:2: fleet.role: bad role "master": want detector, enforcer or both`},
+		{name: "fleet settings without a role", yaml: "fleet:\n  servers: [nats://127.0.0.1:4222]\n" + seq,
+			want: `config.yaml:1: fleet.role: required with the other fleet settings: detector, enforcer or both`},
+		{name: "detector without a signing key", yaml: "fleet:\n  role: detector\n" + seq,
+			want: `config.yaml:1: fleet.signing_key_file: required for role detector: the key that signs this detector's grants (webknock keygen -o FILE)`},
+		{name: "enforcer without trusted keys", yaml: "fleet:\n  role: enforcer\n" + seq,
+			want: `config.yaml:1: fleet.trusted_keys: required for role enforcer: the public keys of the detectors whose grants apply here`},
+		{name: "enforcer with a signing key", yaml: "fleet:\n  role: enforcer\n  trusted_keys: [x]\n  signing_key_file: /k\n" + seq,
+			want: `config.yaml:4: fleet.signing_key_file: only a detector signs grants; remove it or set role: both`},
+		{name: "fleet replicas", yaml: "fleet:\n  role: enforcer\n  trusted_keys: [x]\n  replicas: 7\n" + seq,
+			want: `config.yaml:4: fleet.replicas: bad replicas 7: want 1 to 5 (3 on a cluster of three servers)`},
 
 		// unknown keys and types
 		{name: "unknown top-level key", yaml: "stat_dir: /x\n" + seq,

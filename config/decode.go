@@ -114,6 +114,8 @@ func (l *loader) decodeRoot(a loc, root map[string]any) {
 					l.unknown(a)
 				}
 			})
+		case "fleet":
+			l.setFleet(a, v)
 		default:
 			l.unknown(a)
 		}

@@ -46,7 +46,8 @@ func (l *loader) validate(checkFormat func(string) error) {
 	}
 
 	// log
-	if len(c.Log.Paths) == 0 && len(c.Log.Syslog.Listen) == 0 && !l.logsOnCommandLine {
+	// An enforcer alone reads no logs: its grants come from the fleet.
+	if len(c.Log.Paths) == 0 && len(c.Log.Syslog.Listen) == 0 && !l.logsOnCommandLine && c.Fleet.Role != "enforcer" {
 		bad(at("log", "paths"), "at least one path required, or log.syslog.listen")
 	}
 	if c.Log.Reorder < 0 || c.Log.Reorder > time.Minute {
@@ -117,6 +118,7 @@ func (l *loader) validate(checkFormat func(string) error) {
 	}
 
 	l.validateHooks(at, bad)
+	l.validateFleet(at, bad)
 
 	// web
 	if ln := c.Web.Listen; ln != "" && !validListen(ln) {

@@ -63,6 +63,10 @@ type Grant struct {
 	// Zero: not a knock read from a log, to which revokes do not apply.
 	Knocked time.Time `json:"knocked,omitzero"`
 	Until   time.Time `json:"until"`
+	// Origin tells where the grant came from: empty for this host's own
+	// logs and commands; "fleet:DETECTOR/KEY" for a grant of the fleet's
+	// bus. A grant extended takes the origin of its extension.
+	Origin string `json:"origin,omitempty"`
 }
 
 // Source is what the grant opens to: IP/Bits, or IP's single-address
@@ -147,6 +151,9 @@ func unmapPrefix(p netip.Prefix) netip.Prefix {
 	return p.Masked()
 }
 
+// maxOrigin bounds Grant.Origin.
+const maxOrigin = 200
+
 // normalizeGrant unmaps the address, masks it to Bits (0 for the single
 // address), drops repeated ports and truncates Until to the second the
 // rule can hold, in UTC. An Until too late for the kernel is left to
@@ -191,7 +198,10 @@ func normalizeGrant(g Grant) (Grant, error) {
 	if !knocked.IsZero() {
 		knocked = knocked.UTC()
 	}
-	return Grant{IP: ip, Bits: bits, Sequence: g.Sequence, Ports: uniquePorts(g.Ports), Knocked: knocked, Until: until}, nil
+	if len(g.Origin) > maxOrigin || strings.ContainsFunc(g.Origin, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+		return Grant{}, fmt.Errorf("grant to %s for %s: bad origin: at most %d printable characters", src, g.Sequence, maxOrigin)
+	}
+	return Grant{IP: ip, Bits: bits, Sequence: g.Sequence, Ports: uniquePorts(g.Ports), Knocked: knocked, Until: until, Origin: g.Origin}, nil
 }
 
 // sourceOf is g's source as the log and errors write it.

@@ -108,6 +108,9 @@ type grantJSON struct {
 	Sequence string          `json:"sequence"`
 	Ports    []firewall.Port `json:"ports"`
 	Until    string          `json:"until"`
+	// Origin: where the grant came from; absent for this host's own logs
+	// and commands, fleet:DETECTOR/KEY for a grant of the fleet's bus.
+	Origin string `json:"origin,omitempty"`
 }
 
 func toGrantJSON(g firewall.Grant) grantJSON {
@@ -115,7 +118,7 @@ func toGrantJSON(g firewall.Grant) grantJSON {
 	if ports == nil {
 		ports = []firewall.Port{}
 	}
-	return grantJSON{IP: sourceString(g), Sequence: g.Sequence, Ports: ports, Until: g.Until.UTC().Format(time.RFC3339)}
+	return grantJSON{IP: sourceString(g), Sequence: g.Sequence, Ports: ports, Until: g.Until.UTC().Format(time.RFC3339), Origin: g.Origin}
 }
 
 func (w grantJSON) grant() (firewall.Grant, error) {
@@ -127,7 +130,7 @@ func (w grantJSON) grant() (firewall.Grant, error) {
 	if err != nil {
 		return firewall.Grant{}, err
 	}
-	g := firewall.Grant{IP: src.Addr(), Sequence: w.Sequence, Ports: w.Ports, Until: until}
+	g := firewall.Grant{IP: src.Addr(), Sequence: w.Sequence, Ports: w.Ports, Until: until, Origin: w.Origin}
 	if !src.IsSingleIP() {
 		g.Bits = src.Bits()
 	}

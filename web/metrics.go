@@ -70,7 +70,7 @@ func newMetrics(s *Server) (*metrics, error) {
 
 	for _, c := range []prometheus.Collector{
 		m.lines, m.skipped, m.rotations, events, reloads, refused, open,
-		stateCollector{s}, hookCollector{s}, syslogCollector{s},
+		stateCollector{s}, hookCollector{s}, countsCollector{descSyslog, s.opts.SyslogCounts}, countsCollector{descFleet, s.opts.FleetCounts},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {

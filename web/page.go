@@ -55,7 +55,7 @@ type pageView struct {
 	Checks      []pair
 }
 
-type grantView struct{ IP, Sequence, Ports, Until, UntilISO, Left string }
+type grantView struct{ IP, Sequence, Ports, Until, UntilISO, Left, Origin string }
 
 type lockoutView struct{ IP, Until, UntilISO, Left string }
 
@@ -96,6 +96,7 @@ func (s *Server) view() pageView {
 			Until:    g.Until.UTC().Format(timeLayout),
 			UntilISO: g.Until.UTC().Format(isoLayout),
 			Left:     timeLeft(g.Until.Sub(now)),
+			Origin:   originOf(g),
 		})
 	}
 	v.HasAdmin = s.opts.Admin != nil
@@ -267,4 +268,13 @@ func capped(h firewall.Health) uint64 {
 		n += c
 	}
 	return n
+}
+
+// originOf is where g came from: "local" (this host's logs and commands)
+// or fleet:DETECTOR/KEY.
+func originOf(g firewall.Grant) string {
+	if g.Origin == "" {
+		return "local"
+	}
+	return g.Origin
 }

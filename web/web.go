@@ -125,6 +125,9 @@ type Options struct {
 	// and result, for the metrics; called from request goroutines. nil:
 	// none.
 	SyslogCounts func() map[string]map[string]uint64
+	// FleetCounts returns the fleet's counters, by role (detector,
+	// enforcer), then result (descFleet); nil without a fleet.
+	FleetCounts func() map[string]map[string]uint64
 	// Admin grants, lists lockouts and unlocks for the admin socket.
 	// nil: those endpoints answer 503 and the page shows no lockouts.
 	Admin Admin

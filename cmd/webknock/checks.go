@@ -55,7 +55,11 @@ func checkWith(cfg *config.Config, strictLogs bool) (errs, warns []*config.Field
 		bad(field, err)
 	}
 	errs = append(errs, checkGrantPrefixes(cfg)...)
+	errs = append(errs, checkFleet(cfg)...)
 	for i, p := range cfg.Log.Paths {
+		if !readsLogs(cfg) {
+			break
+		}
 		perrs, pwarns := weblog.CheckPaths([]string{p})
 		for _, err := range perrs {
 			if strictLogs {

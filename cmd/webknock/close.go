@@ -27,6 +27,7 @@ func grantBits(src netip.Prefix) int {
 // and with close_kills_sessions its established sessions too.
 func (d *daemon) close(ctx context.Context, e *knock.Event, attrs []any) {
 	attrs = append(attrs, keySource, firewall.FormatSource(e.Source))
+	d.revokeFleet(e.Source, e.Sequence)
 	ended, err := d.fw.RevokeSequence(ctx, e.Source, e.Sequence, firewall.ReasonClosed)
 	switch {
 	case errors.Is(err, firewall.ErrNoGrant):

@@ -97,14 +97,14 @@ func runStatus(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 	if len(grants) == 0 {
 		fmt.Fprintln(w, "no active grants")
 	} else {
-		fmt.Fprintf(w, "%-39s  %-10s  %-20s  %-9s  %s\n", "IP", "SEQUENCE", "UNTIL", "LEFT", "PORTS")
+		fmt.Fprintf(w, "%-39s  %-10s  %-20s  %-9s  %-10s  %s\n", "IP", "SEQUENCE", "UNTIL", "LEFT", "PORTS", "FROM")
 		for _, g := range grants {
 			ports := make([]string, len(g.Ports))
 			for i, p := range g.Ports {
 				ports[i] = p.String()
 			}
 			left := time.Until(g.Until).Round(time.Second)
-			fmt.Fprintf(w, "%-39s  %-10s  %-20s  %-9s  %s\n", firewall.FormatSource(g.Source()), g.Sequence, rfc3339(g.Until), left, strings.Join(ports, ","))
+			fmt.Fprintf(w, "%-39s  %-10s  %-20s  %-9s  %-10s  %s\n", firewall.FormatSource(g.Source()), g.Sequence, rfc3339(g.Until), left, strings.Join(ports, ","), originOf(g))
 		}
 	}
 	if len(lockouts) == 0 {
@@ -132,6 +132,15 @@ func ipArg(env *environment, fs *pflag.FlagSet, args []string) (netip.Addr, erro
 
 func revokeFlags(fs *pflag.FlagSet) {
 	fs.Bool("kill-sessions", false, "also end the revoked clients' established sessions (conntrack); by default they go on")
+}
+
+// originOf is where g came from, as status shows it: "local" (this
+// host's logs and commands) or fleet:DETECTOR/KEY.
+func originOf(g firewall.Grant) string {
+	if g.Origin == "" {
+		return "local"
+	}
+	return g.Origin
 }
 
 // runRevoke is `webknock revoke IP|NET/BITS`: end the grants of an

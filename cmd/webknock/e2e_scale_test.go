@@ -236,13 +236,20 @@ func (d *loggedDaemon) pid() int { return d.cmd.Process.Pid }
 // it runs.
 func startLogged(b *testing.B, e *e2e, cfg string) *loggedDaemon {
 	b.Helper()
-	d := &loggedDaemon{path: filepath.Join(e.dir, "daemon.log")}
+	return startLoggedIn(b, e, e.srv, cfg, "daemon.log")
+}
+
+// startLoggedIn is startLogged in namespace ns, logging to name in the
+// scratch directory.
+func startLoggedIn(b *testing.B, e *e2e, ns, cfg, name string) *loggedDaemon {
+	b.Helper()
+	d := &loggedDaemon{path: filepath.Join(e.dir, name)}
 	f, err := os.Create(d.path)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer f.Close()
-	d.cmd = e.in(e.srv, webknockBinary(b), "run", "-c", cfg, "--json-logs")
+	d.cmd = e.in(ns, webknockBinary(b), "run", "-c", cfg, "--json-logs")
 	d.cmd.Stderr = f
 	if err := d.cmd.Start(); err != nil {
 		b.Fatal(err)

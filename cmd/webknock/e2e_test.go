@@ -480,6 +480,7 @@ type e2eConf struct {
 	socket  string   // web.socket; default e.socket()
 	fwMore  string   // more lines of the firewall block, indented
 	logMore string   // more lines of the log block, indented
+	more    string   // more sections, at the end
 }
 
 // writeConfig writes c and returns its path. The bearer token file is
@@ -541,7 +542,7 @@ firewall:
   listen: %s
   token_file: %s
   socket: %s
-`, strings.Join(c.paths, ", "), c.format, c.start, c.logMore, c.state, fw, c.seqs, c.listen, token, c.socket))
+%s`, strings.Join(c.paths, ", "), c.format, c.start, c.logMore, c.state, fw, c.seqs, c.listen, token, c.socket, c.more))
 	return path
 }
 

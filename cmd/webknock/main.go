@@ -145,6 +145,14 @@ var commands = []*command{
 		run:   runInit,
 	},
 	{
+		name:    "keygen",
+		summary: "write an ed25519 key for fleet.signing_key_file and print its public key",
+		usage:   "webknock keygen -o FILE [--force]",
+		example: "webknock keygen -o /etc/webknock/fleet.key",
+		flags:   keygenFlags,
+		run:     runKeygen,
+	},
+	{
 		name:    "url",
 		summary: "print the URLs that knock now (or at a given time)",
 		usage:   "webknock url -c FILE [--sequence NAME] [--at TIME] [--base URL]",

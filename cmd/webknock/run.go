@@ -16,6 +16,7 @@ import (
 
 	"github.com/webknock/webknock/config"
 	"github.com/webknock/webknock/firewall"
+	"github.com/webknock/webknock/fleet"
 	"github.com/webknock/webknock/internal/hook"
 	"github.com/webknock/webknock/internal/statedir"
 	"github.com/webknock/webknock/knock"
@@ -107,6 +108,7 @@ type daemon struct {
 	hooks    *hook.Runner
 	follower atomic.Pointer[weblog.Follower]
 	syslog   *weblog.Syslog // nil: no log.syslog.listen
+	fleet    *fleetSide     // nil: no fleet.role
 	warned   bool           // about knocks from loopback
 	newest   time.Time      // the latest time of a line parsed
 	sweeps   <-chan time.Time
@@ -181,9 +183,11 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal, reload func() (*
 		return err
 	}
 	defer lns.Close()
-	follower, err := d.follow(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("follow logs: %w", err)
+	var follower *weblog.Follower
+	if readsLogs(cfg) {
+		if follower, err = d.follow(ctx, cfg); err != nil {
+			return fmt.Errorf("follow logs: %w", err)
+		}
 	}
 	d.follower.Store(follower)
 	defer func() {
@@ -192,7 +196,7 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal, reload func() (*
 			f.Close()
 		}
 	}()
-	if len(cfg.Log.Syslog.Listen) > 0 {
+	if len(cfg.Log.Syslog.Listen) > 0 && readsLogs(cfg) {
 		if d.syslog, err = weblog.ListenSyslog(ctx, syslogOptions(cfg, logger)); err != nil {
 			return fmt.Errorf("syslog: %w", err)
 		}
@@ -209,9 +213,13 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal, reload func() (*
 	d.fw = fw
 	defer d.fw.Close()
 	d.holdGrants(fw.Grants()...)
+	if err := d.startFleet(ctx); err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	defer d.fleet.close()
 	srv, err := web.New(web.Options{Listeners: lns, TokenFile: cfg.Web.TokenFile, Logger: logger,
 		Following: d.stats.follow.Load, Tracker: &d.stats, Admin: d, Problems: d.problems, HookRuns: d.hooks,
-		SyslogCounts: d.syslogCounts}, fw)
+		SyslogCounts: d.syslogCounts, FleetCounts: d.fleetCounts}, fleetFirewall{fw, d})
 	if err != nil {
 		return err
 	}
@@ -397,6 +405,10 @@ func (d *daemon) event(ctx context.Context, e *knock.Event) {
 				return
 			}
 		}
+		if d.publishes() {
+			d.publish(e, attrs)
+			return
+		}
 		g := firewall.Grant{IP: e.Source.Addr(), Bits: grantBits(e.Source), Sequence: e.Sequence, Knocked: e.Time, Until: e.Until, Ports: d.ports(e.Sequence)}
 		if g.Bits != 0 {
 			attrs = append(attrs, keySource, e.Source)
@@ -456,8 +468,12 @@ func firewallOptions(cfg *config.Config, logger *slog.Logger) firewall.Options {
 		}
 		seqs = append(seqs, firewall.Sequence{Name: s.Name, Ports: sp, Window: s.Window, CloseOnConnect: s.CloseOnConnect})
 	}
+	backend := cfg.Firewall.Backend
+	if cfg.Fleet.Role == fleet.RoleDetector {
+		backend = "dry-run" // a detector's grants open on the enforcers
+	}
 	return firewall.Options{
-		Backend: cfg.Firewall.Backend, Chain: cfg.Firewall.Chain, Table: cfg.Firewall.Table, Hook: cfg.Firewall.Hook,
+		Backend: backend, Chain: cfg.Firewall.Chain, Table: cfg.Firewall.Table, Hook: cfg.Firewall.Hook,
 		Protect: cfg.Firewall.Protect, AlwaysAllow: cfg.Firewall.AlwaysAllow, Ports: ports,
 		IPv6Off: !cfg.Firewall.IPv6, Sequences: seqs,
 		MaxGrants: cfg.Firewall.MaxGrants, MaxGrantsPerSequence: cfg.Firewall.MaxGrantsPerSequence,
