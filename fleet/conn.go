@@ -69,7 +69,10 @@ func CheckServers(servers []string) error {
 // Connect connects to the bus. It returns at once even when no server
 // answers yet: the client keeps trying, and the daemon runs meanwhile
 // (fail closed: no new grants until it is connected).
-func Connect(o ConnOptions) (*Client, error) {
+func Connect(o ConnOptions) (*Client, error) { return dial(o) }
+
+// dial is Connect with more options (tests: a user and password).
+func dial(o ConnOptions, more ...nats.Option) (*Client, error) {
 	if err := CheckServers(o.Servers); err != nil {
 		return nil, err
 	}
@@ -114,11 +117,11 @@ func Connect(o ConnOptions) (*Client, error) {
 	if o.CertFile != "" {
 		opts = append(opts, nats.ClientCert(o.CertFile, o.KeyFile))
 	}
-	nc, err := nats.Connect(joinServers(o.Servers), opts...)
+	nc, err := nats.Connect(joinServers(o.Servers), append(opts, more...)...)
 	if err != nil {
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxInFlight), jetstream.WithPublishAsyncTimeout(callTimeout))
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("fleet: %w", err)

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -55,7 +56,7 @@ type revokeJob struct {
 
 // queueLen bounds the grants waiting for the bus; beyond it a grant is
 // refused at once (the bus is too slow or away).
-const queueLen = 4096
+const queueLen = 65536
 
 // Publisher puts grants into the bucket.
 type Publisher struct {
@@ -108,20 +109,60 @@ func (p *Publisher) Close() {
 	<-p.done
 }
 
+// inflight is a grant sent, its acknowledgement to come.
+type inflight struct {
+	j job
+	f jetstream.PubAckFuture
+}
+
+// maxInFlight bounds the grants sent and not yet acknowledged.
+const maxInFlight = 256
+
 func (p *Publisher) loop() {
 	defer close(p.done)
+	var sent []inflight
 	for {
 		select {
 		case <-p.ctx.Done():
 			return
 		case j := <-p.queue:
 			if j.revoke != nil {
+				sent = p.settle(sent) // the grants before it first
 				p.withdraw(p.ctx, j.revoke)
 				continue
 			}
-			p.result(j.g, p.publish(p.ctx, j))
+			if f, err := p.send(p.ctx, j); err != nil {
+				p.result(j.g, err)
+			} else {
+				sent = append(sent, inflight{j, f})
+			}
+			if len(p.queue) == 0 || len(sent) >= maxInFlight {
+				sent = p.settle(sent)
+			}
 		}
 	}
+}
+
+// settle waits for the acknowledgements of sent; a grant the bus did not
+// take is published again, one at a time, as publish does.
+func (p *Publisher) settle(sent []inflight) []inflight {
+	for _, s := range sent {
+		var err error
+		select {
+		case <-s.f.Ok():
+		case err = <-s.f.Err():
+		case <-time.After(callTimeout):
+			err = errors.New("no acknowledgement")
+		case <-p.ctx.Done():
+			return nil
+		}
+		if err != nil {
+			p.log.Debug("fleet: the bus did not take a grant; retrying", keyErr, err)
+			err = p.publish(p.ctx, s.j)
+		}
+		p.result(s.j.g, err)
+	}
+	return sent[:0]
 }
 
 func (p *Publisher) result(g Grant, err error) {
@@ -162,44 +203,79 @@ func (p *Publisher) buckets(ctx context.Context) (grants, used jetstream.KeyValu
 // minTTL is the shortest TTL the bus takes.
 const minTTL = time.Second
 
-func (p *Publisher) publish(ctx context.Context, j job) error {
+// send marks j's one-time step used (waiting for the bus's answer: the
+// grant depends on it) and sends its grant without waiting for the
+// acknowledgement, which settle collects.
+func (p *Publisher) send(ctx context.Context, j job) (jetstream.PubAckFuture, error) {
+	if err := p.ready(j); err != nil {
+		return nil, err
+	}
+	if err := p.retry(ctx, func(ctx context.Context) error { return p.mark(ctx, j) }); err != nil {
+		return nil, err
+	}
+	value, err := sign(j.g, p.o.Client.group, p.o.Detector, p.o.Key)
+	if err != nil {
+		return nil, err
+	}
+	f, err := p.o.Client.js.PublishMsgAsync(&nats.Msg{Subject: p.subject(j.g), Data: value}, jetstream.WithMsgTTL(p.ttl(j.g)))
+	if err != nil {
+		return nil, p.publish(ctx, j)
+	}
+	return f, nil
+}
+
+// ready refuses a grant the bus cannot take now: disconnected, or over.
+func (p *Publisher) ready(j job) error {
 	if !p.o.Client.Connected() {
 		return refuse(RefusedUnavailable, "not connected to the bus")
 	}
-	left := j.g.Until.Sub(p.o.Now())
-	if left <= 0 {
+	if !j.g.Until.After(p.o.Now()) {
 		return refuse(RefusedExpired, "the grant ended before it could be published")
+	}
+	return nil
+}
+
+// publish marks j's one-time step used and puts its grant, waiting for the
+// bus's answers. A stream that has just lost its leader answers again
+// once the cluster has chosen another: that is retried, for a while,
+// while connected; a bus that is away fails at once.
+func (p *Publisher) publish(ctx context.Context, j job) error {
+	if err := p.ready(j); err != nil {
+		return err
 	}
 	value, err := sign(j.g, p.o.Client.group, p.o.Detector, p.o.Key)
 	if err != nil {
 		return err
 	}
-	var used jetstream.KeyValue
-	mark := []byte(p.o.Detector + " " + formatSource(j.g.Source) + " " + strconv.FormatInt(j.g.Knocked.UnixNano(), 10))
-	marked := j.used == nil
-	// A stream that has just lost its leader answers again once the
-	// cluster has chosen another: retry that, for a while, while
-	// connected; a bus that is away fails at once.
 	return p.retry(ctx, func(ctx context.Context) error {
-		if used == nil {
-			var err error
-			if _, used, err = p.buckets(ctx); err != nil {
-				return err
-			}
+		if err := p.mark(ctx, j); err != nil {
+			return err
 		}
-		if !marked {
-			if err := p.markUsed(ctx, used, j.used, mark); err != nil {
-				return err
-			}
-			marked = true
-		}
-		// Whole seconds, rounded up: the kernel ends the grant on time;
-		// the key may outlive it by under a second.
-		ttl := max(j.g.Until.Sub(p.o.Now()).Truncate(time.Second)+time.Second, minTTL)
-		_, err := p.o.Client.js.Publish(ctx, "$KV."+GrantsBucket(p.o.Client.group)+"."+Key(j.g.Source, j.g.Sequence), value,
-			jetstream.WithMsgTTL(ttl))
+		_, err := p.o.Client.js.Publish(ctx, p.subject(j.g), value, jetstream.WithMsgTTL(p.ttl(j.g)))
 		return err
 	})
+}
+
+// subject is where g's key is put.
+func (p *Publisher) subject(g Grant) string {
+	return "$KV." + GrantsBucket(p.o.Client.group) + "." + Key(g.Source, g.Sequence)
+}
+
+// ttl is g's remaining time in whole seconds, rounded up: the kernel ends
+// the grant on time; its key may outlive it by under a second.
+func (p *Publisher) ttl(g Grant) time.Duration {
+	return max(g.Until.Sub(p.o.Now()).Truncate(time.Second)+time.Second, minTTL)
+}
+
+// mark opens the buckets and marks j's one-time step used, if it has one.
+// The mark names the grant, so that a second try of the same grant (its
+// first answer lost) knows the mark for its own.
+func (p *Publisher) mark(ctx context.Context, j job) error {
+	_, used, err := p.buckets(ctx)
+	if err != nil || j.used == nil {
+		return err
+	}
+	return p.markUsed(ctx, used, j.used, []byte(p.o.Detector+" "+formatSource(j.g.Source)+" "+strconv.FormatInt(j.g.Knocked.UnixNano(), 10)))
 }
 
 // markUsed creates the used step's key, unless it exists: then the step

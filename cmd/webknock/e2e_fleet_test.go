@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -48,7 +50,7 @@ type fleetWorld struct {
 	key  ed25519.PrivateKey
 }
 
-func newFleetWorld(t *testing.T, nodes int) *fleetWorld {
+func newFleetWorld(t testing.TB, nodes int) *fleetWorld {
 	t.Helper()
 	requireE2E(t, "nginx", "nft", natsServer())
 	dir, err := os.MkdirTemp("", "webknock-fleet-")
@@ -333,3 +335,109 @@ func TestE2EFleet(t *testing.T) {
 	}
 	w.assertReach(d, false, "revoked on the detector")
 }
+
+// BenchmarkE2EFleet measures the fleet on a three-node cluster: the time
+// from the knock page's response to the grant applied by each enforcer
+// (and to the first connect that passes), and the time 10,000 grants
+// written to the log at once take to be applied by both enforcers.
+//
+//	sudo go test ./cmd/webknock -run '^$' -bench E2EFleet/knock -benchtime 50x
+//	sudo go test ./cmd/webknock -run '^$' -bench E2EFleet/burst -benchtime 1x
+func BenchmarkE2EFleet(b *testing.B) {
+	b.Run("knock-to-open", benchFleetKnockToOpen)
+	b.Run("burst-10000", func(b *testing.B) {
+		for b.Loop() {
+			benchFleetBurst(b, 10000)
+		}
+	})
+}
+
+func benchFleetKnockToOpen(b *testing.B) {
+	w := newFleetWorldB(b, 3)
+	w.startBus()
+	w.startNginx()
+	enfs := []*daemonProc{w.startEnforcer(0, "iptables", "10m"), w.startEnforcer(1, "nftables", "10m")}
+	w.startDetector("10m")
+	lat := make([][]float64, len(enfs))
+	var conn []float64
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer()
+		if i >= 150 {
+			b.Fatal("at most 150 iterations: each needs a new client address")
+		}
+		src := fmt.Sprintf("192.0.2.%d", 100+i)
+		w.must("ip", "-n", w.cli, "addr", "add", src+"/24", "dev", "eth0")
+		b.StartTimer()
+		cmd := w.in(w.cli, os.Args[0], src+" "+srvV4+" "+net.JoinHostPort(enfV4[i%2], "22"))
+		cmd.Env = append(os.Environ(), helperEnv+"=knocklat")
+		out, err := cmd.Output()
+		if err != nil {
+			b.Fatalf("knock from %s: %v", src, err)
+		}
+		f := strings.Fields(string(out))
+		us, _ := strconv.ParseFloat(f[0], 64)
+		conn = append(conn, us/1000)
+		resp, _ := strconv.ParseInt(f[1], 10, 64)
+		for k, d := range enfs {
+			rec := d.wait(b, "fleet: grant applied", src)
+			at, err := time.Parse(time.RFC3339Nano, rec["time"].(string))
+			if err != nil {
+				b.Fatalf("record %v: %v", rec, err)
+			}
+			lat[k] = append(lat[k], float64(at.UnixNano()-resp)/1e6)
+		}
+	}
+	b.StopTimer()
+	for k, name := range []string{"iptables", "nftables"} {
+		slices.Sort(lat[k])
+		b.ReportMetric(lat[k][len(lat[k])/2], "ms-median-"+name)
+		b.ReportMetric(lat[k][len(lat[k])-1], "ms-worst-"+name)
+	}
+	slices.Sort(conn)
+	b.ReportMetric(conn[len(conn)/2], "ms-connect-median")
+}
+
+func benchFleetBurst(b *testing.B, n int) {
+	w := newFleetWorldB(b, 3)
+	w.startBus()
+	caps := fmt.Sprintf("  max_grants_per_sequence: %d\n  max_grants_per_ipv6_64: %d\n", n+100, n+100)
+	var enfs []*loggedDaemon
+	for i, backend := range []string{"iptables", "nftables"} {
+		state := filepath.Join(w.dir, fmt.Sprintf("state-enf%d", i))
+		if err := os.MkdirAll(state, 0o700); err != nil {
+			b.Fatal(err)
+		}
+		w.backend = backend
+		cfg := w.writeConfig(e2eConf{name: fmt.Sprintf("enforcer%d.yaml", i), window: scaleWindow.String(), state: state,
+			socket: w.enforcerSocket(i), fwMore: caps, more: w.fleetBlock(fleet.RoleEnforcer)})
+		enfs = append(enfs, startLoggedIn(b, w.e2e, w.enfs[i], cfg, fmt.Sprintf("enforcer%d.log", i)))
+	}
+	w.backend = ""
+	write(b, w.log, "")
+	startLoggedIn(b, w.e2e, w.srv, w.writeConfig(e2eConf{name: "detector.yaml", window: scaleWindow.String(), start: "end",
+		fwMore: caps, more: w.fleetBlock(fleet.RoleDetector)}), "detector.log")
+	var sb strings.Builder
+	now := time.Now()
+	for i := range n {
+		sb.WriteString(burstKnock(burstSource(i), now))
+	}
+	f, err := os.OpenFile(w.log, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := f.WriteString(sb.String()); err != nil {
+		b.Fatal(err)
+	}
+	f.Close()
+	var last time.Time
+	for _, e := range enfs {
+		if at := e.waitRecords(b, "fleet: grant applied", n); at.After(last) {
+			last = at
+		}
+	}
+	b.ReportMetric(last.Sub(start).Seconds(), "s-to-both-enforcers")
+}
+
+// newFleetWorldB is newFleetWorld for a benchmark.
+func newFleetWorldB(b *testing.B, nodes int) *fleetWorld { return newFleetWorld(b, nodes) }
