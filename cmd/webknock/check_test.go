@@ -146,6 +146,21 @@ func brokenCases() []brokenCase {
 		{name: "chain starting with a dash", edit: map[string]string{"  chain:": `  chain: "-WK"`}, want: "firewall.chain:"},
 		{name: "chain built in", edit: map[string]string{"  chain:": "  chain: INPUT"}, want: "firewall.chain:"},
 		{name: "chain is the hook", edit: map[string]string{"  chain:": "  chain: DOCKER-USER", "  hook:": "  hook: DOCKER-USER"}, want: "firewall.chain:"},
+		{name: "fleet trusted key not base64", edit: map[string]string{"fleet:": "fleet:\n  role: enforcer\n  servers: [nats://127.0.0.1:4222]\n  trusted_keys: [not-a-key]"},
+			want: "fleet.trusted_keys[0]:"},
+		{name: "fleet server not a nats URL", edit: map[string]string{"fleet:": "fleet:\n  role: enforcer\n  servers: [http://127.0.0.1:4222]\n  trusted_keys: [cmK7tO1N0t0rS4v4YQ8vC3R8w0l0uG2z7h9l0b9cXyM=]"},
+			want: "fleet.servers: bad server \"http://127.0.0.1:4222\""},
+		{name: "fleet signing key missing", edit: map[string]string{"fleet:": "fleet:\n  role: detector\n  servers: [nats://127.0.0.1:4222]\n  signing_key_file: {dir}/none.key"},
+			want: "fleet.signing_key_file:"},
+		{name: "fleet signing key readable by others", edit: map[string]string{"fleet:": "fleet:\n  role: detector\n  servers: [nats://127.0.0.1:4222]\n  signing_key_file: {dir}/open.key"},
+			setup: func(t *testing.T, dir string) {
+				if err := os.WriteFile(filepath.Join(dir, "open.key"), []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: "fleet.signing_key_file:"},
+		{name: "fleet group", edit: map[string]string{"fleet:": "fleet:\n  role: enforcer\n  group: a.b\n  servers: [nats://127.0.0.1:4222]\n  trusted_keys: [cmK7tO1N0t0rS4v4YQ8vC3R8w0l0uG2z7h9l0b9cXyM=]"},
+			want: "fleet.group: bad group \"a.b\""},
 		{name: "chain too long", edit: map[string]string{"  chain:": "  chain: " + strings.Repeat("C", 29)}, want: "firewall.chain:"},
 		{name: "empty chain", edit: map[string]string{"  chain:": `  chain: ""`}, want: "firewall.chain:"},
 		{name: "lower-case hook with iptables", edit: map[string]string{"  backend:": "  backend: iptables", "  hook:": "  hook: input"}, want: "firewall.hook:"},
