@@ -14,8 +14,8 @@ import (
 // can change (sequences, lockout, log paths and format, protect, web
 // listener, socket and token) changes; the knocks in progress and the
 // lockouts of unchanged sequences are kept; grants of removed sequences end.
-// The firewall backend, chain, table, hook and state_dir change only with a
-// restart.
+// The firewall backend, chain, table, hook and state_dir, and the fleet
+// settings, change only with a restart.
 func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)) {
 	ok := false
 	defer func() { d.web.Reload(ok) }()
@@ -28,6 +28,10 @@ func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)
 	if cfg.Firewall.Backend != old.Firewall.Backend || cfg.Firewall.Chain != old.Firewall.Chain || cfg.Firewall.Table != old.Firewall.Table ||
 		cfg.Firewall.Hook != old.Firewall.Hook || cfg.StateDir != old.StateDir || cfg.Firewall.IPv6 != old.Firewall.IPv6 {
 		d.log.Error("reload refused: firewall.backend, chain, table, hook, ipv6 and state_dir change only with a restart; keeping the running configuration")
+		return
+	}
+	if !reflect.DeepEqual(cfg.Fleet, old.Fleet) {
+		d.log.Error("reload refused: the fleet settings change only with a restart; keeping the running configuration")
 		return
 	}
 	// Everything that can fail comes first, so that a refusal changes nothing.
@@ -59,7 +63,7 @@ func (d *daemon) reload(ctx context.Context, load func() (*config.Config, error)
 		d.web.Rebind(lns)
 	}
 	d.web.SetTokenFile(cfg.Web.TokenFile) // logs why when it cannot be used
-	if !slices.Equal(cfg.Log.Paths, old.Log.Paths) {
+	if !slices.Equal(cfg.Log.Paths, old.Log.Paths) && readsLogs(cfg) {
 		// Close first: it saves the positions the new follower resumes from.
 		if f := d.follower.Load(); f != nil {
 			f.Close()

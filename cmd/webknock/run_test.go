@@ -285,6 +285,18 @@ func TestRunSignals(t *testing.T) {
 	cmd.Process.Signal(syscall.SIGHUP)
 	recs.wait(t, "reload refused: firewall.backend, chain, table, hook, ipv6 and state_dir change only with a restart; keeping the running configuration")
 
+	// So does joining a fleet (a valid one: the bus need not answer).
+	keyFile := filepath.Join(dir, "fleet.key")
+	if err := os.WriteFile(keyFile, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fleetCfg := string(good) + "fleet:\n  role: detector\n  servers: [nats://127.0.0.1:1]\n  signing_key_file: " + keyFile + "\n"
+	if err := os.WriteFile(cfg, []byte(fleetCfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Signal(syscall.SIGHUP)
+	recs.wait(t, "reload refused: the fleet settings change only with a restart; keeping the running configuration")
+
 	if err := os.WriteFile(cfg, []byte("sequences: [\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
