@@ -53,20 +53,8 @@ type fleetWorld struct {
 func newFleetWorld(t testing.TB, nodes int) *fleetWorld {
 	t.Helper()
 	requireE2E(t, "nginx", "nft", natsServer())
-	dir, err := os.MkdirTemp("", "webknock-fleet-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("scratch directory kept: %s", dir)
-			return
-		}
-		os.RemoveAll(dir)
-	})
-	id := fmt.Sprintf("%d%d", os.Getpid()%10000, time.Now().UnixNano()%1000)
-	e := &e2e{t: t, id: id, dir: dir, srv: "wks" + id, cli: "wkc" + id, log: filepath.Join(dir, "access.log")}
+	e := newWorld(t, "webknock-fleet-")
+	id, dir := e.id, e.dir
 	w := &fleetWorld{e2e: e, bus: "wkb" + id, enfs: []string{"wke1" + id, "wke2" + id}, nats: make([]*exec.Cmd, nodes)}
 	lan := "wkl" + id
 	all := append([]string{lan, e.srv, e.cli, w.bus}, w.enfs...)

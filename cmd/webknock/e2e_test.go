@@ -235,22 +235,8 @@ type e2e struct {
 func newE2E(t testing.TB, programs ...string) *e2e {
 	t.Helper()
 	requireE2E(t, programs...)
-	dir, err := os.MkdirTemp("", "webknock-e2e-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("scratch directory kept: %s", dir)
-			return
-		}
-		os.RemoveAll(dir)
-	})
-	id := fmt.Sprintf("%d%d", os.Getpid()%10000, time.Now().UnixNano()%1000)
-	e := &e2e{t: t, id: id, dir: dir, srv: "wks" + id, cli: "wkc" + id, log: filepath.Join(dir, "access.log")}
+	e := newWorld(t, "webknock-e2e-")
+	id := e.id
 	for _, ns := range []string{e.srv, e.cli} {
 		e.must("ip", "netns", "add", ns)
 		ns := ns
@@ -268,8 +254,31 @@ func newE2E(t testing.TB, programs ...string) *e2e {
 		e.must("ip", "-n", e.cli, "addr", "add", a+"/64", "dev", "wkp"+id, "nodad")
 	}
 	e.must("ip", "-n", e.cli, "link", "set", "wkp"+id, "up")
-	e.must("mkdir", "-p", filepath.Join(dir, "www"), filepath.Join(dir, "state"))
+	e.must("mkdir", "-p", filepath.Join(e.dir, "www"), filepath.Join(e.dir, "state"))
 	return e
+}
+
+// newWorld returns a test's world, its namespaces still to make: a
+// world-readable scratch directory named with prefix (kept when the test
+// fails) and the names of the server and client namespaces.
+func newWorld(t testing.TB, prefix string) *e2e {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("scratch directory kept: %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	id := fmt.Sprintf("%d%d", os.Getpid()%10000, time.Now().UnixNano()%1000)
+	return &e2e{t: t, id: id, dir: dir, srv: "wks" + id, cli: "wkc" + id, log: filepath.Join(dir, "access.log")}
 }
 
 // must runs a command on the host and fails the test if it fails.
