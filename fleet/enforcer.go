@@ -150,10 +150,11 @@ func (e *Enforcer) watch(ctx context.Context, reconnected <-chan struct{}) error
 				}
 				continue
 			}
-			if e.entry(ctx, ent) && snapshot {
+			did, valid := e.entry(ctx, ent)
+			if did && snapshot {
 				applied++
 			}
-			if snapshot && ent.Operation() == jetstream.KeyValuePut {
+			if snapshot && valid {
 				seen[ent.Key()] = true
 			}
 		}
@@ -161,28 +162,31 @@ func (e *Enforcer) watch(ctx context.Context, reconnected <-chan struct{}) error
 }
 
 // entry handles one change of the bucket; it reports whether it applied a
-// grant.
-func (e *Enforcer) entry(ctx context.Context, ent jetstream.KeyValueEntry) bool {
+// grant, and whether the entry is a record signed by a trusted key (a
+// held grant whose key now holds anything else, or whose signer is no
+// longer trusted, goes at the reconcile).
+func (e *Enforcer) entry(ctx context.Context, ent jetstream.KeyValueEntry) (applied, valid bool) {
 	key := ent.Key()
 	switch ent.Operation() {
 	case jetstream.KeyValueDelete, jetstream.KeyValuePurge:
 		g, ok := e.applied[key]
 		if !ok {
-			return false
+			return false, false
 		}
 		delete(e.applied, key)
 		// A purge is the key's TTL running out: the kernel ends the grant
 		// itself. A delete is a revoke, and so is a purge of a grant that
 		// still has a while to go.
 		if ent.Operation() == jetstream.KeyValuePurge && g.Until.Before(e.o.Now().Add(e.o.Skew)) {
-			return false
+			return false, false
 		}
 		e.revoke(ctx, key, g, "the key was deleted from the bus")
-		return false
+		return false, false
 	}
 	v, err := verify(key, ent.Value(), e.o.Client.group, e.o.Trusted)
-	if old, ok := e.applied[key]; ok && err == nil && old.Until.Equal(v.Until) {
-		return true // seen before this watch: applied already
+	valid = err == nil
+	if old, ok := e.applied[key]; ok && valid && old.Until.Equal(v.Until) {
+		return true, true // seen before this watch: applied already
 	}
 	if err == nil {
 		err = e.judge(v.Grant)
@@ -195,13 +199,13 @@ func (e *Enforcer) entry(ctx context.Context, ent jetstream.KeyValueEntry) bool 
 	if err != nil {
 		e.count(Reason(err))
 		e.log.Warn("fleet: grant refused", keyKey, key, keyReason, Reason(err), keyErr, err)
-		return false
+		return false, valid
 	}
 	e.count(ResultApplied)
 	e.applied[key] = v.Grant
 	e.log.Info("fleet: grant applied", keySource, formatSource(v.Source), keySequence, v.Sequence,
 		keyUntil, v.Until, keyDetector, v.Detector, keyKey, v.KeyID)
-	return true
+	return true, true
 }
 
 // judge holds a verified grant to this host's sequences and clock.

@@ -319,7 +319,8 @@ func TestEnforcerReconcilesAfterPartition(t *testing.T) {
 }
 
 // A restarted enforcer (its firewall kept its grants) takes the bucket as
-// it is: live grants stay, grants revoked while it was stopped go.
+// it is: live grants stay, grants revoked while it was stopped go, and so
+// do grants whose signer is no longer trusted.
 func TestEnforcerRestart(t *testing.T) {
 	b := newBus(t)
 	key := newKey(t)
@@ -330,10 +331,17 @@ func TestEnforcerRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A grant of a detector whose key is no longer trusted.
+	retired, resRetired := newPublisher(t, connect(t, b.url()), newKey(t))
+	retired.Publish(grantOf("198.51.100.3", time.Now().Add(time.Hour)), nil)
+	if err := resRetired.next(t); err != nil {
+		t.Fatal(err)
+	}
 	// The grants a firewall kept across the restart: one the bus still
-	// has, one revoked meanwhile.
+	// has, one revoked meanwhile, one signed by the retired key.
 	a := newApplier()
-	for _, g := range []Grant{grantOf("198.51.100.1", time.Now().Add(time.Hour)), grantOf("198.51.100.9", time.Now().Add(time.Hour))} {
+	for _, g := range []Grant{grantOf("198.51.100.1", time.Now().Add(time.Hour)), grantOf("198.51.100.9", time.Now().Add(time.Hour)),
+		grantOf("198.51.100.3", time.Now().Add(time.Hour))} {
 		a.held[Key(g.Source, g.Sequence)] = Verified{Grant: g}
 	}
 	snaps := make(chan [2]int, 1)
@@ -345,8 +353,8 @@ func TestEnforcerRestart(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	select {
 	case s := <-snaps:
-		if s != [2]int{2, 1} {
-			t.Errorf("snapshot %v, want 2 applied, 1 removed", s)
+		if s != [2]int{2, 2} {
+			t.Errorf("snapshot %v, want 2 applied, 2 removed", s)
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("no snapshot")

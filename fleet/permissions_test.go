@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"net/netip"
+	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,33 +14,49 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// The permissions docs/fleet.md gives each role, for group "test": a
-// detector may only write grants (and read its used steps), an enforcer
-// only read them.
-var (
-	detectorPermissions = &server.Permissions{
-		Publish: &server.SubjectPermission{Allow: []string{
-			"$KV.webknock-test-grants.>", "$KV.webknock-test-used.>",
-			"$JS.API.INFO",
-			"$JS.API.STREAM.INFO.KV_webknock-test-grants", "$JS.API.STREAM.INFO.KV_webknock-test-used",
-			"$JS.API.STREAM.CREATE.KV_webknock-test-grants", "$JS.API.STREAM.CREATE.KV_webknock-test-used",
-			"$JS.API.DIRECT.GET.KV_webknock-test-used.>",
-			"$JS.API.CONSUMER.CREATE.KV_webknock-test-grants.>", "$JS.API.CONSUMER.DELETE.KV_webknock-test-grants.>",
-		}},
-		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+// rolePermissions reads the permissions docs/fleet.md gives each role
+// (for group "prod"), for group "test": what the test proves is what the
+// operator is told.
+func rolePermissions(t *testing.T) (detector, enforcer *server.Permissions) {
+	t.Helper()
+	doc, err := os.ReadFile("../docs/fleet.md")
+	if err != nil {
+		t.Fatal(err)
 	}
-	enforcerPermissions = &server.Permissions{
-		Publish: &server.SubjectPermission{Allow: []string{
-			"$JS.API.STREAM.INFO.KV_webknock-test-grants",
-			"$JS.API.CONSUMER.CREATE.KV_webknock-test-grants.>", "$JS.API.CONSUMER.DELETE.KV_webknock-test-grants.>",
-			// Flow control of a large snapshot.
-			"$JS.FC.KV_webknock-test-grants.>",
-		}},
-		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+	text := string(doc)
+	start := strings.Index(text, "<!-- BEGIN role permissions")
+	end := strings.Index(text, "<!-- END role permissions")
+	if start < 0 || end < start {
+		t.Fatal("docs/fleet.md has no role permissions block")
 	}
-)
+	block := strings.ReplaceAll(text[start:end], "webknock-prod-", "webknock-test-")
+	allow := func(role string) *server.Permissions {
+		i := strings.Index(block, role+" = {")
+		if i < 0 {
+			t.Fatalf("docs/fleet.md: no %s permissions", role)
+		}
+		rest := block[i:]
+		pub := rest[strings.Index(rest, "publish:"):]
+		pub = pub[strings.Index(pub, "[")+1 : strings.Index(pub, "]")]
+		sub := rest[strings.Index(rest, "subscribe:"):]
+		sub = sub[strings.Index(sub, "[")+1 : strings.Index(sub, "]")]
+		subjects := func(list string) []string {
+			var out []string
+			for _, f := range strings.Fields(strings.ReplaceAll(list, ",", " ")) {
+				out = append(out, strings.Trim(f, `"`))
+			}
+			return out
+		}
+		return &server.Permissions{Publish: &server.SubjectPermission{Allow: subjects(pub)}, Subscribe: &server.SubjectPermission{Allow: subjects(sub)}}
+	}
+	return allow("DETECTOR"), allow("ENFORCER")
+}
 
 func TestRolePermissions(t *testing.T) {
+	detectorPermissions, enforcerPermissions := rolePermissions(t)
+	if len(enforcerPermissions.Publish.Allow) == 0 || slices.ContainsFunc(enforcerPermissions.Publish.Allow, func(s string) bool { return strings.HasPrefix(s, "$KV.") }) {
+		t.Fatalf("docs/fleet.md lets an enforcer write keys: %v", enforcerPermissions.Publish.Allow)
+	}
 	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
 		Users: []*server.User{
 			{Username: "detector", Password: "d", Permissions: detectorPermissions},
