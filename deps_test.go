@@ -20,6 +20,7 @@ func TestDependencyDirection(t *testing.T) {
 		"knock":             nil,
 		"firewall":          {"internal/statedir"},
 		"config":            nil,
+		"fleet":             nil,
 		"web":               {"knock", "firewall", "internal/statedir"},
 		"internal/statedir": nil,
 		"internal/hook":     nil,
