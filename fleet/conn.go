@@ -96,7 +96,6 @@ func dial(o ConnOptions, more ...nats.Option) (*Client, error) {
 		nats.MaxPingsOutstanding(2),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			log.Info("fleet: connected to the bus", keyServer, nc.ConnectedUrlRedacted())
-			c.tellWatchers()
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {

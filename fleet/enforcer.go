@@ -131,12 +131,32 @@ func (e *Enforcer) watch(ctx context.Context, reconnected <-chan struct{}) error
 	seen := map[string]bool{} // keys of the snapshot
 	applied := 0
 	snapshot := true
+	// The watch's consumer lives on one server of the cluster: when that
+	// server dies, the client notices only when two heartbeats (5 s
+	// apart) are missed. Meanwhile the stream goes on: a watch that
+	// stays behind the stream's last sequence is made again.
+	check := time.NewTicker(stallCheck)
+	defer check.Stop()
+	var lastRev uint64
+	lagging, lagRev := false, uint64(0) // behind at the last check, and where the watch was then
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-reconnected:
 			return errReconnected
+		case <-check.C:
+			if snapshot {
+				continue
+			}
+			// Behind at two checks in a row, with nothing delivered
+			// between them: stalled (a message in flight is delivered
+			// well within a check's period).
+			behind := e.behind(ctx, kv, lastRev)
+			if behind && lagging && lastRev == lagRev {
+				return errors.New("the watch fell behind the bucket")
+			}
+			lagging, lagRev = behind, lastRev
 		case ent, ok := <-w.Updates():
 			if !ok {
 				return errors.New("the watch ended")
@@ -150,6 +170,7 @@ func (e *Enforcer) watch(ctx context.Context, reconnected <-chan struct{}) error
 				}
 				continue
 			}
+			lastRev = max(lastRev, ent.Revision())
 			did, valid := e.entry(ctx, ent)
 			if did && snapshot {
 				applied++
@@ -159,6 +180,22 @@ func (e *Enforcer) watch(ctx context.Context, reconnected <-chan struct{}) error
 			}
 		}
 	}
+}
+
+// stallCheck is how often a watch is checked against the stream.
+const stallCheck = time.Second
+
+// behind reports whether the bucket's stream holds messages after rev, the
+// last the watch delivered (false when the stream cannot tell now).
+func (e *Enforcer) behind(ctx context.Context, kv jetstream.KeyValue, rev uint64) bool {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return false
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	return ok && bs.StreamInfo() != nil && bs.StreamInfo().State.LastSeq > rev
 }
 
 // entry handles one change of the bucket; it reports whether it applied a
@@ -227,10 +264,11 @@ func (e *Enforcer) judge(g Grant) error {
 // keys seen) no longer has: revoked while this enforcer was away.
 func (e *Enforcer) reconcile(ctx context.Context, seen map[string]bool) int {
 	removed := 0
+	now := e.o.Now()
 	for _, g := range e.o.Apply.Held() {
 		key := Key(g.Source, g.Sequence)
-		if seen[key] {
-			continue
+		if seen[key] || g.Until.Before(now.Add(e.o.Skew)) {
+			continue // in the bucket, or ending now anyway
 		}
 		delete(e.applied, key)
 		e.revoke(ctx, key, g, "the bus no longer has it")

@@ -453,3 +453,47 @@ func TestKeyTTL(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// A watch whose consumer is gone (its server died) while the connection
+// stays up falls behind the stream: the enforcer watches again within
+// seconds, not after the client's missed heartbeats.
+func TestEnforcerWatchStall(t *testing.T) {
+	b := newBus(t)
+	key := newKey(t)
+	c := connect(t, b.url())
+	pub, res := newPublisher(t, c, key)
+	pub.Publish(grantOf("198.51.100.1", time.Now().Add(time.Hour)), nil)
+	if err := res.next(t); err != nil {
+		t.Fatal(err)
+	}
+	enf := startEnforcer(t, connect(t, b.url()), key.Public().(ed25519.PublicKey))
+	enf.snapshot(t)
+	enf.a.next(t)
+	ctx := context.Background()
+	stream, err := c.js.Stream(ctx, "KV_"+GrantsBucket("test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deleted := 0
+	for name := range stream.ConsumerNames(ctx).Name() {
+		if err := stream.DeleteConsumer(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		deleted++
+	}
+	if deleted == 0 {
+		t.Fatal("the watch has no consumer to delete")
+	}
+	pub.Publish(grantOf("198.51.100.2", time.Now().Add(time.Hour)), nil)
+	if err := res.next(t); err != nil {
+		t.Fatal(err)
+	}
+	// A new watch, with its snapshot (the client's own recovery, after two
+	// missed heartbeats 5 s apart, would bring no snapshot).
+	if s := enf.snapshot(t); s != [2]int{2, 0} {
+		t.Fatalf("snapshot of the new watch %v, want both grants", s)
+	}
+	if c := enf.a.next(t); c != "apply ssh.198-51-100-2.32" {
+		t.Fatalf("change %q", c)
+	}
+}

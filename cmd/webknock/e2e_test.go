@@ -623,7 +623,13 @@ func (e *e2e) startDaemonCmd(cmd *exec.Cmd) *daemonProc {
 // failing the test after a deadline.
 func (d *daemonProc) wait(t testing.TB, msg, ip string) map[string]any {
 	t.Helper()
-	deadline := time.After(15 * time.Second)
+	return d.waitFor(t, msg, ip, 15*time.Second)
+}
+
+// waitFor is wait with a deadline of its own.
+func (d *daemonProc) waitFor(t testing.TB, msg, ip string, limit time.Duration) map[string]any {
+	t.Helper()
+	deadline := time.After(limit)
 	for {
 		select {
 		case rec, ok := <-d.records:
@@ -634,7 +640,7 @@ func (d *daemonProc) wait(t testing.TB, msg, ip string) map[string]any {
 				return rec
 			}
 		case <-deadline:
-			t.Fatalf("no %q (ip %q) in webknock's log within 15s", msg, ip)
+			t.Fatalf("no %q (ip %q) in webknock's log within %v", msg, ip, limit)
 		}
 	}
 }
