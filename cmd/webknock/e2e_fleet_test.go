@@ -277,16 +277,7 @@ func (w *fleetWorld) enforcerSocket(i int) string {
 // reaches reports whether src can connect to port 22 of enforcer i.
 func (w *fleetWorld) reaches(src string, i int) bool {
 	w.t.Helper()
-	cmd := w.in(w.cli, os.Args[0], src+" "+net.JoinHostPort(enfV4[i], "22"))
-	cmd.Env = append(os.Environ(), helperEnv+"=dial")
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == 3 {
-		return false
-	}
-	if err != nil {
-		w.t.Fatalf("dial helper: %v", err)
-	}
-	return true
+	return w.dials(src, net.JoinHostPort(enfV4[i], "22"))
 }
 
 // assertReach checks that src reaches both enforcers, or neither.

@@ -689,6 +689,13 @@ func (e *e2e) connects(src string) bool {
 	if strings.Contains(src, ":") {
 		dst = net.JoinHostPort(srvV6, "22")
 	}
+	return e.dials(src, dst)
+}
+
+// dials reports whether src, in the client namespace, can open a TCP
+// connection to dst.
+func (e *e2e) dials(src, dst string) bool {
+	e.t.Helper()
 	cmd := e.in(e.cli, os.Args[0], src+" "+dst)
 	cmd.Env = append(os.Environ(), helperEnv+"=dial")
 	err := cmd.Run()
