@@ -152,7 +152,8 @@ func (e *Enforcer) watch(ctx context.Context, reconnected <-chan struct{}) error
 			// Behind at two checks in a row, with nothing delivered
 			// between them: stalled (a message in flight is delivered
 			// well within a check's period).
-			behind := e.behind(ctx, kv, lastRev)
+			last, ok := e.lastSeq(ctx, kv)
+			behind := ok && last > lastRev
 			if behind && lagging && lastRev == lagRev {
 				return errors.New("the watch fell behind the bucket")
 			}
@@ -164,6 +165,11 @@ func (e *Enforcer) watch(ctx context.Context, reconnected <-chan struct{}) error
 			if ent == nil {
 				if snapshot {
 					snapshot = false
+					// Messages the snapshot skipped (history, keys
+					// removed since) count as delivered.
+					if last, ok := e.lastSeq(ctx, kv); ok {
+						lastRev = max(lastRev, last)
+					}
 					removed := e.reconcile(ctx, seen)
 					e.log.Info("fleet: grants of the bus applied", keyCount, applied, "removed", removed)
 					e.o.OnSnapshot(applied, removed)
@@ -185,17 +191,20 @@ func (e *Enforcer) watch(ctx context.Context, reconnected <-chan struct{}) error
 // stallCheck is how often a watch is checked against the stream.
 const stallCheck = time.Second
 
-// behind reports whether the bucket's stream holds messages after rev, the
-// last the watch delivered (false when the stream cannot tell now).
-func (e *Enforcer) behind(ctx context.Context, kv jetstream.KeyValue, rev uint64) bool {
+// lastSeq returns the last sequence of the bucket's stream; false when
+// the stream cannot tell now.
+func (e *Enforcer) lastSeq(ctx context.Context, kv jetstream.KeyValue) (uint64, bool) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	st, err := kv.Status(ctx)
 	if err != nil {
-		return false
+		return 0, false
 	}
 	bs, ok := st.(*jetstream.KeyValueBucketStatus)
-	return ok && bs.StreamInfo() != nil && bs.StreamInfo().State.LastSeq > rev
+	if !ok || bs.StreamInfo() == nil {
+		return 0, false
+	}
+	return bs.StreamInfo().State.LastSeq, true
 }
 
 // entry handles one change of the bucket; it reports whether it applied a

@@ -497,3 +497,42 @@ func TestEnforcerWatchStall(t *testing.T) {
 		t.Fatalf("change %q", c)
 	}
 }
+
+// A bucket whose stream's last messages are gone (purged, or expired
+// keys whose markers ended) is not a watch fallen behind: the enforcer
+// keeps its watch.
+func TestEnforcerWatchAfterPurge(t *testing.T) {
+	b := newBus(t)
+	key := newKey(t)
+	c := connect(t, b.url())
+	pub, res := newPublisher(t, c, key)
+	pub.Publish(grantOf("198.51.100.1", time.Now().Add(time.Hour)), nil)
+	if err := res.next(t); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	stream, err := c.js.Stream(ctx, "KV_"+GrantsBucket("test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Purge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	enf := startEnforcer(t, connect(t, b.url()), key.Public().(ed25519.PublicKey))
+	if s := enf.snapshot(t); s != [2]int{0, 0} {
+		t.Fatalf("snapshot %v of a purged bucket", s)
+	}
+	// Three checks of the watch against the stream.
+	select {
+	case s := <-enf.snapshots:
+		t.Fatalf("a second snapshot %v: the watch was made again", s)
+	case <-time.After(3*stallCheck + 500*time.Millisecond):
+	}
+	pub.Publish(grantOf("198.51.100.2", time.Now().Add(time.Hour)), nil)
+	if err := res.next(t); err != nil {
+		t.Fatal(err)
+	}
+	if c := enf.a.next(t); c != "apply ssh.198-51-100-2.32" {
+		t.Fatalf("change %q", c)
+	}
+}
