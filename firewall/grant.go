@@ -69,6 +69,15 @@ type Grant struct {
 	Origin string `json:"origin,omitempty"`
 }
 
+// From is where the grant came from, as status shows it: its Origin, or
+// "local" for this host's own logs and commands.
+func (g Grant) From() string {
+	if g.Origin == "" {
+		return "local"
+	}
+	return g.Origin
+}
+
 // Source is what the grant opens to: IP/Bits, or IP's single-address
 // prefix when Bits is 0.
 func (g Grant) Source() netip.Prefix {

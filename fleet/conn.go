@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -116,7 +117,7 @@ func dial(o ConnOptions, more ...nats.Option) (*Client, error) {
 	if o.CertFile != "" {
 		opts = append(opts, nats.ClientCert(o.CertFile, o.KeyFile))
 	}
-	nc, err := nats.Connect(joinServers(o.Servers), append(opts, more...)...)
+	nc, err := nats.Connect(strings.Join(o.Servers, ","), append(opts, more...)...)
 	if err != nil {
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
@@ -127,17 +128,6 @@ func dial(o ConnOptions, more ...nats.Option) (*Client, error) {
 	}
 	c.nc, c.js = nc, js
 	return c, nil
-}
-
-func joinServers(s []string) string {
-	out := ""
-	for i, v := range s {
-		if i > 0 {
-			out += ","
-		}
-		out += v
-	}
-	return out
 }
 
 // Connected reports whether the client is connected now.

@@ -137,10 +137,7 @@ func TestPublishApplyRevoke(t *testing.T) {
 	enf := startEnforcer(t, connect(t, b.url()), key.Public().(ed25519.PublicKey))
 
 	g := grantOf("198.51.100.7", time.Now().Add(time.Hour))
-	pub.Publish(g, nil)
-	if err := res.next(t); err != nil {
-		t.Fatal(err)
-	}
+	publishOK(t, pub, res, g)
 	if s := enf.snapshot(t); s != [2]int{0, 0} && s != [2]int{1, 0} {
 		t.Fatalf("snapshot %v", s)
 	}
@@ -162,10 +159,7 @@ func TestPublishApplyRevoke(t *testing.T) {
 	// A grant with a second to go: its key expires and the enforcer
 	// leaves the end to the kernel.
 	short := grantOf("198.51.100.8", time.Now().Add(1500*time.Millisecond))
-	pub.Publish(short, nil)
-	if err := res.next(t); err != nil {
-		t.Fatal(err)
-	}
+	publishOK(t, pub, res, short)
 	if c := enf.a.next(t); c != "apply "+Key(short.Source, "ssh") {
 		t.Fatalf("change %q", c)
 	}
@@ -228,10 +222,7 @@ func TestBusDownFailsClosed(t *testing.T) {
 	pub, res := newPublisher(t, connect(t, b.url()), key)
 	enf := startEnforcer(t, connect(t, b.url()), key.Public().(ed25519.PublicKey))
 	g1 := grantOf("198.51.100.1", time.Now().Add(time.Hour))
-	pub.Publish(g1, nil)
-	if err := res.next(t); err != nil {
-		t.Fatal(err)
-	}
+	publishOK(t, pub, res, g1)
 	enf.snapshot(t)
 	if c := enf.a.next(t); c != "apply ssh.198-51-100-1.32" {
 		t.Fatal(c)
@@ -286,10 +277,7 @@ func TestEnforcerReconcilesAfterPartition(t *testing.T) {
 	pub, res := newPublisher(t, connect(t, b.url()), key)
 	px := newProxy(t, "127.0.0.1:"+itoa(b.port))
 	for _, ip := range []string{"198.51.100.1", "198.51.100.2"} {
-		pub.Publish(grantOf(ip, time.Now().Add(time.Hour)), nil)
-		if err := res.next(t); err != nil {
-			t.Fatal(err)
-		}
+		publishOK(t, pub, res, grantOf(ip, time.Now().Add(time.Hour)))
 	}
 	enf := startEnforcer(t, connect(t, px.url()), key.Public().(ed25519.PublicKey))
 	if s := enf.snapshot(t); s != [2]int{2, 0} {
@@ -301,10 +289,7 @@ func TestEnforcerReconcilesAfterPartition(t *testing.T) {
 	if n, err := pub.Revoke(context.Background(), netip.MustParsePrefix("198.51.100.1/32"), "ssh"); err != nil || n != 1 {
 		t.Fatalf("Revoke = %d, %v", n, err)
 	}
-	pub.Publish(grantOf("198.51.100.3", time.Now().Add(time.Hour)), nil)
-	if err := res.next(t); err != nil {
-		t.Fatal(err)
-	}
+	publishOK(t, pub, res, grantOf("198.51.100.3", time.Now().Add(time.Hour)))
 	enf.a.quiet(t, 500*time.Millisecond)
 	px.mend()
 	// The watch may catch up by itself before the new snapshot: either way
@@ -326,17 +311,11 @@ func TestEnforcerRestart(t *testing.T) {
 	key := newKey(t)
 	pub, res := newPublisher(t, connect(t, b.url()), key)
 	for _, ip := range []string{"198.51.100.1", "198.51.100.2"} {
-		pub.Publish(grantOf(ip, time.Now().Add(time.Hour)), nil)
-		if err := res.next(t); err != nil {
-			t.Fatal(err)
-		}
+		publishOK(t, pub, res, grantOf(ip, time.Now().Add(time.Hour)))
 	}
 	// A grant of a detector whose key is no longer trusted.
 	retired, resRetired := newPublisher(t, connect(t, b.url()), newKey(t))
-	retired.Publish(grantOf("198.51.100.3", time.Now().Add(time.Hour)), nil)
-	if err := resRetired.next(t); err != nil {
-		t.Fatal(err)
-	}
+	publishOK(t, retired, resRetired, grantOf("198.51.100.3", time.Now().Add(time.Hour)))
 	// The grants a firewall kept across the restart: one the bus still
 	// has, one revoked meanwhile, one signed by the retired key.
 	a := newApplier()
@@ -372,18 +351,12 @@ func TestDetectorRestart(t *testing.T) {
 	enf := startEnforcer(t, connect(t, b.url()), key.Public().(ed25519.PublicKey))
 	c1 := connect(t, b.url())
 	pub1, res1 := newPublisher(t, c1, key)
-	pub1.Publish(grantOf("198.51.100.1", time.Now().Add(time.Hour)), nil)
-	if err := res1.next(t); err != nil {
-		t.Fatal(err)
-	}
+	publishOK(t, pub1, res1, grantOf("198.51.100.1", time.Now().Add(time.Hour)))
 	pub1.Close()
 	c1.Close()
 	c2 := connect(t, b.url())
 	pub2, res2 := newPublisher(t, c2, key)
-	pub2.Publish(grantOf("198.51.100.2", time.Now().Add(time.Hour)), nil)
-	if err := res2.next(t); err != nil {
-		t.Fatal(err)
-	}
+	publishOK(t, pub2, res2, grantOf("198.51.100.2", time.Now().Add(time.Hour)))
 	enf.snapshot(t)
 	for range 2 {
 		enf.a.next(t)
@@ -416,10 +389,7 @@ func TestOneTimeStepAcrossDetectors(t *testing.T) {
 		t.Fatalf("second detector: %v, want %s", err, RefusedUsed)
 	}
 	// The next step is new to both.
-	pubB.Publish(grantOf("198.51.100.1", time.Now().Add(time.Hour)), &Used{Sequence: "otp", Step: 58_000_001, TTL: 3 * time.Minute})
-	if err := resB.next(t); err != nil {
-		t.Fatal(err)
-	}
+	publishUsedOK(t, pubB, resB, grantOf("198.51.100.1", time.Now().Add(time.Hour)), &Used{Sequence: "otp", Step: 58_000_001, TTL: 3 * time.Minute})
 	if _, f := pubB.Counts(); f[RefusedUsed] != 1 {
 		t.Errorf("failed counts %v", f)
 	}
@@ -433,10 +403,7 @@ func TestKeyTTL(t *testing.T) {
 	c := connect(t, b.url())
 	pub, res := newPublisher(t, c, key)
 	g := grantOf("198.51.100.1", time.Now().Add(1200*time.Millisecond))
-	pub.Publish(g, nil)
-	if err := res.next(t); err != nil {
-		t.Fatal(err)
-	}
+	publishOK(t, pub, res, g)
 	kv, err := c.bucket(context.Background(), GrantsBucket("test"), false, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -462,10 +429,7 @@ func TestEnforcerWatchStall(t *testing.T) {
 	key := newKey(t)
 	c := connect(t, b.url())
 	pub, res := newPublisher(t, c, key)
-	pub.Publish(grantOf("198.51.100.1", time.Now().Add(time.Hour)), nil)
-	if err := res.next(t); err != nil {
-		t.Fatal(err)
-	}
+	publishOK(t, pub, res, grantOf("198.51.100.1", time.Now().Add(time.Hour)))
 	enf := startEnforcer(t, connect(t, b.url()), key.Public().(ed25519.PublicKey))
 	enf.snapshot(t)
 	enf.a.next(t)
@@ -484,10 +448,7 @@ func TestEnforcerWatchStall(t *testing.T) {
 	if deleted == 0 {
 		t.Fatal("the watch has no consumer to delete")
 	}
-	pub.Publish(grantOf("198.51.100.2", time.Now().Add(time.Hour)), nil)
-	if err := res.next(t); err != nil {
-		t.Fatal(err)
-	}
+	publishOK(t, pub, res, grantOf("198.51.100.2", time.Now().Add(time.Hour)))
 	// A new watch, with its snapshot (the client's own recovery, after two
 	// missed heartbeats 5 s apart, would bring no snapshot).
 	if s := enf.snapshot(t); s != [2]int{2, 0} {
@@ -506,10 +467,7 @@ func TestEnforcerWatchAfterPurge(t *testing.T) {
 	key := newKey(t)
 	c := connect(t, b.url())
 	pub, res := newPublisher(t, c, key)
-	pub.Publish(grantOf("198.51.100.1", time.Now().Add(time.Hour)), nil)
-	if err := res.next(t); err != nil {
-		t.Fatal(err)
-	}
+	publishOK(t, pub, res, grantOf("198.51.100.1", time.Now().Add(time.Hour)))
 	ctx := context.Background()
 	stream, err := c.js.Stream(ctx, "KV_"+GrantsBucket("test"))
 	if err != nil {
@@ -528,10 +486,7 @@ func TestEnforcerWatchAfterPurge(t *testing.T) {
 		t.Fatalf("a second snapshot %v: the watch was made again", s)
 	case <-time.After(3*stallCheck + 500*time.Millisecond):
 	}
-	pub.Publish(grantOf("198.51.100.2", time.Now().Add(time.Hour)), nil)
-	if err := res.next(t); err != nil {
-		t.Fatal(err)
-	}
+	publishOK(t, pub, res, grantOf("198.51.100.2", time.Now().Add(time.Hour)))
 	if c := enf.a.next(t); c != "apply ssh.198-51-100-2.32" {
 		t.Fatalf("change %q", c)
 	}

@@ -257,6 +257,21 @@ func newPublisher(t *testing.T, c *Client, key ed25519.PrivateKey) (*Publisher, 
 	return p, r
 }
 
+// publishOK publishes g and fails the test unless the bus takes it.
+func publishOK(t *testing.T, p *Publisher, r results, g Grant) {
+	t.Helper()
+	publishUsedOK(t, p, r, g, nil)
+}
+
+// publishUsedOK is publishOK of a grant that spends a one-time step.
+func publishUsedOK(t *testing.T, p *Publisher, r results, g Grant, used *Used) {
+	t.Helper()
+	p.Publish(g, used)
+	if err := r.next(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
 type enforcerRun struct {
 	e         *Enforcer
 	a         *applier

@@ -134,8 +134,8 @@ func pkcs8Algorithm(der []byte) string {
 }
 
 // ReadSigningKey reads a signing key file as ParseSigningKey decodes it. The
-// file must be a regular file (a link to one is followed) that neither group
-// nor others may read or write: whoever reads the key can sign grants.
+// file must be private (checkPrivate): whoever reads the key can sign
+// grants.
 func ReadSigningKey(path string) (ed25519.PrivateKey, error) {
 	// O_NONBLOCK: a FIFO put in the key's place is refused, not waited on.
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
@@ -147,11 +147,8 @@ func ReadSigningKey(path string) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, unwrapPath(err))
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: key file is not a regular file but %s", path, fileKind(fi.Mode()))
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%s: key file is readable or writable by group or others (mode %04o); chmod 600 it", path, perm)
+	if err := checkPrivate(path, "key file", fi); err != nil {
+		return nil, err
 	}
 	if fi.Size() > maxSigningKeyFileBytes {
 		return nil, fmt.Errorf("%s: key file is larger than %d KiB; not a signing key", path, maxSigningKeyFileBytes>>10)

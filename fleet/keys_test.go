@@ -270,6 +270,26 @@ func TestReadSigningKey(t *testing.T) {
 			}
 		})
 	}
+	// Owned by another user (root can hand a file to one): that user could
+	// read the key, and sign grants.
+	if os.Geteuid() == 0 {
+		theirs := write("theirs.pem", rfcPEM, 0o600)
+		if err := os.Chown(theirs, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ReadSigningKey(theirs); err == nil || !strings.Contains(err.Error(), "key file is owned by uid 65534") {
+			t.Errorf("ReadSigningKey of another user's file = %v", err)
+		}
+		if err := CheckPrivateFile(theirs, "credentials file"); err == nil || !strings.Contains(err.Error(), "credentials file is owned by uid 65534") {
+			t.Errorf("CheckPrivateFile of another user's file = %v", err)
+		}
+	}
+	if err := CheckPrivateFile(private, "credentials file"); err != nil {
+		t.Errorf("CheckPrivateFile(0600) = %v", err)
+	}
+	if err := CheckPrivateFile(filepath.Join(dir, "world.pem"), "credentials file"); err == nil || !strings.Contains(err.Error(), "credentials file is readable or writable by group or others") {
+		t.Errorf("CheckPrivateFile(0644) = %v", err)
+	}
 	if _, err := ReadSigningKey(filepath.Join(dir, "missing")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("ReadSigningKey(missing) = %v, want fs.ErrNotExist", err)
 	}

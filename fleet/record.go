@@ -152,8 +152,15 @@ type Verified struct {
 	KeyID    string // KeyID of the key that signed
 }
 
+// originPrefix begins the origin of every grant of the fleet.
+const originPrefix = "fleet:"
+
 // Origin is how the grant's origin shows in status: fleet:DETECTOR/KEYID.
-func (v Verified) Origin() string { return "fleet:" + v.Detector + "/" + v.KeyID }
+func (v Verified) Origin() string { return originPrefix + v.Detector + "/" + v.KeyID }
+
+// FromFleet reports whether origin (a grant's, as Origin wrote it) is the
+// fleet's.
+func FromFleet(origin string) bool { return strings.HasPrefix(origin, originPrefix) }
 
 // verify checks the value of key: it must be a record of group, signed
 // by one of trusted, for the key it is stored under. It does not judge

@@ -96,7 +96,7 @@ func (s *Server) view() pageView {
 			Until:    g.Until.UTC().Format(timeLayout),
 			UntilISO: g.Until.UTC().Format(isoLayout),
 			Left:     timeLeft(g.Until.Sub(now)),
-			Origin:   originOf(g),
+			Origin:   g.From(),
 		})
 	}
 	v.HasAdmin = s.opts.Admin != nil
@@ -268,13 +268,4 @@ func capped(h firewall.Health) uint64 {
 		n += c
 	}
 	return n
-}
-
-// originOf is where g came from: "local" (this host's logs and commands)
-// or fleet:DETECTOR/KEY.
-func originOf(g firewall.Grant) string {
-	if g.Origin == "" {
-		return "local"
-	}
-	return g.Origin
 }

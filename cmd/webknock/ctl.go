@@ -104,7 +104,7 @@ func runStatus(ctx context.Context, env *environment, fs *pflag.FlagSet, args []
 				ports[i] = p.String()
 			}
 			left := time.Until(g.Until).Round(time.Second)
-			fmt.Fprintf(w, "%-39s  %-10s  %-20s  %-9s  %-10s  %s\n", firewall.FormatSource(g.Source()), g.Sequence, rfc3339(g.Until), left, strings.Join(ports, ","), originOf(g))
+			fmt.Fprintf(w, "%-39s  %-10s  %-20s  %-9s  %-10s  %s\n", firewall.FormatSource(g.Source()), g.Sequence, rfc3339(g.Until), left, strings.Join(ports, ","), g.From())
 		}
 	}
 	if len(lockouts) == 0 {
@@ -132,15 +132,6 @@ func ipArg(env *environment, fs *pflag.FlagSet, args []string) (netip.Addr, erro
 
 func revokeFlags(fs *pflag.FlagSet) {
 	fs.Bool("kill-sessions", false, "also end the revoked clients' established sessions (conntrack); by default they go on")
-}
-
-// originOf is where g came from, as status shows it: "local" (this
-// host's logs and commands) or fleet:DETECTOR/KEY.
-func originOf(g firewall.Grant) string {
-	if g.Origin == "" {
-		return "local"
-	}
-	return g.Origin
 }
 
 // runRevoke is `webknock revoke IP|NET/BITS`: end the grants of an

@@ -398,23 +398,10 @@ func benchFleetKnockToOpen(b *testing.B) {
 		src := fmt.Sprintf("192.0.2.%d", 100+i)
 		w.must("ip", "-n", w.cli, "addr", "add", src+"/24", "dev", "eth0")
 		b.StartTimer()
-		cmd := w.in(w.cli, os.Args[0], src+" "+srvV4+" "+net.JoinHostPort(enfV4[i%2], "22"))
-		cmd.Env = append(os.Environ(), helperEnv+"=knocklat")
-		out, err := cmd.Output()
-		if err != nil {
-			b.Fatalf("knock from %s: %v", src, err)
-		}
-		f := strings.Fields(string(out))
-		us, _ := strconv.ParseFloat(f[0], 64)
-		conn = append(conn, us/1000)
-		resp, _ := strconv.ParseInt(f[1], 10, 64)
+		connMs, resp := w.knockLatency(b, src, net.JoinHostPort(enfV4[i%2], "22"))
+		conn = append(conn, connMs)
 		for k, d := range enfs {
-			rec := d.wait(b, "fleet: grant applied", src)
-			at, err := time.Parse(time.RFC3339Nano, rec["time"].(string))
-			if err != nil {
-				b.Fatalf("record %v: %v", rec, err)
-			}
-			lat[k] = append(lat[k], float64(at.UnixNano()-resp)/1e6)
+			lat[k] = append(lat[k], msSince(b, d.wait(b, "fleet: grant applied", src), resp))
 		}
 	}
 	b.StopTimer()

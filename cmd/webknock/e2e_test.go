@@ -1022,22 +1022,9 @@ func benchKnockToOpen(b *testing.B, backend string, viaSyslog bool) {
 		}
 		e.must("ip", "-n", e.cli, "addr", "add", src+"/24", "dev", "wkp"+e.id)
 		b.StartTimer()
-		cmd := e.in(e.cli, os.Args[0], src+" "+srvV4+" "+net.JoinHostPort(srvV4, "22"))
-		cmd.Env = append(os.Environ(), helperEnv+"=knocklat")
-		out, err := cmd.Output()
-		if err != nil {
-			b.Fatalf("knock from %s: %v", src, err)
-		}
-		f := strings.Fields(string(out))
-		us, _ := strconv.ParseFloat(f[0], 64)
-		conn = append(conn, us/1000)
-		resp, _ := strconv.ParseInt(f[1], 10, 64)
-		rec := d.wait(b, "grant", src)
-		at, err := time.Parse(time.RFC3339Nano, rec["time"].(string))
-		if err != nil {
-			b.Fatalf("grant record %v: %v", rec, err)
-		}
-		lat = append(lat, float64(at.UnixNano()-resp)/1e6)
+		connMs, resp := e.knockLatency(b, src, net.JoinHostPort(srvV4, "22"))
+		conn = append(conn, connMs)
+		lat = append(lat, msSince(b, d.wait(b, "grant", src), resp))
 	}
 	b.StopTimer()
 	slices.Sort(lat)
@@ -1054,6 +1041,35 @@ func benchKnockToOpen(b *testing.B, backend string, viaSyslog bool) {
 	// Clock ticks are 10 ms: ticks in 30 s are thirtieths of a percent of a CPU.
 	b.ReportMetric(float64(self1-self0)/30, "idle-cpu-%-webknock")
 	b.ReportMetric(float64(child1-child0)/30, "idle-cpu-%-children")
+}
+
+// knockLatency knocks from src (in the client namespace) on the web server
+// and times from the knock page's response until dst accepts a connection.
+// It returns that time in milliseconds, and the response's wall-clock
+// time in unix nanoseconds.
+func (e *e2e) knockLatency(b *testing.B, src, dst string) (connectMs float64, resp int64) {
+	b.Helper()
+	cmd := e.in(e.cli, os.Args[0], src+" "+srvV4+" "+dst)
+	cmd.Env = append(os.Environ(), helperEnv+"=knocklat")
+	out, err := cmd.Output()
+	if err != nil {
+		b.Fatalf("knock from %s: %v", src, err)
+	}
+	f := strings.Fields(string(out))
+	us, _ := strconv.ParseFloat(f[0], 64)
+	resp, _ = strconv.ParseInt(f[1], 10, 64)
+	return us / 1000, resp
+}
+
+// msSince is the time from resp (unix nanoseconds) to the log record rec,
+// in milliseconds.
+func msSince(b *testing.B, rec map[string]any, resp int64) float64 {
+	b.Helper()
+	at, err := time.Parse(time.RFC3339Nano, rec["time"].(string))
+	if err != nil {
+		b.Fatalf("log record %v: %v", rec, err)
+	}
+	return float64(at.UnixNano()-resp) / 1e6
 }
 
 // cpuTicks returns the user and system CPU time of a process, and that of

@@ -71,9 +71,15 @@ func checkFleet(cfg *config.Config) (errs []*config.FieldError) {
 	if err := fleet.CheckGroup(fl.Group); err != nil {
 		bad("fleet.group", err)
 	}
-	for field, path := range map[string]string{"fleet.credentials_file": fl.CredentialsFile, "fleet.tls.key_file": fl.TLS.KeyFile} {
-		if err := fleet.CheckPrivateFile(path); path != "" && err != nil {
-			bad(field, err)
+	for _, f := range []struct{ field, path, what string }{
+		{"fleet.credentials_file", fl.CredentialsFile, "credentials file"},
+		{"fleet.tls.key_file", fl.TLS.KeyFile, "TLS key file"},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if err := fleet.CheckPrivateFile(f.path, f.what); err != nil {
+			bad(f.field, err)
 		}
 	}
 	for field, path := range map[string]string{"fleet.tls.ca_file": fl.TLS.CAFile, "fleet.tls.cert_file": fl.TLS.CertFile} {
@@ -254,7 +260,7 @@ func (a fleetApplier) Remove(ctx context.Context, g fleet.Grant) error {
 func (a fleetApplier) Held() []fleet.Grant {
 	var out []fleet.Grant
 	for _, g := range a.d.fw.Grants() {
-		if strings.HasPrefix(g.Origin, "fleet:") {
+		if fleet.FromFleet(g.Origin) {
 			out = append(out, fleet.Grant{Source: g.Source(), Sequence: g.Sequence, Knocked: g.Knocked, Until: g.Until})
 		}
 	}
